@@ -1,0 +1,159 @@
+//! Map names, sizes, keys and values.
+//!
+//! The service model follows Cilium's `lb4_service`: one hash map holds, per
+//! frontend (VIP, port, protocol), a *master* entry at slot 0 carrying the
+//! backend count, and one entry per backend at slots `1..=count` carrying a
+//! backend id. Backends live in their own map by id, so a backend shared by
+//! several frontends is stored once, and a Service update touches only the
+//! slots that changed.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Frontends and their backend slots. Key [`ServiceKey`], value [`ServiceValue`].
+pub const MAP_SERVICES: &str = "lb_svc_v1";
+/// Backends by id. Key `u32` backend id, value [`Backend`].
+pub const MAP_BACKENDS: &str = "lb_backend_v1";
+/// Reverse-NAT targets by id. Key `u16` rev-NAT id, value [`RevNat`].
+pub const MAP_REVNAT: &str = "lb_revnat_v1";
+/// Connection tracking (LRU). Key [`CtKey`], value [`CtValue`].
+pub const MAP_CONNTRACK: &str = "lb_ct_v1";
+/// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
+pub const MAP_STATS: &str = "lb_stats_v1";
+
+/// Every map of ours, in the order `lbctl map list` shows them.
+pub const ALL_MAPS: [&str; 5] = [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_CONNTRACK, MAP_STATS];
+
+pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
+pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
+pub const REVNAT_MAX_ENTRIES: u32 = 65_535;
+pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
+
+/// Name of the XDP program (DNAT of traffic to frontends).
+pub const PROG_XDP_INGRESS: &str = "lb_xdp_ingress";
+/// Name of the TC egress program (reverse NAT of backend replies, after the
+/// node's netfilter has seen the un-NATed reply).
+pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of [`MAP_SERVICES`]. Slot 0 is the frontend's master entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct ServiceKey {
+    /// Frontend address (ClusterIP), network byte order.
+    pub vip_be: u32,
+    /// Frontend port, network byte order.
+    pub port_be: u16,
+    /// 0 = master entry; `1..=count` = backend slots.
+    pub slot: u16,
+    /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+
+/// Value of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ServiceValue {
+    /// Backend slots: the backend id. Master entry: 0.
+    pub backend_id: u32,
+    /// Master entry: number of backend slots. Backend slots: 0.
+    pub count: u16,
+    /// Id in [`MAP_REVNAT`] that restores this frontend on replies.
+    pub rev_nat_id: u16,
+    /// `SVC_F_*` bits (master entry only).
+    pub flags: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+
+/// Value of [`MAP_BACKENDS`], keyed by a `u32` backend id (never reused while
+/// the agent runs, so a stale conntrack entry cannot reach a new pod).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct Backend {
+    /// Pod address, network byte order.
+    pub addr_be: u32,
+    /// Target port, network byte order.
+    pub port_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// Value of [`MAP_REVNAT`], keyed by a `u16` rev-NAT id: what a reply's
+/// source is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct RevNat {
+    /// Frontend address, network byte order.
+    pub addr_be: u32,
+    /// Frontend port, network byte order.
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+
+/// Conntrack entry for a client -> frontend packet (before DNAT).
+pub const CT_DIR_FORWARD: u8 = 0;
+/// Conntrack entry for a backend -> client packet (before reverse NAT).
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of [`MAP_CONNTRACK`]: the 5-tuple as it appears in the packet, plus
+/// which direction that tuple belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct CtKey {
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    /// [`CT_DIR_FORWARD`] or [`CT_DIR_REPLY`].
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+/// Value of [`MAP_CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtValue {
+    /// Backend chosen for the flow.
+    pub backend_id: u32,
+    /// Frontend to restore on replies.
+    pub rev_nat_id: u16,
+    /// `CT_F_*` bits.
+    pub flags: u16,
+    /// `bpf_ktime_get_ns()` when the flow was first seen.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once a second).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+
+/// Counter of [`MAP_STATS`] (per CPU; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct StatsCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<StatsCounter>() == 16);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all are repr(C), fully initialised plain data without padding
+    // holes (padding is explicit), as bytemuck::Pod already proves.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::RevNat {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtValue {}
+    unsafe impl aya::Pod for super::StatsCounter {}
+}

@@ -1,0 +1,59 @@
+//! Indexes of [`crate::MAP_STATS`]: every verdict the programs reach is
+//! counted under exactly one reason, so that no packet is passed or dropped
+//! without a trace.
+
+/// XDP: not an IPv4 frame (ARP, IPv6, VLAN-tagged, ...): passed untouched.
+pub const PASS_NOT_IPV4: u32 = 0;
+/// XDP: IPv4 but neither TCP nor UDP: passed untouched.
+pub const PASS_NOT_TCP_UDP: u32 = 1;
+/// XDP/TC: headers shorter than they claim: passed untouched.
+pub const PASS_TRUNCATED: u32 = 2;
+/// XDP: an IP fragment: passed untouched.
+pub const PASS_FRAGMENT: u32 = 3;
+/// XDP: TCP/UDP to an address:port that is no frontend: passed untouched.
+pub const PASS_NO_SERVICE: u32 = 4;
+/// XDP: first packet of a flow to a frontend: backend picked, DNATed.
+pub const DNAT_NEW_FLOW: u32 = 5;
+/// XDP: packet of a tracked flow: DNATed to the flow's backend.
+pub const DNAT_ESTABLISHED: u32 = 6;
+/// TC egress: backend reply rewritten to come from the frontend.
+pub const REVNAT: u32 = 7;
+/// TC egress: not a tracked reply: passed untouched.
+pub const TC_PASS_NOT_REPLY: u32 = 8;
+/// XDP: frontend with no backends: dropped.
+pub const DROP_NO_BACKENDS: u32 = 9;
+/// XDP: a slot names a backend id that is not in the backend map (the agent
+/// is mid-update or the maps are inconsistent): dropped.
+pub const DROP_BACKEND_MISSING: u32 = 10;
+/// TC: a skb helper refused to rewrite the packet: dropped.
+pub const DROP_REWRITE_FAILED: u32 = 11;
+/// XDP: conntrack insert failed; the packet was still forwarded.
+pub const CT_INSERT_FAILED: u32 = 12;
+/// TC: reply whose rev-NAT id is unknown: passed untouched.
+pub const TC_PASS_REVNAT_MISSING: u32 = 13;
+
+/// Number of reasons (the stats map's size).
+pub const COUNT: u32 = 14;
+
+/// Names in index order, for `lbctl stats` and metrics.
+pub const NAMES: [&str; COUNT as usize] = [
+    "pass_not_ipv4",
+    "pass_not_tcp_udp",
+    "pass_truncated",
+    "pass_fragment",
+    "pass_no_service",
+    "dnat_new_flow",
+    "dnat_established",
+    "revnat",
+    "tc_pass_not_reply",
+    "drop_no_backends",
+    "drop_backend_missing",
+    "drop_rewrite_failed",
+    "ct_insert_failed",
+    "tc_pass_revnat_missing",
+];
+
+/// True for the reasons that drop the packet.
+pub const fn is_drop(reason: u32) -> bool {
+    matches!(reason, DROP_NO_BACKENDS | DROP_BACKEND_MISSING | DROP_REWRITE_FAILED)
+}
