@@ -129,9 +129,10 @@ pub struct CtValue {
     pub rev_nat_id: u16,
     /// `CT_F_*` bits.
     pub flags: u16,
-    /// `bpf_ktime_get_ns()` when the flow was first seen.
+    /// CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns()`) when the flow
+    /// was first seen.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once a second).
+    /// Same clock, last packet (refreshed at most once a second).
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 24);

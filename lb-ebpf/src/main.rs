@@ -1,5 +1,67 @@
+//! Kernel programs of the load balancer.
+//!
+//! * `lb_xdp_ingress` (XDP, on the node side of every pod veth): DNATs a
+//!   packet addressed to a Service frontend to one of its backends and
+//!   records the flow in conntrack. Everything else passes untouched.
+//! * `lb_tc_egress` (TC egress, same interfaces): rewrites a backend's reply
+//!   so that it comes from the frontend. It runs *after* the node's netfilter
+//!   has seen the reply as the un-NATed backend -> client packet that
+//!   conntrack expects; rewriting it at XDP ingress instead would make it an
+//!   INVALID packet that real nodes drop.
+//!
+//! Entry points are thin: the `try_*` functions return `Ok(reason)` for a
+//! packet that goes on and `Err(reason)` for a packet that is dropped, and
+//! the entry point counts the reason in the stats map.
+
 #![no_std]
 #![no_main]
+
+mod conntrack;
+mod egress;
+mod ingress;
+mod maps;
+mod nat;
+mod parse;
+mod select;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+#[xdp]
+pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match ingress::try_ingress(&ctx) {
+        Ok(reason) => {
+            stats::count(reason, len);
+            xdp_action::XDP_PASS
+        }
+        Err(reason) => {
+            stats::count(reason, len);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len() as u64;
+    match egress::try_egress(&ctx) {
+        Ok(reason) => {
+            stats::count(reason, len);
+            TC_ACT_OK as i32
+        }
+        Err(reason) => {
+            stats::count(reason, len);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

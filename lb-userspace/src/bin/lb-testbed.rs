@@ -1,1 +1,246 @@
-fn main() {}
+//! `lb-testbed`: runs the load balancer in a throwaway namespace topology.
+//!
+//! `lb-testbed demo` is the first thing to try: it builds a node with three
+//! backend pods and a client pod, starts the agent on the node, sends TCP and
+//! UDP requests to the `web` Service of `examples/web.yaml`, shows where they
+//! went, and what `lbctl` sees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use lb_userspace::testbed::agent::AgentProcess;
+use lb_userspace::testbed::client::{Client, DEFAULT_TIMEOUT};
+use lb_userspace::testbed::scratch::{copy_manifests, ScratchDir};
+use lb_userspace::testbed::servers::{Servers, TCP_PORT, UDP_PORT};
+use lb_userspace::testbed::tally::Tally;
+use lb_userspace::testbed::topology::ClusterIpTopology;
+use lb_userspace::testbed::{privileged, WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP};
+
+/// The backends `examples/web.yaml` lists: 10.244.1.2 to 10.244.3.2.
+const BACKENDS: usize = 3;
+const REQUESTS: usize = 300;
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Parser)]
+#[command(about = "Runs the load balancer in throwaway network namespaces (needs root)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show the agent balancing examples/web.yaml's Service between three pods.
+    Demo {
+        /// The agent binary [default: lb-agent next to this program].
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// The lbctl binary [default: lbctl next to this program].
+        #[arg(long)]
+        lbctl: Option<PathBuf>,
+        /// Directory with the Service and EndpointSlice manifests, e.g. examples/.
+        #[arg(long)]
+        manifests: PathBuf,
+        /// Passed to the agent's --xdp-mode (auto, native or generic).
+        #[arg(long)]
+        xdp_mode: Option<String>,
+    },
+    /// Measure the load balancer's throughput and latency.
+    Bench,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Demo {
+            agent,
+            lbctl,
+            manifests,
+            xdp_mode,
+        } => (|| {
+            let agent = sibling_or(agent, "lb-agent")?;
+            let lbctl = sibling_or(lbctl, "lbctl")?;
+            demo(&agent, &lbctl, &manifests, xdp_mode.as_deref())
+        })(),
+        Cmd::Bench => Err(anyhow::anyhow!("bench: not yet implemented")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nlb-testbed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `explicit`, or the binary `name` installed next to this one (cargo puts
+/// all of the workspace's binaries in one directory).
+fn sibling_or(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
+    if let Some(path) = explicit {
+        return Ok(path);
+    }
+    let me = std::env::current_exe().context("finding this program's path")?;
+    let path = me.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found; build it (cargo build) or pass --{}",
+            path.display(),
+            name.trim_start_matches("lb-")
+        );
+    }
+    Ok(path)
+}
+
+fn demo(agent_bin: &Path, lbctl: &Path, manifests: &Path, xdp_mode: Option<&str>) -> Result<()> {
+    privileged::check()
+        .map_err(|why| anyhow::anyhow!("the demo needs root and a bpffs at /sys/fs/bpf: {why}"))?;
+    // The agent reads a copy, so nothing the demo does touches the originals.
+    let scratch = ScratchDir::new()?;
+    let copied = copy_manifests(manifests, scratch.path())?;
+
+    println!("Building a node with {BACKENDS} backend pods and a client pod, each in its own network namespace…");
+    let topo = ClusterIpTopology::create(BACKENDS).context("building the topology")?;
+    println!("  node     {:<12} {}", "", topo.node().name());
+    for pod in topo.backends().iter().chain([topo.client()]) {
+        println!(
+            "  {:<8} {:<12} {}  (node side: {})",
+            pod.name,
+            pod.ip,
+            pod.ns.name(),
+            pod.host_if
+        );
+    }
+    let _servers = Servers::start(topo.backends()).context("starting the pod servers")?;
+    println!("Each backend pod answers on TCP {TCP_PORT} and UDP {UDP_PORT} with its name and the client address it saw.");
+
+    let mut extra_args = Vec::new();
+    if let Some(mode) = xdp_mode {
+        extra_args.extend(["--xdp-mode", mode]);
+    }
+    let mut agent = AgentProcess::start(
+        agent_bin,
+        topo.node(),
+        scratch.path(),
+        &topo.pod_interfaces(),
+        &extra_args,
+    )?;
+    println!(
+        "\nStarted {} on the node with {copied} manifest file(s) from {}, pins in {}.",
+        agent_bin.display(),
+        manifests.display(),
+        agent.pin_dir().display()
+    );
+    let client = Client::new(topo.client());
+    let probe = || {
+        matches!(
+            client.tcp_request(WEB_VIP, WEB_TCP_PORT, DEFAULT_TIMEOUT),
+            Ok(Ok(_))
+        )
+    };
+    match agent.wait_ready(READY_TIMEOUT, probe) {
+        Ok(took) => println!(
+            "{WEB_VIP}:{WEB_TCP_PORT} answers after {} ms.",
+            took.as_millis()
+        ),
+        Err(e) => {
+            print_log(&agent);
+            return Err(e.context(format!(
+                "waiting for {WEB_VIP}:{WEB_TCP_PORT} to answer (does {} hold examples/web.yaml?)",
+                manifests.display()
+            )));
+        }
+    }
+
+    println!("\nSending {REQUESTS} TCP connections and {REQUESTS} UDP datagrams from the client pod ({})…\n", topo.client().ip);
+    let names: Vec<&str> = topo
+        .backends()
+        .iter()
+        .map(|pod| pod.name.as_str())
+        .collect();
+    let mut problems = Vec::new();
+    for (proto, port) in [("TCP", WEB_TCP_PORT), ("UDP", WEB_UDP_PORT)] {
+        let started = Instant::now();
+        let results = if proto == "TCP" {
+            client.tcp_requests(WEB_VIP, port, REQUESTS, DEFAULT_TIMEOUT)?
+        } else {
+            client.udp_requests(WEB_VIP, port, REQUESTS, DEFAULT_TIMEOUT)?
+        };
+        let took = started.elapsed();
+        let tally = Tally::new(
+            (WEB_VIP, port).into(),
+            topo.client().ip,
+            names.iter().copied(),
+            &results,
+        );
+        println!("{}  ({} ms)\n", tally.render(proto), took.as_millis());
+        problems.extend(
+            tally
+                .problems()
+                .into_iter()
+                .map(|p| format!("{proto}: {p}")),
+        );
+    }
+
+    let pins = agent.pin_dir().to_owned();
+    for args in [&["service", "list"][..], &["ct", "list"], &["stats"]] {
+        run_lbctl(lbctl, &pins, args);
+    }
+
+    println!("Tearing down…");
+    match agent.stop() {
+        Ok(status) if status.success() => println!("  agent stopped cleanly"),
+        Ok(status) => println!("  agent stopped: {status}"),
+        Err(e) => println!("  stopping the agent: {e:#}"),
+    }
+    if !problems.is_empty() {
+        print_log(&agent);
+        bail!(
+            "{} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    println!(
+        "\nAll {} requests were answered, by every backend, with the client's address preserved.",
+        2 * REQUESTS
+    );
+    Ok(())
+}
+
+/// Shows `lbctl --bpffs <pins> <args>`. lbctl failing does not fail the demo:
+/// the traffic is what the demo checks.
+fn run_lbctl(lbctl: &Path, pins: &Path, args: &[&str]) {
+    println!("$ lbctl --bpffs {} {}", pins.display(), args.join(" "));
+    match Command::new(lbctl)
+        .arg("--bpffs")
+        .arg(pins)
+        .args(args)
+        .output()
+    {
+        Ok(out) => {
+            print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
+            if !out.status.success() {
+                println!(
+                    "  (lbctl failed, {}: {})",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Err(e) => println!("  (cannot run {}: {e})", lbctl.display()),
+    }
+    println!();
+}
+
+fn print_log(agent: &AgentProcess) {
+    eprintln!(
+        "---- lb-agent log ----\n{}---- end of lb-agent log ----",
+        agent.log()
+    );
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}

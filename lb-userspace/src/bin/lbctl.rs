@@ -1,1 +1,158 @@
-fn main() {}
+//! `lbctl`: shows what the load balancer's pinned BPF maps hold, decoded.
+//! The work is in `lb_userspace::lbctl`; this maps arguments onto it.
+
+use std::{
+    io::{self, Write as _},
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use clap::{Parser, Subcommand};
+use lb_userspace::lbctl::{
+    self, backends, conntrack, dump, list_maps, read_snapshot, services, stats, Format, MapKind,
+    Report,
+};
+
+/// Inspect the maps of the eBPF/XDP Service load balancer.
+///
+/// Exit status: 0 when all is well, 1 when the maps are inconsistent (or a
+/// map is missing), 2 on errors.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Directory where lb-agent pins its maps.
+    #[arg(long, global = true, env = "LBCTL_BPFFS", default_value = lbctl::DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Print a JSON document instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The pinned maps themselves.
+    #[command(subcommand)]
+    Map(MapCommand),
+    /// Frontends (VIP:port/proto) and their backend slots.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Backends (pod address:port).
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Connection tracking.
+    #[command(subcommand)]
+    Ct(CtCommand),
+    /// Packets and bytes per verdict reason, summed over CPUs.
+    Stats {
+        /// Hide reasons that counted no packet.
+        #[arg(long)]
+        nonzero: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MapCommand {
+    /// Kernel id, type, sizes and entry count of each map.
+    List,
+    /// Every entry of one map, decoded.
+    Dump {
+        /// lb_svc_v1, lb_backend_v1, lb_revnat_v1, lb_ct_v1 or lb_stats_v1.
+        name: MapKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// One row per backend slot; flags the slots the datapath cannot use.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Each backend with the frontend slots that name it.
+    List,
+}
+
+#[derive(Subcommand)]
+enum CtCommand {
+    /// List the tracked flows.
+    List {
+        /// Only flows to this frontend (VIP:PORT).
+        #[arg(long)]
+        service: Option<SocketAddrV4>,
+        /// Only flows to this backend (IP or IP:PORT).
+        #[arg(long)]
+        backend: Option<conntrack::HostPort>,
+        /// Only flows of this client.
+        #[arg(long)]
+        client: Option<Ipv4Addr>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_findings) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("lbctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the command; returns the number of findings.
+fn run(cli: Cli) -> anyhow::Result<usize> {
+    let format = if cli.json {
+        Format::Json
+    } else {
+        Format::Table
+    };
+    let dir = &cli.bpffs;
+    match cli.command {
+        Command::Map(MapCommand::List) => print(&list_maps(dir)?, format),
+        Command::Map(MapCommand::Dump { name }) => {
+            print(&dump::dump(&read_snapshot(dir, &[name])?, name), format)
+        }
+        Command::Service(ServiceCommand::List) => print(
+            &services::service_list(&read_snapshot(dir, services::READS)?),
+            format,
+        ),
+        Command::Backend(BackendCommand::List) => print(
+            &backends::backend_list(&read_snapshot(dir, backends::READS)?),
+            format,
+        ),
+        Command::Ct(CtCommand::List {
+            service,
+            backend,
+            client,
+        }) => {
+            let filter = conntrack::CtFilter {
+                service,
+                backend,
+                client,
+            };
+            print(
+                &conntrack::ct_list(&read_snapshot(dir, conntrack::READS)?, &filter),
+                format,
+            )
+        }
+        Command::Stats { nonzero } => print(
+            &stats::stats(&read_snapshot(dir, stats::READS)?, nonzero),
+            format,
+        ),
+    }
+}
+
+fn print(report: &impl Report, format: Format) -> anyhow::Result<usize> {
+    match io::stdout()
+        .lock()
+        .write_all(lbctl::render(report, format).as_bytes())
+    {
+        // `lbctl ct list | head` is fine: the reader has what it wanted.
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(report.findings()),
+    }
+}

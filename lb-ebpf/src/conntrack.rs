@@ -1,0 +1,77 @@
+//! Connection tracking: one LRU entry per direction of a balanced flow.
+//!
+//! The forward entry (client -> frontend tuple) pins the flow to its backend;
+//! the reply entry (backend -> client tuple) tells the egress program which
+//! frontend to restore. Both carry the same backend and rev-NAT ids.
+
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use lb_common::{CtKey, CtValue, CT_DIR_FORWARD, CT_DIR_REPLY};
+
+use crate::maps::CONNTRACK;
+
+/// `last_seen_ns` is refreshed at most this often, to keep the hot path
+/// free of map writes for busy flows.
+///
+/// Timestamps come from the coarse monotonic clock (CLOCK_MONOTONIC_COARSE,
+/// tick resolution): conntrack ages are seconds, and the precise clock costs
+/// a hardware clock read per packet.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn key(saddr_be: u32, daddr_be: u32, sport_be: u16, dport_be: u16, proto: u8, dir: u8) -> CtKey {
+    CtKey {
+        saddr_be,
+        daddr_be,
+        sport_be,
+        dport_be,
+        proto,
+        dir,
+        _pad: [0; 2],
+    }
+}
+
+/// Looks up an entry, refreshing its `last_seen_ns` when stale. Returns the
+/// entry (as it was) and whether it was refreshed.
+#[inline(always)]
+pub fn lookup(k: &CtKey) -> Option<(CtValue, bool)> {
+    let entry = CONNTRACK.get_ptr_mut(k)?;
+    // SAFETY: the pointer is valid for this program run; a torn read of a
+    // timestamp is harmless.
+    let v = unsafe { *entry };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let refreshed = now.wrapping_sub(v.last_seen_ns) > REFRESH_NS;
+    if refreshed {
+        unsafe { (*entry).last_seen_ns = now };
+    }
+    Some((v, refreshed))
+}
+
+/// Records a new flow client -> frontend balanced to backend `(baddr, bport)`:
+/// the forward entry and the reply entry. `Err` if either insert failed.
+#[inline(always)]
+pub fn create(fwd: &CtKey, baddr_be: u32, bport_be: u16, backend_id: u32, rev_nat_id: u16) -> Result<(), ()> {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let value = CtValue {
+        backend_id,
+        rev_nat_id,
+        flags: 0,
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    let fwd_ok = CONNTRACK.insert(fwd, &value, 0).is_ok();
+    let reply_ok = insert_reply(fwd, baddr_be, bport_be, &value).is_ok();
+    if fwd_ok && reply_ok {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// (Re)writes the reply entry of a flow. Called for new flows and when a
+/// busy flow refreshes, so an LRU-evicted reply entry comes back.
+#[inline(always)]
+pub fn insert_reply(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) -> Result<(), i32> {
+    debug_assert!(fwd.dir == CT_DIR_FORWARD);
+    let reply = key(baddr_be, fwd.saddr_be, bport_be, fwd.sport_be, fwd.proto, CT_DIR_REPLY);
+    CONNTRACK.insert(&reply, value, 0)
+}

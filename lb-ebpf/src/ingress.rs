@@ -1,0 +1,43 @@
+//! XDP ingress: DNAT of packets addressed to a frontend.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{stats, CT_DIR_FORWARD};
+
+use crate::{conntrack, nat, parse, select};
+
+/// `Ok(reason)`: pass the (possibly rewritten) packet to the stack.
+/// `Err(reason)`: drop it.
+#[inline(always)]
+pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let h = match parse::parse(data, data_end) {
+        Ok(h) => h,
+        Err(reason) => return Ok(reason),
+    };
+    // One lookup decides for all traffic that is not for a Service.
+    let Some(master) = select::frontend(h.daddr_be, h.dport_be, h.proto) else {
+        return Ok(stats::PASS_NO_SERVICE);
+    };
+
+    let fwd = conntrack::key(h.saddr_be, h.daddr_be, h.sport_be, h.dport_be, h.proto, CT_DIR_FORWARD);
+    if let Some((entry, refreshed)) = conntrack::lookup(&fwd) {
+        // A flow whose backend was removed falls through to a new pick, so
+        // that (like for UDP DNS) the next packet reaches a live backend.
+        if let Some(backend) = select::backend(entry.backend_id) {
+            if refreshed {
+                // Keeps the reply entry alive should the LRU have evicted it.
+                let _ = conntrack::insert_reply(&fwd, backend.addr_be, backend.port_be, &entry);
+            }
+            nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;
+            return Ok(stats::DNAT_ESTABLISHED);
+        }
+    }
+
+    let (backend_id, backend) = select::pick_backend(h.daddr_be, h.dport_be, h.proto, &master)?;
+    if conntrack::create(&fwd, backend.addr_be, backend.port_be, backend_id, master.rev_nat_id).is_err() {
+        // Still forwarded: the flow works until its next packet re-picks.
+        crate::stats::count(stats::CT_INSERT_FAILED, 0);
+    }
+    nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;
+    Ok(stats::DNAT_NEW_FLOW)
+}

@@ -1,0 +1,107 @@
+//! Header parsing over a packet's linear bytes `[data, data_end)`, shared by
+//! the XDP and TC programs. Every access is bounds-checked the way the
+//! verifier wants: pointer + size <= data_end before the read.
+
+use lb_common::{stats, IPPROTO_TCP, IPPROTO_UDP};
+
+pub const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+/// IPv4 "more fragments" flag and fragment offset bits of `frag_off`.
+const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ether_type_be: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len_be: u16,
+    pub id_be: u16,
+    pub frag_off_be: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+}
+
+/// What the programs need to know about an IPv4 TCP/UDP packet.
+pub struct Headers {
+    /// Offset of the L4 header (14 + IHL * 4; IP options are allowed).
+    pub l4_off: usize,
+    pub proto: u8,
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+impl Headers {
+    /// Offset of the L4 checksum field.
+    #[inline(always)]
+    pub fn l4_csum_off(&self) -> usize {
+        if self.proto == IPPROTO_TCP {
+            self.l4_off + 16
+        } else {
+            self.l4_off + 6
+        }
+    }
+}
+
+/// Pointer to a `T` at `off`, or `None` if the packet is too short.
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+    let start = data + off;
+    if start + core::mem::size_of::<T>() > data_end {
+        return None;
+    }
+    Some(start as *mut T)
+}
+
+/// Parses Ethernet + IPv4 + the TCP/UDP ports. `Err` carries the stats
+/// reason under which the packet passes untouched.
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize) -> Result<Headers, u32> {
+    let eth: *const EthHdr = ptr_at(data, data_end, 0).ok_or(stats::PASS_TRUNCATED)?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).ether_type_be } != ETH_P_IP.to_be() {
+        return Err(stats::PASS_NOT_IPV4);
+    }
+    let ip: *const Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(stats::PASS_TRUNCATED)?;
+    let ip = unsafe { &*ip };
+    if ip.version_ihl >> 4 != 4 {
+        return Err(stats::PASS_NOT_IPV4);
+    }
+    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(stats::PASS_TRUNCATED);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Err(stats::PASS_NOT_TCP_UDP);
+    }
+    if u16::from_be(ip.frag_off_be) & IP_MF_OFFSET_MASK != 0 {
+        return Err(stats::PASS_FRAGMENT);
+    }
+    let l4_off = ETH_HLEN + ihl;
+    // The whole fixed L4 header must be there: the checksum field we may
+    // rewrite is at its end for TCP.
+    let l4_len = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
+    if data + l4_off + l4_len > data_end {
+        return Err(stats::PASS_TRUNCATED);
+    }
+    let ports: *const [u16; 2] = ptr_at(data, data_end, l4_off).ok_or(stats::PASS_TRUNCATED)?;
+    let ports = unsafe { *ports };
+    Ok(Headers {
+        l4_off,
+        proto: ip.proto,
+        saddr_be: ip.saddr_be,
+        daddr_be: ip.daddr_be,
+        sport_be: ports[0],
+        dport_be: ports[1],
+    })
+}

@@ -1,0 +1,52 @@
+//! Frontend lookup and backend choice.
+
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use lb_common::{stats, Backend, ServiceKey, ServiceValue};
+
+use crate::maps::{BACKENDS, SERVICES};
+
+/// The master entry of the frontend `(vip, port, proto)`, if it is one.
+#[inline(always)]
+pub fn frontend(vip_be: u32, port_be: u16, proto: u8) -> Option<ServiceValue> {
+    let key = ServiceKey {
+        vip_be,
+        port_be,
+        slot: 0,
+        proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { SERVICES.get(&key).copied() }
+}
+
+/// Picks a backend uniformly at random among the frontend's slots. `Err` is
+/// the drop reason.
+#[inline(always)]
+pub fn pick_backend(
+    vip_be: u32,
+    port_be: u16,
+    proto: u8,
+    master: &ServiceValue,
+) -> Result<(u32, Backend), u32> {
+    if master.count == 0 {
+        return Err(stats::DROP_NO_BACKENDS);
+    }
+    // SAFETY: plain helper call.
+    let r = unsafe { bpf_get_prandom_u32() };
+    let slot = (r % master.count as u32) as u16 + 1;
+    let key = ServiceKey {
+        vip_be,
+        port_be,
+        slot,
+        proto,
+        _pad: [0; 3],
+    };
+    let slot_val = unsafe { SERVICES.get(&key).copied() }.ok_or(stats::DROP_BACKEND_MISSING)?;
+    let backend = backend(slot_val.backend_id).ok_or(stats::DROP_BACKEND_MISSING)?;
+    Ok((slot_val.backend_id, backend))
+}
+
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    unsafe { BACKENDS.get(&id).copied() }
+}

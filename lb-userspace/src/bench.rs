@@ -1,0 +1,4 @@
+//! Benchmarks reported by `cargo xtask bench` (never timed tests).
+
+pub mod datapath;
+pub mod stats;

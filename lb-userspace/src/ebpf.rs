@@ -1,0 +1,12 @@
+//! The kernel side as userspace sees it: the embedded object, loading it
+//! with its maps pinned, attaching the programs to interfaces, and the
+//! `Dataplane` implementation over the pinned maps.
+
+mod attach;
+pub mod fixture;
+mod dataplane;
+mod object;
+
+pub use attach::{Attacher, XdpModeArg};
+pub use dataplane::BpfDataplane;
+pub use object::{load, EBPF_OBJECT};

@@ -1,0 +1,196 @@
+//! The datapath without interfaces: the real object loaded with a private
+//! pin dir, maps seeded directly, programs run on crafted packets through
+//! BPF_PROG_TEST_RUN. Used by the datapath tests and the benchmarks.
+
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+    Ebpf,
+};
+use lb_common::{
+    stats, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, StatsCounter, MAP_BACKENDS,
+    MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS, PROG_TC_EGRESS, PROG_XDP_INGRESS,
+};
+
+use super::object;
+
+/// Room the program may grow a packet by (it never does today).
+const OUT_SLACK: usize = 256;
+
+pub struct DatapathFixture {
+    ebpf: Ebpf,
+    next_backend_id: u32,
+    next_rev_nat_id: u16,
+    // Dropped last: the pins go once the maps are closed.
+    _pins: PinDir,
+}
+
+/// A pin directory removed on drop, also when loading failed half-way.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl DatapathFixture {
+    /// Loads the object with its maps pinned in a fresh directory under
+    /// /sys/fs/bpf (removed on drop) and verifies both programs.
+    pub fn new() -> anyhow::Result<Self> {
+        Self::with_max_entries(&[])
+    }
+
+    /// Same, with some maps resized (e.g. a small conntrack).
+    pub fn with_max_entries(max_entries: &[(&str, u32)]) -> anyhow::Result<Self> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let pins = PinDir(PathBuf::from(format!(
+            "/sys/fs/bpf/lbfix-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )));
+        let mut ebpf = object::load(&pins.0, max_entries)?;
+        prog_mut::<Xdp>(&mut ebpf, PROG_XDP_INGRESS)?.load().context("verifying XDP")?;
+        prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_EGRESS)?.load().context("verifying TC")?;
+        Ok(Self { ebpf, next_backend_id: 1, next_rev_nat_id: 1, _pins: pins })
+    }
+
+    /// Adds a frontend with `backends` (ids and rev-NAT id allocated here).
+    pub fn add_service(&mut self, vip: Ipv4Addr, port: u16, proto: u8, backends: &[(Ipv4Addr, u16)]) -> anyhow::Result<()> {
+        let rev_nat_id = self.next_rev_nat_id;
+        self.next_rev_nat_id += 1;
+        let vip_be = be_addr(vip);
+        let port_be = port.to_be();
+        let mut revnat: HashMap<_, u16, RevNat> = self.map(MAP_REVNAT)?;
+        revnat.insert(rev_nat_id, RevNat { addr_be: vip_be, port_be, _pad: 0 }, 0)?;
+        let mut ids = Vec::new();
+        for (addr, bport) in backends {
+            let id = self.next_backend_id;
+            self.next_backend_id += 1;
+            let mut backend_map: HashMap<_, u32, Backend> = self.map(MAP_BACKENDS)?;
+            backend_map.insert(id, Backend { addr_be: be_addr(*addr), port_be: bport.to_be(), proto, flags: 0 }, 0)?;
+            ids.push(id);
+        }
+        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
+        let key = |slot: u16| ServiceKey { vip_be, port_be, slot, proto, _pad: [0; 3] };
+        for (i, id) in ids.iter().enumerate() {
+            services.insert(key(i as u16 + 1), ServiceValue { backend_id: *id, rev_nat_id, ..Default::default() }, 0)?;
+        }
+        services.insert(key(0), ServiceValue { count: ids.len() as u16, rev_nat_id, ..Default::default() }, 0)?;
+        Ok(())
+    }
+
+    /// Runs the XDP program once: (verdict, packet after the program).
+    pub fn run_xdp(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        Prog::Xdp(prog(&self.ebpf, PROG_XDP_INGRESS)?).run(packet)
+    }
+
+    /// Runs the TC egress program once: (verdict, packet after the program).
+    pub fn run_tc(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_EGRESS)?).run(packet)
+    }
+
+    /// Average time per run of the XDP program over `repeat` runs of the
+    /// same input, as the kernel measures it.
+    pub fn time_xdp(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        Prog::Xdp(prog(&self.ebpf, PROG_XDP_INGRESS)?).time(packet, repeat)
+    }
+
+    /// Average time per run of the TC egress program.
+    pub fn time_tc(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_EGRESS)?).time(packet, repeat)
+    }
+
+    /// Counters summed over CPUs, by reason.
+    pub fn stats(&self) -> anyhow::Result<Vec<StatsCounter>> {
+        let map: PerCpuArray<_, StatsCounter> = PerCpuArray::try_from(
+            self.ebpf.map(MAP_STATS).ok_or_else(|| anyhow!("{MAP_STATS} missing"))?,
+        )?;
+        (0..stats::COUNT)
+            .map(|i| {
+                let per_cpu = map.get(&i, 0)?;
+                Ok(per_cpu.iter().fold(StatsCounter::default(), |acc, c| StatsCounter {
+                    packets: acc.packets + c.packets,
+                    bytes: acc.bytes + c.bytes,
+                }))
+            })
+            .collect()
+    }
+
+    /// Packets counted under `reason`.
+    pub fn count(&self, reason: u32) -> anyhow::Result<u64> {
+        Ok(self.stats()?[reason as usize].packets)
+    }
+
+    /// Every conntrack entry.
+    pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
+        // aya's HashMap covers LRU hash maps too.
+        let map: HashMap<_, CtKey, CtValue> = HashMap::try_from(
+            self.ebpf.map(MAP_CONNTRACK).ok_or_else(|| anyhow!("{MAP_CONNTRACK} missing"))?,
+        )?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> anyhow::Result<HashMap<&mut MapData, K, V>> {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| anyhow!("{name} missing"))?;
+        HashMap::try_from(map).with_context(|| name.to_string())
+    }
+}
+
+/// An IPv4 address as the datapath stores it (network byte order).
+pub fn be_addr(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+fn prog<'a, P>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a P>
+where
+    &'a P: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+    Ok(p.try_into()?)
+}
+
+fn prog_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+    Ok(p.try_into()?)
+}
+
+/// The two program types BPF_PROG_TEST_RUN runs for us.
+enum Prog<'a> {
+    Xdp(&'a Xdp),
+    Tc(&'a SchedClassifier),
+}
+
+impl Prog<'_> {
+    fn test_run(&self, opts: TestRunOptions<'_>) -> anyhow::Result<TestRunResult> {
+        let res = match self {
+            Prog::Xdp(p) => p.test_run(opts),
+            Prog::Tc(p) => p.test_run(opts),
+        };
+        res.context("BPF_PROG_TEST_RUN")
+    }
+
+    /// One run: (verdict, packet after the program).
+    fn run(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; packet.len() + OUT_SLACK];
+        let res = self.test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    /// Average time per run over `repeat` runs of the same input.
+    fn time(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        Ok(self.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?.duration)
+    }
+}

@@ -1,0 +1,294 @@
+//! Reading the pinned maps: the only part of lbctl that needs root and a
+//! kernel. Everything read lands in a [`Snapshot`] (or, for `map list`, a
+//! [`MapList`]) that the other modules format.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray};
+use lb_common::StatsCounter;
+
+use super::{
+    maplist::{MapList, MapMeta, MapStatus},
+    MapKind, Snapshot,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(
+        "pin directory {} does not exist: is lb-agent running? (pass --bpffs DIR if it pins its maps elsewhere)",
+        .0.display()
+    )]
+    PinDirMissing(PathBuf),
+    #[error(
+        "{} is not pinned: is lb-agent running? (pass --bpffs DIR if it pins its maps elsewhere)",
+        .0.display()
+    )]
+    NotPinned(PathBuf),
+    #[error("permission denied on {}: lbctl needs root (CAP_BPF)", .0.display())]
+    PermissionDenied(PathBuf),
+    #[error("cannot access {}: {error}", path.display())]
+    Access { path: PathBuf, error: io::Error },
+    #[error("opening {}: {error}", path.display())]
+    Open { path: PathBuf, error: MapError },
+    #[error("reading {name}: {error}")]
+    Read { name: &'static str, error: MapError },
+    #[error(
+        "{name} has {map_size}-byte {part}s, lb-common's are {ours}-byte: \
+         was the layout changed without bumping the map's version?"
+    )]
+    Layout {
+        name: &'static str,
+        /// `key` or `value`.
+        part: &'static str,
+        map_size: usize,
+        ours: usize,
+    },
+}
+
+/// Reads the maps `kinds` pinned in `pin_dir`; the snapshot's other maps
+/// stay empty.
+pub fn read_snapshot(pin_dir: &Path, kinds: &[MapKind]) -> Result<Snapshot, ReadError> {
+    check_pin_dir(pin_dir)?;
+    let mut snapshot = Snapshot::default();
+    for &kind in kinds {
+        let data = open(pin_dir, kind)?;
+        read_into(&mut snapshot, kind, data).map_err(|e| read_error(kind, e))?;
+    }
+    snapshot.now_ns = monotonic_ns();
+    Ok(snapshot)
+}
+
+/// Kernel metadata and entry count of each of our maps. A map that cannot
+/// be opened or read is reported in its row; only a missing or
+/// inaccessible pin directory is an error.
+pub fn list_maps(pin_dir: &Path) -> Result<MapList, ReadError> {
+    check_pin_dir(pin_dir)?;
+    let maps = MapKind::ALL
+        .into_iter()
+        .map(|kind| map_status(pin_dir, kind))
+        .collect();
+    Ok(MapList { maps })
+}
+
+fn map_status(pin_dir: &Path, kind: MapKind) -> MapStatus {
+    let mut status = MapStatus {
+        name: kind.name(),
+        pin: pin_dir.join(kind.name()),
+        meta: None,
+        entries: None,
+        error: None,
+    };
+    let data = match open(pin_dir, kind) {
+        Ok(data) => data,
+        Err(ReadError::NotPinned(_)) => {
+            status.error = Some("not pinned".to_owned());
+            return status;
+        }
+        Err(e) => {
+            status.error = Some(e.to_string());
+            return status;
+        }
+    };
+    match data.info() {
+        Ok(info) => status.meta = Some(meta(&info)),
+        Err(e) => status.error = Some(format!("map info: {e}")),
+    }
+    // Reading the map through its lb-common types also checks its layout.
+    match read_into(&mut Snapshot::default(), kind, data) {
+        Ok(entries) => status.entries = Some(entries),
+        Err(e) => status.error = Some(read_error(kind, e).to_string()),
+    }
+    status
+}
+
+fn meta(info: &MapInfo) -> MapMeta {
+    MapMeta {
+        id: info.id(),
+        map_type: info
+            .map_type()
+            .map_or_else(|_| "unknown".to_owned(), type_name),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    }
+}
+
+/// bpftool's names for the types we use, aya's for the others.
+fn type_name(map_type: MapType) -> String {
+    match map_type {
+        MapType::Hash => "hash".to_owned(),
+        MapType::LruHash => "lru_hash".to_owned(),
+        MapType::Array => "array".to_owned(),
+        MapType::PerCpuArray => "percpu_array".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn check_pin_dir(pin_dir: &Path) -> Result<(), ReadError> {
+    match std::fs::metadata(pin_dir) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(ReadError::PinDirMissing(pin_dir.to_owned()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Err(ReadError::PermissionDenied(pin_dir.to_owned()))
+        }
+        Err(error) => Err(ReadError::Access {
+            path: pin_dir.to_owned(),
+            error,
+        }),
+    }
+}
+
+fn open(pin_dir: &Path, kind: MapKind) -> Result<MapData, ReadError> {
+    let path = pin_dir.join(kind.name());
+    MapData::from_pin(&path).map_err(|error| {
+        let kind = match &error {
+            MapError::SyscallError(e) => Some(e.io_error.kind()),
+            _ => None,
+        };
+        match kind {
+            Some(io::ErrorKind::NotFound) => ReadError::NotPinned(path),
+            Some(io::ErrorKind::PermissionDenied) => ReadError::PermissionDenied(path),
+            _ => ReadError::Open { path, error },
+        }
+    })
+}
+
+/// aya words a size mismatch from the reader's side ("invalid value size 8,
+/// expected 12" for a 12-byte map): say which size is whose.
+fn read_error(kind: MapKind, error: MapError) -> ReadError {
+    let name = kind.name();
+    match error {
+        MapError::InvalidKeySize { size, expected } => ReadError::Layout {
+            name,
+            part: "key",
+            map_size: expected,
+            ours: size,
+        },
+        MapError::InvalidValueSize { size, expected } => ReadError::Layout {
+            name,
+            part: "value",
+            map_size: expected,
+            ours: size,
+        },
+        error => ReadError::Read { name, error },
+    }
+}
+
+/// Reads map `kind` into its field of `snapshot`; returns its entry count.
+fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<usize, MapError> {
+    // The kernel restarts a hash map walk from the first key when the key at
+    // the walk's cursor is deleted meanwhile (LRU eviction, agent updates),
+    // so a busy map could be walked forever: stop after twice its capacity
+    // (keys seen twice collapse in the BTreeMap).
+    let limit = 2 * data.info()?.max_entries() as usize;
+    let map = Map::from_map_data(data)?;
+    Ok(match kind {
+        MapKind::Services => {
+            snapshot.services = read_hash(map, limit)?;
+            snapshot.services.len()
+        }
+        MapKind::Backends => {
+            snapshot.backends = read_hash(map, limit)?;
+            snapshot.backends.len()
+        }
+        MapKind::RevNat => {
+            snapshot.revnat = read_hash(map, limit)?;
+            snapshot.revnat.len()
+        }
+        MapKind::Conntrack => {
+            snapshot.ct = read_hash(map, limit)?;
+            snapshot.ct.len()
+        }
+        MapKind::Stats => {
+            snapshot.stats = read_stats(map)?;
+            snapshot.stats.len()
+        }
+    })
+}
+
+/// Fails on a map of another type or layout (key or value size).
+fn read_hash<K, V>(map: Map, limit: usize) -> Result<BTreeMap<K, V>, MapError>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    HashMap::<_, K, V>::try_from(map)?
+        .iter()
+        .take(limit)
+        .collect()
+}
+
+fn read_stats(map: Map) -> Result<Vec<StatsCounter>, MapError> {
+    let array = PerCpuArray::<_, StatsCounter>::try_from(map)?;
+    array
+        .iter()
+        .map(|per_cpu| {
+            Ok(per_cpu?
+                .iter()
+                .fold(StatsCounter::default(), |sum, cpu| StatsCounter {
+                    packets: sum.packets + cpu.packets,
+                    bytes: sum.bytes + cpu.bytes,
+                }))
+        })
+        .collect()
+}
+
+/// CLOCK_MONOTONIC in ns. Through libc: lb-userspace does not enable nix's
+/// `time` feature.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) cannot fail on Linux");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_pin_dir_names_it_and_hints() {
+        let dir = Path::new("/nonexistent/lbctl-test");
+        let err = read_snapshot(dir, &MapKind::ALL).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, ReadError::PinDirMissing(_)), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/lbctl-test") && msg.contains("--bpffs"),
+            "{msg}"
+        );
+        assert!(matches!(list_maps(dir), Err(ReadError::PinDirMissing(_))));
+    }
+
+    #[test]
+    fn missing_pin_is_reported_per_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_snapshot(dir.path(), &[MapKind::Services]).unwrap_err();
+        // Without root the bpf syscall refuses before looking at the path.
+        assert!(
+            matches!(
+                err,
+                ReadError::NotPinned(_) | ReadError::PermissionDenied(_)
+            ),
+            "{err}"
+        );
+        assert!(err
+            .to_string()
+            .contains(&*dir.path().join("lb_svc_v1").to_string_lossy()));
+        let list = list_maps(dir.path()).unwrap();
+        assert_eq!(list.maps.len(), 5);
+        assert!(list
+            .maps
+            .iter()
+            .all(|m| m.error.is_some() && m.meta.is_none()));
+    }
+}

@@ -1,0 +1,93 @@
+//! What lbctl reads: plain data, no kernel needed (see [`super::maps`] for
+//! the reading).
+
+use std::{collections::BTreeMap, str::FromStr};
+
+use lb_common::{
+    Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, StatsCounter, MAP_BACKENDS,
+    MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
+};
+
+/// One of our maps; its [`name`](Self::name) is also its pin's file name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Services,
+    Backends,
+    RevNat,
+    Conntrack,
+    Stats,
+}
+
+impl MapKind {
+    /// In the order of [`lb_common::ALL_MAPS`].
+    pub const ALL: [MapKind; 5] = [
+        MapKind::Services,
+        MapKind::Backends,
+        MapKind::RevNat,
+        MapKind::Conntrack,
+        MapKind::Stats,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Services => MAP_SERVICES,
+            MapKind::Backends => MAP_BACKENDS,
+            MapKind::RevNat => MAP_REVNAT,
+            MapKind::Conntrack => MAP_CONNTRACK,
+            MapKind::Stats => MAP_STATS,
+        }
+    }
+}
+
+impl FromStr for MapKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        MapKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown map {name:?}; ours are {}",
+                    lb_common::ALL_MAPS.join(", ")
+                )
+            })
+    }
+}
+
+/// What the maps held when read. Keys and values are lb-common's, still in
+/// the maps' byte order: decoding is the reports' job, so that a test can
+/// build a snapshot exactly as the datapath would see the maps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `lb_svc_v1`: master entries (slot 0) and backend slots.
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    /// `lb_backend_v1` by backend id.
+    pub backends: BTreeMap<u32, Backend>,
+    /// `lb_revnat_v1` by rev-NAT id.
+    pub revnat: BTreeMap<u16, RevNat>,
+    /// `lb_ct_v1`.
+    pub ct: BTreeMap<CtKey, CtValue>,
+    /// `lb_stats_v1` by reason index, summed over CPUs.
+    pub stats: Vec<StatsCounter>,
+    /// CLOCK_MONOTONIC in ns when the read finished: the clock of
+    /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
+    pub now_ns: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_lb_common() {
+        assert_eq!(MapKind::ALL.map(MapKind::name), lb_common::ALL_MAPS);
+        for name in lb_common::ALL_MAPS {
+            assert_eq!(name.parse::<MapKind>().unwrap().name(), name);
+        }
+        assert!("lb_svc_v0"
+            .parse::<MapKind>()
+            .unwrap_err()
+            .contains("lb_svc_v1"));
+    }
+}

@@ -1,0 +1,97 @@
+//! `stats`: packets and bytes per verdict reason, summed over CPUs.
+
+use serde::Serialize;
+
+use super::{decode::reason_name, table::Table, MapKind, Report, Snapshot};
+
+/// The maps [`stats`] needs.
+pub const READS: &[MapKind] = &[MapKind::Stats];
+
+/// JSON: `{"reasons": [ReasonStats, ...]}`, by index.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub reasons: Vec<ReasonStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReasonStats {
+    /// Index in the stats map (`lb_common::stats`).
+    pub index: u32,
+    pub name: String,
+    /// Whether the datapath drops the packets counted here.
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// All reasons, or with `nonzero` only those that counted packets.
+pub fn stats(snapshot: &Snapshot, nonzero: bool) -> Stats {
+    let reasons = (0..)
+        .zip(&snapshot.stats)
+        .filter(|(_, counter)| !nonzero || counter.packets > 0)
+        .map(|(index, counter)| ReasonStats {
+            index,
+            name: reason_name(index).into_owned(),
+            drop: lb_common::stats::is_drop(index),
+            packets: counter.packets,
+            bytes: counter.bytes,
+        })
+        .collect();
+    Stats { reasons }
+}
+
+impl Report for Stats {
+    fn table(&self) -> String {
+        let mut table = Table::new(["REASON", "PACKETS", "BYTES", "DROP"]).right_align(&[1, 2]);
+        for reason in &self.reasons {
+            table.row(vec![
+                reason.name.clone(),
+                reason.packets.to_string(),
+                reason.bytes.to_string(),
+                if reason.drop { "drop" } else { "" }.to_owned(),
+            ]);
+        }
+        table.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{stats::DROP_NO_BACKENDS, StatsCounter};
+
+    use super::*;
+    use crate::lbctl::{render, Format};
+
+    #[test]
+    fn drops_marked_and_zeros_hidden() {
+        let mut s = Snapshot {
+            stats: vec![StatsCounter::default(); 14],
+            ..Default::default()
+        };
+        s.stats[0] = StatsCounter {
+            packets: 3,
+            bytes: 180,
+        };
+        s.stats[DROP_NO_BACKENDS as usize] = StatsCounter {
+            packets: 12,
+            bytes: 1_000_000,
+        };
+        assert_eq!(stats(&s, false).reasons.len(), 14);
+        let report = stats(&s, true);
+        assert_eq!(
+            report.table(),
+            "\
+REASON            PACKETS    BYTES  DROP
+pass_not_ipv4           3      180
+drop_no_backends       12  1000000  drop
+"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render(&report, Format::Json)).unwrap();
+        assert_eq!(
+            json["reasons"][1],
+            serde_json::json!({
+                "index": 9, "name": "drop_no_backends", "drop": true, "packets": 12, "bytes": 1_000_000
+            })
+        );
+    }
+}

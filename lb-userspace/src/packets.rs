@@ -1,0 +1,95 @@
+//! Test packets, built and checked with etherparse: an implementation
+//! independent of ours, so a checksum bug in the datapath cannot hide behind
+//! the same bug in the checker. Used by the datapath tests and benchmarks.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use etherparse::{IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice};
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+/// Which L4 protocol a test packet carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    /// A TCP segment with the SYN flag.
+    TcpSyn,
+    /// A TCP segment with the ACK flag.
+    TcpAck,
+    /// A UDP datagram with a checksum.
+    Udp,
+    /// A UDP datagram without a checksum (0).
+    UdpNoChecksum,
+}
+
+/// An Ethernet/IPv4/L4 frame from `src` to `dst`. `ip_options` (a multiple
+/// of 4 bytes, at most 40) lengthens the IPv4 header.
+pub fn frame(l4: L4, src: SocketAddrV4, dst: SocketAddrV4, ip_options: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, src.ip().octets(), dst.ip().octets())
+        .expect("payload length 0 is valid");
+    ip.identification = 0x1c46;
+    ip.dont_fragment = true;
+    ip.options = ip_options.try_into().expect("IPv4 options: multiple of 4 bytes, at most 40");
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(etherparse::IpHeaders::Ipv4(ip, Default::default()));
+    let mut out = Vec::new();
+    match l4 {
+        L4::TcpSyn => b.tcp(src.port(), dst.port(), 1000, 64240).syn().write(&mut out, payload),
+        L4::TcpAck => b.tcp(src.port(), dst.port(), 1001, 64240).ack(1).write(&mut out, payload),
+        L4::Udp | L4::UdpNoChecksum => b.udp(src.port(), dst.port()).write(&mut out, payload),
+    }
+    .expect("writing to a Vec");
+    if l4 == L4::UdpNoChecksum {
+        let csum_off = 14 + 20 + ip_options.len() + 6;
+        out[csum_off..csum_off + 2].copy_from_slice(&[0, 0]);
+    }
+    out
+}
+
+/// The addresses and checksum state of a frame, as an independent parser
+/// reads them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// True when both the IPv4 header checksum and the L4 checksum (unless
+    /// a UDP checksum is 0 = absent) are correct.
+    pub checksums_ok: bool,
+    /// UDP only: the checksum field is 0.
+    pub udp_no_checksum: bool,
+}
+
+/// Parses a frame and verifies its checksums from scratch.
+pub fn decode(frame: &[u8]) -> Result<Decoded, String> {
+    let p = SlicedPacket::from_ethernet(frame).map_err(|e| e.to_string())?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+        return Err("not IPv4".into());
+    };
+    let hdr = ip.header().to_header();
+    let ip_ok = hdr.calc_header_checksum() == hdr.header_checksum;
+    let (s, d) = (Ipv4Addr::from(hdr.source), Ipv4Addr::from(hdr.destination));
+    let payload = ip.payload().payload;
+    match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let th = t.to_header();
+            let ok = th.calc_checksum_ipv4(&hdr, t.payload()).map_err(|e| e.to_string())? == th.checksum;
+            Ok(Decoded {
+                src: SocketAddrV4::new(s, th.source_port),
+                dst: SocketAddrV4::new(d, th.destination_port),
+                checksums_ok: ip_ok && ok,
+                udp_no_checksum: false,
+            })
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let uh = u.to_header();
+            let none = uh.checksum == 0;
+            let ok = none || uh.calc_checksum_ipv4(&hdr, &payload[8..]).map_err(|e| e.to_string())? == uh.checksum;
+            Ok(Decoded {
+                src: SocketAddrV4::new(s, uh.source_port),
+                dst: SocketAddrV4::new(d, uh.destination_port),
+                checksums_ok: ip_ok && ok,
+                udp_no_checksum: none,
+            })
+        }
+        _ => Err("neither TCP nor UDP".into()),
+    }
+}

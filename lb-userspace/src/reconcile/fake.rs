@@ -1,0 +1,66 @@
+//! An in-memory [`Dataplane`] for tests, here and in other modules.
+
+use super::{Dataplane, DataplaneError, MapOp, MapState};
+
+/// In-memory Dataplane for tests; records every op applied.
+///
+/// Stricter than a kernel map in one way: deleting a missing entry is an
+/// error, so a plan that deletes what is not there fails loudly.
+#[derive(Debug, Clone, Default)]
+pub struct FakeDataplane {
+    pub state: MapState,
+    /// Ops applied successfully, in order.
+    pub applied: Vec<MapOp>,
+    /// While set to `Some(n)`, the write that would become `applied[n]`
+    /// fails (and changes nothing), to test syncs that break off.
+    pub fail_at: Option<usize>,
+}
+
+impl FakeDataplane {
+    /// A dataplane whose maps hold `state`.
+    pub fn new(state: MapState) -> Self {
+        FakeDataplane {
+            state,
+            ..Self::default()
+        }
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn read_state(&self) -> Result<MapState, DataplaneError> {
+        Ok(self.state.clone())
+    }
+
+    fn apply(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
+        let fail = |message: &str| DataplaneError {
+            op: op.to_string(),
+            message: message.into(),
+        };
+        if self.fail_at == Some(self.applied.len()) {
+            return Err(fail("injected failure"));
+        }
+        let state = &mut self.state;
+        let found = match *op {
+            MapOp::UpsertBackend(id, backend) => {
+                state.backends.insert(id, backend);
+                true
+            }
+            MapOp::UpsertRevNat(id, rev_nat) => {
+                state.revnat.insert(id, rev_nat);
+                true
+            }
+            MapOp::UpsertService(key, value) => {
+                state.services.insert(key, value);
+                true
+            }
+            MapOp::DeleteService(key) => state.services.remove(&key).is_some(),
+            MapOp::DeleteRevNat(id) => state.revnat.remove(&id).is_some(),
+            MapOp::DeleteBackend(id) => state.backends.remove(&id).is_some(),
+        };
+        if !found {
+            return Err(fail("no such entry"));
+        }
+        self.applied.push(op.clone());
+        Ok(())
+    }
+}

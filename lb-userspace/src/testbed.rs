@@ -1,0 +1,69 @@
+//! Throwaway network-namespace topologies that look like a Kubernetes node
+//! with a routed CNI, for the end-to-end tests, `lb-testbed demo` and the
+//! benchmarks.
+//!
+//! Safety rule every piece here follows: traffic only flows between
+//! namespaces this module creates, over veth pairs created directly inside
+//! them. The root namespace never holds one of our links or routes, so no
+//! packet can reach the machine's real interfaces. Everything is torn down by
+//! `Drop` guards, also when a test panics.
+//!
+//! Typical use:
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use lb_userspace::testbed::{client::Client, servers::Servers, topology::ClusterIpTopology};
+//! let topo = ClusterIpTopology::create(3)?;
+//! let _servers = Servers::start(topo.backends())?;
+//! let replies = Client::new(topo.client()).tcp_requests(
+//!     topo.backends()[0].ip, lb_userspace::testbed::servers::TCP_PORT, 10,
+//!     lb_userspace::testbed::client::DEFAULT_TIMEOUT)?;
+//! # Ok(()) }
+//! ```
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub mod agent;
+pub mod client;
+pub mod netns;
+mod ns_command;
+pub mod privileged;
+pub mod scratch;
+pub mod servers;
+pub mod tally;
+pub mod topology;
+
+/// The ClusterIP of the `web` Service in `examples/web.yaml`.
+pub const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// Its TCP frontend port (target port [`servers::TCP_PORT`]).
+pub const WEB_TCP_PORT: u16 = 80;
+/// Its UDP frontend port (target port [`servers::UDP_PORT`]).
+pub const WEB_UDP_PORT: u16 = 53;
+
+/// A short name no other testbed object uses, on this machine or in this
+/// process: `lbt<pid>-<n>`. The pid separates concurrent test binaries, the
+/// counter separates the tests running in parallel inside one of them.
+pub fn unique_tag() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "lbt{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Calls `poll` until it returns true or `deadline` passes; returns whether it
+/// succeeded. `poll` runs at least once, even if the deadline already passed.
+pub fn wait_until(deadline: Instant, mut poll: impl FnMut() -> bool) -> bool {
+    loop {
+        if poll() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

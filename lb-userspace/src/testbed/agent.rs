@@ -1,0 +1,157 @@
+//! Runs `lb-agent` in a topology's node namespace, with its own pin directory
+//! and its log captured to a file.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::netns::NetNs;
+use super::scratch::ScratchDir;
+
+/// How long the agent gets to detach and unpin after SIGTERM.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// A running agent. Dropping it stops it (SIGTERM, then SIGKILL after 3 s)
+/// and removes its pin directory; during a panic it first prints the log.
+pub struct AgentProcess {
+    child: Child,
+    exit: Option<ExitStatus>,
+    pin_dir: PathBuf,
+    log_path: PathBuf,
+    // Holds the log; dropped after the agent has stopped (Drop runs first).
+    _scratch: ScratchDir,
+}
+
+impl AgentProcess {
+    /// Starts `<binary> --manifests <manifests> --pod-interfaces <glob>
+    /// --bpffs /sys/fs/bpf/<unique> --unpin-on-exit <extra_args...>` inside
+    /// `node`.
+    pub fn start(
+        binary: &Path,
+        node: &NetNs,
+        manifests: &Path,
+        pod_interfaces: &str,
+        extra_args: &[&str],
+    ) -> Result<AgentProcess> {
+        let scratch = ScratchDir::new()?;
+        let log_path = scratch.path().join("agent.log");
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let pin_dir = Path::new("/sys/fs/bpf").join(super::unique_tag());
+        let child = node
+            .command(binary)?
+            .arg("--manifests")
+            .arg(manifests)
+            .args(["--pod-interfaces", pod_interfaces])
+            .arg("--bpffs")
+            .arg(&pin_dir)
+            .arg("--unpin-on-exit")
+            .args(extra_args)
+            // The log is a file, not a terminal: no colour codes in it.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} in {}", binary.display(), node.name()))?;
+        Ok(AgentProcess {
+            child,
+            exit: None,
+            pin_dir,
+            log_path,
+            _scratch: scratch,
+        })
+    }
+
+    /// Where the agent pins its maps and links.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Everything the agent printed so far.
+    pub fn log(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The agent's exit status, if it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Polls `probe` (e.g. "a request to the VIP succeeds") until it holds,
+    /// and returns how long that took. Fails when `timeout` passes first or
+    /// when the agent exits: no point waiting for a dead agent.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<Duration> {
+        let start = Instant::now();
+        let done = super::wait_until(start + timeout, || self.exited().is_some() || probe());
+        if let Some(status) = self.exited() {
+            bail!("the agent exited ({status}) instead of becoming ready");
+        }
+        if !done {
+            bail!("the agent was not ready after {timeout:?}");
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Stops the agent, gracefully if it lets us, and removes whatever it
+    /// left in its pin directory. Returns how it exited.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        let status = self.terminate()?;
+        if self.pin_dir.exists() {
+            fs::remove_dir_all(&self.pin_dir)
+                .with_context(|| format!("removing {}", self.pin_dir.display()))?;
+        }
+        Ok(status)
+    }
+
+    fn terminate(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Ok(status);
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        // The child is ours and not yet reaped, so the pid cannot be reused.
+        kill(pid, Signal::SIGTERM).context("sending SIGTERM to the agent")?;
+        let deadline = Instant::now() + GRACE;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Ok(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: the agent ignored SIGTERM for {GRACE:?}, killing it");
+        self.child.kill().context("killing the agent")?;
+        let status = self.child.wait().context("waiting for the killed agent")?;
+        self.exit = Some(status);
+        Ok(status)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "---- lb-agent log ({}) ----\n{}---- end of lb-agent log ----",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        if let Err(e) = self.stop() {
+            eprintln!("warning: stopping the agent: {e:#}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Echo servers in the backend pods that tell who answered and whom they saw.
+//!
+//! Protocol, both answering with `"<pod name> <peer ip>:<peer port>\n"`:
+//! * TCP on [`TCP_PORT`]: the client sends one line, the server answers and closes;
+//! * UDP on [`UDP_PORT`]: every datagram gets one answer datagram.
+//!
+//! The peer is what the pod's kernel saw: the client's own address if the load
+//! balancer preserved the source.
+
+use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use super::topology::Pod;
+
+/// Backend TCP port: the `targetPort` of `examples/web.yaml`'s TCP port.
+pub const TCP_PORT: u16 = 8080;
+/// Backend UDP port: the `targetPort` of `examples/web.yaml`'s UDP port.
+pub const UDP_PORT: u16 = 5353;
+
+/// How long a server waits before looking at its stop flag again.
+const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long a TCP connection may take to send its line.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The servers of a set of pods; stopped and joined on drop.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Starts a TCP and a UDP server in every pod. They are listening when
+    /// this returns.
+    pub fn start(pods: &[Pod]) -> Result<Servers> {
+        let mut servers = Servers {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+        };
+        for pod in pods {
+            // Bound from inside the pod, the sockets stay in its namespace
+            // whichever thread serves them.
+            let (tcp, udp) = pod
+                .ns
+                .run(|| -> std::io::Result<_> {
+                    let any = Ipv4Addr::UNSPECIFIED;
+                    Ok((
+                        TcpListener::bind((any, TCP_PORT))?,
+                        UdpSocket::bind((any, UDP_PORT))?,
+                    ))
+                })?
+                .with_context(|| format!("binding the servers of {}", pod.name))?;
+            udp.set_read_timeout(Some(STOP_POLL))?;
+            servers.spawn(
+                format!("{} tcp", pod.name),
+                serve_tcp(pod.name.clone(), tcp),
+            )?;
+            servers.spawn(
+                format!("{} udp", pod.name),
+                serve_udp(pod.name.clone(), udp),
+            )?;
+        }
+        Ok(servers)
+    }
+
+    fn spawn(
+        &mut self,
+        name: String,
+        serve: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> Result<()> {
+        let stop = Arc::clone(&self.stop);
+        let thread = thread::Builder::new()
+            .name(name)
+            .spawn(move || serve(&stop))?;
+        self.threads.push(thread);
+        Ok(())
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_tcp(name: String, listener: TcpListener) -> impl FnOnce(&AtomicBool) {
+    move |stop| {
+        while !stop.load(Ordering::Relaxed) {
+            // Wait in poll, not accept, so the stop flag is seen within STOP_POLL.
+            if !readable(&listener) {
+                continue;
+            }
+            match listener.accept() {
+                // One thread per connection: a slow client must not hold up the others.
+                Ok((stream, _)) => {
+                    let name = name.clone();
+                    thread::spawn(move || answer_tcp(&name, stream));
+                }
+                Err(e) => eprintln!("{name}: tcp accept: {e}"),
+            }
+        }
+    }
+}
+
+fn answer_tcp(name: &str, stream: TcpStream) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut line = String::new();
+    // Read the whole request line first: closing with unread data would
+    // send an RST instead of a FIN.
+    if BufReader::new((&stream).take(1024))
+        .read_line(&mut line)
+        .is_err()
+    {
+        return;
+    }
+    let _ = (&stream).write_all(format!("{name} {peer}\n").as_bytes());
+}
+
+fn serve_udp(name: String, socket: UdpSocket) -> impl FnOnce(&AtomicBool) {
+    move |stop| {
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            match socket.recv_from(&mut buf) {
+                Ok((_, peer)) => {
+                    if let Err(e) = socket.send_to(format!("{name} {peer}\n").as_bytes(), peer) {
+                        eprintln!("{name}: udp reply to {peer}: {e}");
+                    }
+                }
+                // The read timeout, there to look at the stop flag.
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => eprintln!("{name}: udp receive: {e}"),
+            }
+        }
+    }
+}
+
+/// Waits up to STOP_POLL for a connection to accept.
+fn readable(listener: &TcpListener) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, STOP_POLL.as_millis() as libc::c_int) };
+    ready > 0
+}
