@@ -15,5 +15,7 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
-    .context("building lb-ebpf (run `cargo xtask setup` to install nightly rust-src and bpf-linker)")
+    .context(
+        "building lb-ebpf (run `cargo xtask setup` to install nightly rust-src and bpf-linker)",
+    )
 }

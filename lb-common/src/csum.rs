@@ -24,11 +24,7 @@ pub const fn replace2(check: u16, old: u16, new: u16) -> u16 {
 /// New checksum after one 32-bit word (e.g. an IPv4 address) changed.
 #[inline(always)]
 pub const fn replace4(check: u16, old: u32, new: u32) -> u16 {
-    let sum = (!check as u32)
-        + ((!old) & 0xffff)
-        + ((!old) >> 16)
-        + (new & 0xffff)
-        + (new >> 16);
+    let sum = (!check as u32) + ((!old) & 0xffff) + ((!old) >> 16) + (new & 0xffff) + (new >> 16);
     !fold(sum)
 }
 
@@ -60,7 +56,9 @@ mod tests {
 
     #[test]
     fn replace_matches_full_recompute() {
-        let mut words = [0x4500u16, 0x0054, 0x1c46, 0x4000, 0x4006, 0, 0xac10, 0x0a63, 0xac10, 0x0a0c];
+        let mut words = [
+            0x4500u16, 0x0054, 0x1c46, 0x4000, 0x4006, 0, 0xac10, 0x0a63, 0xac10, 0x0a0c,
+        ];
         let check = full(&words);
         // Change the destination address (words 8, 9).
         let old = ((words[8] as u32) << 16) | words[9] as u32;

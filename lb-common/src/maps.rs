@@ -21,7 +21,13 @@ pub const MAP_CONNTRACK: &str = "lb_ct_v1";
 pub const MAP_STATS: &str = "lb_stats_v1";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 5] = [MAP_SERVICES, MAP_BACKENDS, MAP_REVNAT, MAP_CONNTRACK, MAP_STATS];
+pub const ALL_MAPS: [&str; 5] = [
+    MAP_SERVICES,
+    MAP_BACKENDS,
+    MAP_REVNAT,
+    MAP_CONNTRACK,
+    MAP_STATS,
+];
 
 pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
 pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;

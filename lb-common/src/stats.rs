@@ -55,5 +55,8 @@ pub const NAMES: [&str; COUNT as usize] = [
 
 /// True for the reasons that drop the packet.
 pub const fn is_drop(reason: u32) -> bool {
-    matches!(reason, DROP_NO_BACKENDS | DROP_BACKEND_MISSING | DROP_REWRITE_FAILED)
+    matches!(
+        reason,
+        DROP_NO_BACKENDS | DROP_BACKEND_MISSING | DROP_REWRITE_FAILED
+    )
 }

@@ -18,7 +18,14 @@ use crate::maps::CONNTRACK;
 const REFRESH_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
-pub fn key(saddr_be: u32, daddr_be: u32, sport_be: u16, dport_be: u16, proto: u8, dir: u8) -> CtKey {
+pub fn key(
+    saddr_be: u32,
+    daddr_be: u32,
+    sport_be: u16,
+    dport_be: u16,
+    proto: u8,
+    dir: u8,
+) -> CtKey {
     CtKey {
         saddr_be,
         daddr_be,
@@ -49,7 +56,13 @@ pub fn lookup(k: &CtKey) -> Option<(CtValue, bool)> {
 /// Records a new flow client -> frontend balanced to backend `(baddr, bport)`:
 /// the forward entry and the reply entry. `Err` if either insert failed.
 #[inline(always)]
-pub fn create(fwd: &CtKey, baddr_be: u32, bport_be: u16, backend_id: u32, rev_nat_id: u16) -> Result<(), ()> {
+pub fn create(
+    fwd: &CtKey,
+    baddr_be: u32,
+    bport_be: u16,
+    backend_id: u32,
+    rev_nat_id: u16,
+) -> Result<(), ()> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let value = CtValue {
         backend_id,
@@ -72,6 +85,13 @@ pub fn create(fwd: &CtKey, baddr_be: u32, bport_be: u16, backend_id: u32, rev_na
 #[inline(always)]
 pub fn insert_reply(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) -> Result<(), i32> {
     debug_assert!(fwd.dir == CT_DIR_FORWARD);
-    let reply = key(baddr_be, fwd.saddr_be, bport_be, fwd.sport_be, fwd.proto, CT_DIR_REPLY);
+    let reply = key(
+        baddr_be,
+        fwd.saddr_be,
+        bport_be,
+        fwd.sport_be,
+        fwd.proto,
+        CT_DIR_REPLY,
+    );
     CONNTRACK.insert(&reply, value, 0)
 }

@@ -15,7 +15,11 @@ pub fn try_egress(ctx: &TcContext) -> Result<u32, u32> {
         Ok(h) => h,
         Err(stats::PASS_TRUNCATED) if ctx.len() > (ctx.data_end() - ctx.data()) as u32 => {
             // Headers may sit in a non-linear part of the skb: pull them in.
-            let want = if ctx.len() < MAX_HEADERS { ctx.len() } else { MAX_HEADERS };
+            let want = if ctx.len() < MAX_HEADERS {
+                ctx.len()
+            } else {
+                MAX_HEADERS
+            };
             if ctx.pull_data(want).is_err() {
                 return Ok(stats::PASS_TRUNCATED);
             }
@@ -26,7 +30,14 @@ pub fn try_egress(ctx: &TcContext) -> Result<u32, u32> {
         }
         Err(reason) => return Ok(reason),
     };
-    let reply = conntrack::key(h.saddr_be, h.daddr_be, h.sport_be, h.dport_be, h.proto, CT_DIR_REPLY);
+    let reply = conntrack::key(
+        h.saddr_be,
+        h.daddr_be,
+        h.sport_be,
+        h.dport_be,
+        h.proto,
+        CT_DIR_REPLY,
+    );
     let Some((entry, _)) = conntrack::lookup(&reply) else {
         return Ok(stats::TC_PASS_NOT_REPLY);
     };

@@ -19,7 +19,14 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         return Ok(stats::PASS_NO_SERVICE);
     };
 
-    let fwd = conntrack::key(h.saddr_be, h.daddr_be, h.sport_be, h.dport_be, h.proto, CT_DIR_FORWARD);
+    let fwd = conntrack::key(
+        h.saddr_be,
+        h.daddr_be,
+        h.sport_be,
+        h.dport_be,
+        h.proto,
+        CT_DIR_FORWARD,
+    );
     if let Some((entry, refreshed)) = conntrack::lookup(&fwd) {
         // A flow whose backend was removed falls through to a new pick, so
         // that (like for UDP DNS) the next packet reaches a live backend.
@@ -34,7 +41,15 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     }
 
     let (backend_id, backend) = select::pick_backend(h.daddr_be, h.dport_be, h.proto, &master)?;
-    if conntrack::create(&fwd, backend.addr_be, backend.port_be, backend_id, master.rev_nat_id).is_err() {
+    if conntrack::create(
+        &fwd,
+        backend.addr_be,
+        backend.port_be,
+        backend_id,
+        master.rev_nat_id,
+    )
+    .is_err()
+    {
         // Still forwarded: the flow works until its next packet re-picks.
         crate::stats::count(stats::CT_INSERT_FAILED, 0);
     }

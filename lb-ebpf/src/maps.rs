@@ -12,8 +12,7 @@ use lb_common::{
 };
 
 #[map(name = "lb_svc_v1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
 
 #[map(name = "lb_backend_v1")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);

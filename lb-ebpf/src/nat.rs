@@ -15,10 +15,17 @@ const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 /// XDP: rewrites the destination to `daddr:dport` and fixes the IP and L4
 /// checksums. A UDP checksum of 0 (none) stays 0.
 #[inline(always)]
-pub fn dnat_xdp(data: usize, data_end: usize, h: &Headers, daddr_be: u32, dport_be: u16) -> Result<(), u32> {
+pub fn dnat_xdp(
+    data: usize,
+    data_end: usize,
+    h: &Headers,
+    daddr_be: u32,
+    dport_be: u16,
+) -> Result<(), u32> {
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(stats::PASS_TRUNCATED)?;
     let ports: *mut [u16; 2] = ptr_at(data, data_end, h.l4_off).ok_or(stats::PASS_TRUNCATED)?;
-    let l4_check: *mut u16 = ptr_at(data, data_end, h.l4_csum_off()).ok_or(stats::PASS_TRUNCATED)?;
+    let l4_check: *mut u16 =
+        ptr_at(data, data_end, h.l4_csum_off()).ok_or(stats::PASS_TRUNCATED)?;
     // SAFETY: all three pointers were bounds-checked above.
     unsafe {
         let old_daddr = (*ip).daddr_be;
@@ -28,7 +35,11 @@ pub fn dnat_xdp(data: usize, data_end: usize, h: &Headers, daddr_be: u32, dport_
         let old = *l4_check;
         let mut new = csum::replace4(old, old_daddr, daddr_be);
         new = csum::replace2(new, (*ports)[1], dport_be);
-        *l4_check = if h.proto == IPPROTO_UDP { csum::udp_fixup(old, new) } else { new };
+        *l4_check = if h.proto == IPPROTO_UDP {
+            csum::udp_fixup(old, new)
+        } else {
+            new
+        };
         (*ports)[1] = dport_be;
     }
     Ok(())
@@ -40,10 +51,19 @@ pub fn dnat_xdp(data: usize, data_end: usize, h: &Headers, daddr_be: u32, dport_
 #[inline(always)]
 pub fn snat_tc(ctx: &TcContext, h: &Headers, saddr_be: u32, sport_be: u16) -> Result<(), u32> {
     let csum_off = h.l4_csum_off();
-    let udp_flag = if h.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let udp_flag = if h.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
     let fail = |_| stats::DROP_REWRITE_FAILED;
-    ctx.l4_csum_replace(csum_off, h.saddr_be as u64, saddr_be as u64, BPF_F_PSEUDO_HDR as u64 | udp_flag | 4)
-        .map_err(fail)?;
+    ctx.l4_csum_replace(
+        csum_off,
+        h.saddr_be as u64,
+        saddr_be as u64,
+        BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
+    )
+    .map_err(fail)?;
     ctx.l4_csum_replace(csum_off, h.sport_be as u64, sport_be as u64, udp_flag | 2)
         .map_err(fail)?;
     ctx.l3_csum_replace(IP_CHECK_OFF, h.saddr_be as u64, saddr_be as u64, 4)

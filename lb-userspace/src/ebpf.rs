@@ -3,8 +3,8 @@
 //! `Dataplane` implementation over the pinned maps.
 
 mod attach;
-pub mod fixture;
 mod dataplane;
+pub mod fixture;
 mod object;
 
 pub use attach::{Attacher, XdpModeArg};

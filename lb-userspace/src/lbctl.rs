@@ -25,12 +25,14 @@ pub mod dump;
 pub mod maplist;
 pub mod maps;
 pub mod services;
+pub mod snapshot;
 pub mod stats;
 mod table;
 #[cfg(test)]
 mod testutil;
 
-pub use maps::{list_maps, read_snapshot, MapKind, ReadError, Snapshot};
+pub use maps::{list_maps, read_snapshot, ReadError};
+pub use snapshot::{MapKind, Snapshot};
 
 /// Where lb-agent pins its maps unless told otherwise.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";

@@ -24,17 +24,32 @@ pub enum L4 {
 
 /// An Ethernet/IPv4/L4 frame from `src` to `dst`. `ip_options` (a multiple
 /// of 4 bytes, at most 40) lengthens the IPv4 header.
-pub fn frame(l4: L4, src: SocketAddrV4, dst: SocketAddrV4, ip_options: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn frame(
+    l4: L4,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    ip_options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
     let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, src.ip().octets(), dst.ip().octets())
         .expect("payload length 0 is valid");
     ip.identification = 0x1c46;
     ip.dont_fragment = true;
-    ip.options = ip_options.try_into().expect("IPv4 options: multiple of 4 bytes, at most 40");
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(etherparse::IpHeaders::Ipv4(ip, Default::default()));
+    ip.options = ip_options
+        .try_into()
+        .expect("IPv4 options: multiple of 4 bytes, at most 40");
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()));
     let mut out = Vec::new();
     match l4 {
-        L4::TcpSyn => b.tcp(src.port(), dst.port(), 1000, 64240).syn().write(&mut out, payload),
-        L4::TcpAck => b.tcp(src.port(), dst.port(), 1001, 64240).ack(1).write(&mut out, payload),
+        L4::TcpSyn => b
+            .tcp(src.port(), dst.port(), 1000, 64240)
+            .syn()
+            .write(&mut out, payload),
+        L4::TcpAck => b
+            .tcp(src.port(), dst.port(), 1001, 64240)
+            .ack(1)
+            .write(&mut out, payload),
         L4::Udp | L4::UdpNoChecksum => b.udp(src.port(), dst.port()).write(&mut out, payload),
     }
     .expect("writing to a Vec");
@@ -71,7 +86,10 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, String> {
     match &p.transport {
         Some(TransportSlice::Tcp(t)) => {
             let th = t.to_header();
-            let ok = th.calc_checksum_ipv4(&hdr, t.payload()).map_err(|e| e.to_string())? == th.checksum;
+            let ok = th
+                .calc_checksum_ipv4(&hdr, t.payload())
+                .map_err(|e| e.to_string())?
+                == th.checksum;
             Ok(Decoded {
                 src: SocketAddrV4::new(s, th.source_port),
                 dst: SocketAddrV4::new(d, th.destination_port),
@@ -82,7 +100,11 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, String> {
         Some(TransportSlice::Udp(u)) => {
             let uh = u.to_header();
             let none = uh.checksum == 0;
-            let ok = none || uh.calc_checksum_ipv4(&hdr, &payload[8..]).map_err(|e| e.to_string())? == uh.checksum;
+            let ok = none
+                || uh
+                    .calc_checksum_ipv4(&hdr, &payload[8..])
+                    .map_err(|e| e.to_string())?
+                    == uh.checksum;
             Ok(Decoded {
                 src: SocketAddrV4::new(s, uh.source_port),
                 dst: SocketAddrV4::new(d, uh.destination_port),

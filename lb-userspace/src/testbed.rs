@@ -8,15 +8,18 @@
 //! packet can reach the machine's real interfaces. Everything is torn down by
 //! `Drop` guards, also when a test panics.
 //!
-//! Typical use:
+//! Typical use (as root):
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use lb_userspace::testbed::{client::Client, servers::Servers, topology::ClusterIpTopology};
-//! let topo = ClusterIpTopology::create(3)?;
+//! use lb_userspace::testbed::client::{Client, DEFAULT_TIMEOUT};
+//! use lb_userspace::testbed::servers::{Servers, TCP_PORT};
+//! use lb_userspace::testbed::topology::ClusterIpTopology;
+//!
+//! let topo = ClusterIpTopology::create(3)?; // node, pod-1..pod-3, client
 //! let _servers = Servers::start(topo.backends())?;
-//! let replies = Client::new(topo.client()).tcp_requests(
-//!     topo.backends()[0].ip, lb_userspace::testbed::servers::TCP_PORT, 10,
-//!     lb_userspace::testbed::client::DEFAULT_TIMEOUT)?;
+//! let pod = &topo.backends()[0];
+//! let replies = Client::new(topo.client()).tcp_requests(pod.ip, TCP_PORT, 10, DEFAULT_TIMEOUT)?;
+//! assert!(replies.iter().all(|r| r.as_ref().is_ok_and(|r| r.backend == "pod-1")));
 //! # Ok(()) }
 //! ```
 

@@ -27,8 +27,10 @@ fn one_backend() -> Option<DatapathFixture> {
         return None;
     }
     let mut f = DatapathFixture::new().expect("loading the datapath");
-    f.add_service(VIP, 80, IPPROTO_TCP, &[(*BACKEND.ip(), 8080)]).unwrap();
-    f.add_service(VIP, 53, IPPROTO_UDP, &[(*BACKEND.ip(), 5353)]).unwrap();
+    f.add_service(VIP, 80, IPPROTO_TCP, &[(*BACKEND.ip(), 8080)])
+        .unwrap();
+    f.add_service(VIP, 53, IPPROTO_UDP, &[(*BACKEND.ip(), 5353)])
+        .unwrap();
     Some(f)
 }
 
@@ -38,7 +40,11 @@ fn tcp_to_frontend_is_dnated_with_valid_checksums() {
     let input = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
     let (verdict, out) = f.run_xdp(&input).unwrap();
     assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""), "byte-exact DNAT");
+    assert_eq!(
+        out,
+        frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""),
+        "byte-exact DNAT"
+    );
     assert!(decode(&out).unwrap().checksums_ok);
     assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
 
@@ -46,17 +52,35 @@ fn tcp_to_frontend_is_dnated_with_valid_checksums() {
     let ack = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"GET / HTTP/1.0\r\n\r\n");
     let (verdict, out) = f.run_xdp(&ack).unwrap();
     assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::TcpAck, CLIENT, BACKEND, &[], b"GET / HTTP/1.0\r\n\r\n"));
+    assert_eq!(
+        out,
+        frame(L4::TcpAck, CLIENT, BACKEND, &[], b"GET / HTTP/1.0\r\n\r\n")
+    );
     assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
 
     // Both directions are tracked, with the backend and frontend ids.
     let ct = f.conntrack().unwrap();
     assert_eq!(ct.len(), 2, "{ct:?}");
-    let fwd = ct.iter().find(|(k, _)| k.dir == CT_DIR_FORWARD).expect("forward entry");
-    assert_eq!((fwd.0.saddr_be, fwd.0.daddr_be), (be_addr(*CLIENT.ip()), be_addr(VIP)));
-    let reply = ct.iter().find(|(k, _)| k.dir == CT_DIR_REPLY).expect("reply entry");
-    assert_eq!((reply.0.saddr_be, reply.0.daddr_be), (be_addr(*BACKEND.ip()), be_addr(*CLIENT.ip())));
-    assert_eq!((reply.0.sport_be, reply.0.dport_be), (8080u16.to_be(), 40000u16.to_be()));
+    let fwd = ct
+        .iter()
+        .find(|(k, _)| k.dir == CT_DIR_FORWARD)
+        .expect("forward entry");
+    assert_eq!(
+        (fwd.0.saddr_be, fwd.0.daddr_be),
+        (be_addr(*CLIENT.ip()), be_addr(VIP))
+    );
+    let reply = ct
+        .iter()
+        .find(|(k, _)| k.dir == CT_DIR_REPLY)
+        .expect("reply entry");
+    assert_eq!(
+        (reply.0.saddr_be, reply.0.daddr_be),
+        (be_addr(*BACKEND.ip()), be_addr(*CLIENT.ip()))
+    );
+    assert_eq!(
+        (reply.0.sport_be, reply.0.dport_be),
+        (8080u16.to_be(), 40000u16.to_be())
+    );
 }
 
 #[test]
@@ -64,14 +88,21 @@ fn udp_to_frontend_is_dnated_and_zero_checksum_stays_zero() {
     let Some(f) = one_backend() else { return };
     let dns = SocketAddrV4::new(VIP, 53);
     let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
-    let (verdict, out) = f.run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"query")).unwrap();
+    let (verdict, out) = f
+        .run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"query"))
+        .unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, frame(L4::Udp, CLIENT, backend, &[], b"query"));
 
     let other_client = SocketAddrV4::new(*CLIENT.ip(), 40001);
-    let (verdict, out) = f.run_xdp(&frame(L4::UdpNoChecksum, other_client, dns, &[], b"query")).unwrap();
+    let (verdict, out) = f
+        .run_xdp(&frame(L4::UdpNoChecksum, other_client, dns, &[], b"query"))
+        .unwrap();
     assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::UdpNoChecksum, other_client, backend, &[], b"query"));
+    assert_eq!(
+        out,
+        frame(L4::UdpNoChecksum, other_client, backend, &[], b"query")
+    );
     assert!(decode(&out).unwrap().udp_no_checksum);
 }
 
@@ -80,7 +111,9 @@ fn ip_options_are_skipped_correctly() {
     let Some(f) = one_backend() else { return };
     // Four NOPs and an end-of-options list padded to 8 bytes: IHL 7.
     let options = [1, 1, 1, 1, 0, 0, 0, 0];
-    let (verdict, out) = f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &options, b"")).unwrap();
+    let (verdict, out) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &options, b""))
+        .unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &options, b""));
 }
@@ -88,18 +121,26 @@ fn ip_options_are_skipped_correctly() {
 #[test]
 fn reply_is_reverse_nated_at_tc_egress() {
     let Some(f) = one_backend() else { return };
-    f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"")).unwrap();
+    f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
     let reply = frame(L4::TcpAck, BACKEND, CLIENT, &[], b"pod-1");
     let (verdict, out) = f.run_tc(&reply).unwrap();
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out, frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"pod-1"), "source restored to the frontend");
+    assert_eq!(
+        out,
+        frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"pod-1"),
+        "source restored to the frontend"
+    );
     assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
 
     // UDP too, zero checksum kept.
     let dns = SocketAddrV4::new(VIP, 53);
     let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
-    f.run_xdp(&frame(L4::UdpNoChecksum, CLIENT, dns, &[], b"q")).unwrap();
-    let (_, out) = f.run_tc(&frame(L4::UdpNoChecksum, backend, CLIENT, &[], b"answer")).unwrap();
+    f.run_xdp(&frame(L4::UdpNoChecksum, CLIENT, dns, &[], b"q"))
+        .unwrap();
+    let (_, out) = f
+        .run_tc(&frame(L4::UdpNoChecksum, backend, CLIENT, &[], b"answer"))
+        .unwrap();
     assert_eq!(out, frame(L4::UdpNoChecksum, dns, CLIENT, &[], b"answer"));
 }
 
@@ -121,29 +162,88 @@ fn lookalike_reply_without_conntrack_is_not_rewritten() {
 fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
     let Some(f) = one_backend() else { return };
     let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        ("other port", frame(L4::TcpSyn, CLIENT, SocketAddrV4::new(VIP, 81), &[], b""), stats::PASS_NO_SERVICE),
-        ("other address", frame(L4::TcpSyn, CLIENT, SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80), &[], b""), stats::PASS_NO_SERVICE),
-        ("wrong protocol", frame(L4::Udp, CLIENT, FRONTEND, &[], b""), stats::PASS_NO_SERVICE),
-        ("ipv6 ethertype", ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x86dd), stats::PASS_NOT_IPV4),
-        ("arp ethertype", ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x0806), stats::PASS_NOT_IPV4),
-        ("icmp", ip_proto(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 1), stats::PASS_NOT_TCP_UDP),
-        ("later fragment", fragment(frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"), 0x0010), stats::PASS_FRAGMENT),
-        ("first fragment", fragment(frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"), 0x2000), stats::PASS_FRAGMENT),
-        ("ihl below 5", ihl(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 4), stats::PASS_TRUNCATED),
+        (
+            "other port",
+            frame(L4::TcpSyn, CLIENT, SocketAddrV4::new(VIP, 81), &[], b""),
+            stats::PASS_NO_SERVICE,
+        ),
+        (
+            "other address",
+            frame(
+                L4::TcpSyn,
+                CLIENT,
+                SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80),
+                &[],
+                b"",
+            ),
+            stats::PASS_NO_SERVICE,
+        ),
+        (
+            "wrong protocol",
+            frame(L4::Udp, CLIENT, FRONTEND, &[], b""),
+            stats::PASS_NO_SERVICE,
+        ),
+        (
+            "ipv6 ethertype",
+            ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x86dd),
+            stats::PASS_NOT_IPV4,
+        ),
+        (
+            "arp ethertype",
+            ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x0806),
+            stats::PASS_NOT_IPV4,
+        ),
+        (
+            "icmp",
+            ip_proto(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 1),
+            stats::PASS_NOT_TCP_UDP,
+        ),
+        (
+            "later fragment",
+            fragment(
+                frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"),
+                0x0010,
+            ),
+            stats::PASS_FRAGMENT,
+        ),
+        (
+            "first fragment",
+            fragment(
+                frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"),
+                0x2000,
+            ),
+            stats::PASS_FRAGMENT,
+        ),
+        (
+            "ihl below 5",
+            ihl(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 4),
+            stats::PASS_TRUNCATED,
+        ),
     ];
     for (name, input, reason) in cases {
         let before = f.count(reason).unwrap();
         let (verdict, out) = f.run_xdp(&input).unwrap();
         assert_eq!(verdict, XDP_PASS, "{name}");
         assert_eq!(out, input, "{name}: untouched");
-        assert_eq!(f.count(reason).unwrap(), before + 1, "{name}: counted as {}", stats::NAMES[reason as usize]);
+        assert_eq!(
+            f.count(reason).unwrap(),
+            before + 1,
+            "{name}: counted as {}",
+            stats::NAMES[reason as usize]
+        );
     }
     // Cut a frontend-bound SYN at every length short of its full headers
     // (BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header).
     let full = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
     for len in 14..full.len() {
-        let (verdict, out) = f.run_xdp(&full[..len]).unwrap_or_else(|e| panic!("len {len}: {e:#}"));
-        assert_eq!((verdict, out.as_slice()), (XDP_PASS, &full[..len]), "truncated at {len}");
+        let (verdict, out) = f
+            .run_xdp(&full[..len])
+            .unwrap_or_else(|e| panic!("len {len}: {e:#}"));
+        assert_eq!(
+            (verdict, out.as_slice()),
+            (XDP_PASS, &full[..len]),
+            "truncated at {len}"
+        );
     }
     assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
 }
@@ -155,7 +255,9 @@ fn frontend_without_backends_drops_and_counts() {
     }
     let mut f = DatapathFixture::new().unwrap();
     f.add_service(VIP, 80, IPPROTO_TCP, &[]).unwrap();
-    let (verdict, _) = f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"")).unwrap();
+    let (verdict, _) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), 1);
 }
@@ -166,21 +268,33 @@ fn new_flows_spread_uniformly_and_stick() {
         return;
     }
     let mut f = DatapathFixture::new().unwrap();
-    let backends: Vec<(Ipv4Addr, u16)> = (1..=3).map(|i| (Ipv4Addr::new(10, 244, i, 2), 8080)).collect();
+    let backends: Vec<(Ipv4Addr, u16)> = (1..=3)
+        .map(|i| (Ipv4Addr::new(10, 244, i, 2), 8080))
+        .collect();
     f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
     let mut hits = [0u32; 3];
     for port in 10_000..13_000u16 {
         let client = SocketAddrV4::new(*CLIENT.ip(), port);
-        let (_, out) = f.run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b"")).unwrap();
+        let (_, out) = f
+            .run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b""))
+            .unwrap();
         let dst = decode(&out).unwrap().dst;
-        let i = backends.iter().position(|b| b.0 == *dst.ip()).expect("a backend");
+        let i = backends
+            .iter()
+            .position(|b| b.0 == *dst.ip())
+            .expect("a backend");
         hits[i] += 1;
         // The same flow sticks to its backend.
-        let (_, again) = f.run_xdp(&frame(L4::TcpAck, client, FRONTEND, &[], b"")).unwrap();
+        let (_, again) = f
+            .run_xdp(&frame(L4::TcpAck, client, FRONTEND, &[], b""))
+            .unwrap();
         assert_eq!(decode(&again).unwrap().dst, dst);
     }
     for h in hits {
-        assert!((850..=1150).contains(&h), "uniform spread over 3000 flows: {hits:?}");
+        assert!(
+            (850..=1150).contains(&h),
+            "uniform spread over 3000 flows: {hits:?}"
+        );
     }
 }
 

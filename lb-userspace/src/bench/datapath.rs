@@ -10,7 +10,11 @@
 //! arithmetic and writes included. New flows need a conntrack miss per
 //! packet, so they are measured as single runs over distinct tuples.
 
-use std::{fmt::Write as _, net::{Ipv4Addr, SocketAddrV4}, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -58,34 +62,78 @@ pub fn run(p: &Params) -> anyhow::Result<Vec<Case>> {
     f.add_service(VIP, 80, IPPROTO_TCP, &[(VIP, 80)])?;
     for i in 0..p.services {
         let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
-        let backends: Vec<_> = (0..10u8).map(|b| (Ipv4Addr::new(10, 245, (i % 250) as u8, b + 1), 8080)).collect();
+        let backends: Vec<_> = (0..10u8)
+            .map(|b| (Ipv4Addr::new(10, 245, (i % 250) as u8, b + 1), 8080))
+            .collect();
         f.add_service(vip, 80, IPPROTO_TCP, &backends)?;
     }
     let anchors = Anchors::load()?;
 
-    let hit = frame(L4::TcpAck, CLIENT, SocketAddrV4::new(VIP, 80), &[], &[0u8; 64]);
+    let hit = frame(
+        L4::TcpAck,
+        CLIENT,
+        SocketAddrV4::new(VIP, 80),
+        &[],
+        &[0u8; 64],
+    );
     f.run_xdp(&hit)?; // creates the flow: later runs are established hits
-    let reply = frame(L4::TcpAck, SocketAddrV4::new(VIP, 80), CLIENT, &[], &[0u8; 64]);
-    let miss = frame(L4::TcpAck, CLIENT, SocketAddrV4::new(Ipv4Addr::new(10, 96, 99, 99), 80), &[], &[0u8; 64]);
+    let reply = frame(
+        L4::TcpAck,
+        SocketAddrV4::new(VIP, 80),
+        CLIENT,
+        &[],
+        &[0u8; 64],
+    );
+    let miss = frame(
+        L4::TcpAck,
+        CLIENT,
+        SocketAddrV4::new(Ipv4Addr::new(10, 96, 99, 99), 80),
+        &[],
+        &[0u8; 64],
+    );
 
-    let timed = |mut one: Box<dyn FnMut() -> anyhow::Result<Duration> + '_>| -> anyhow::Result<Spread> {
-        let samples: anyhow::Result<Vec<f64>> = (0..p.runs).map(|_| Ok(one()?.as_secs_f64() * 1e9)).collect();
-        Ok(Spread::of(&samples?))
-    };
+    let timed =
+        |mut one: Box<dyn FnMut() -> anyhow::Result<Duration> + '_>| -> anyhow::Result<Spread> {
+            let samples: anyhow::Result<Vec<f64>> = (0..p.runs)
+                .map(|_| Ok(one()?.as_secs_f64() * 1e9))
+                .collect();
+            Ok(Spread::of(&samples?))
+        };
     let mut cases = vec![
-        Case { name: "anchor: XDP_PASS only", ns: timed(Box::new(|| anchors.time("anchor_xdp_pass", &hit, p.repeat)))? },
-        Case { name: "anchor: parse + 1 hash lookup", ns: timed(Box::new(|| anchors.time("anchor_xdp_parse_lookup", &hit, p.repeat)))? },
-        Case { name: "XDP established-flow hit (DNAT)", ns: timed(Box::new(|| f.time_xdp(&hit, p.repeat)))? },
-        Case { name: "XDP miss (not a Service)", ns: timed(Box::new(|| f.time_xdp(&miss, p.repeat)))? },
-        Case { name: "TC egress reply reverse-NAT", ns: timed(Box::new(|| f.time_tc(&reply, p.repeat)))? },
+        Case {
+            name: "anchor: XDP_PASS only",
+            ns: timed(Box::new(|| anchors.time("anchor_xdp_pass", &hit, p.repeat)))?,
+        },
+        Case {
+            name: "anchor: parse + 1 hash lookup",
+            ns: timed(Box::new(|| {
+                anchors.time("anchor_xdp_parse_lookup", &hit, p.repeat)
+            }))?,
+        },
+        Case {
+            name: "XDP established-flow hit (DNAT)",
+            ns: timed(Box::new(|| f.time_xdp(&hit, p.repeat)))?,
+        },
+        Case {
+            name: "XDP miss (not a Service)",
+            ns: timed(Box::new(|| f.time_xdp(&miss, p.repeat)))?,
+        },
+        Case {
+            name: "TC egress reply reverse-NAT",
+            ns: timed(Box::new(|| f.time_tc(&reply, p.repeat)))?,
+        },
     ];
     let mut port = 1024u16;
     let new_flow = timed(Box::new(|| {
         let mut total = Duration::ZERO;
         for _ in 0..p.new_flows {
             port = port.wrapping_add(1).max(1024);
-            let src = SocketAddrV4::new(Ipv4Addr::new(10, 244, (port >> 8) as u8, port as u8), port);
-            total += f.time_xdp(&frame(L4::TcpSyn, src, SocketAddrV4::new(VIP, 80), &[], &[]), 1)?;
+            let src =
+                SocketAddrV4::new(Ipv4Addr::new(10, 244, (port >> 8) as u8, port as u8), port);
+            total += f.time_xdp(
+                &frame(L4::TcpSyn, src, SocketAddrV4::new(VIP, 80), &[], &[]),
+                1,
+            )?;
         }
         Ok(total / p.new_flows)
     }))?;
@@ -98,8 +146,20 @@ pub fn run(p: &Params) -> anyhow::Result<Vec<Case>> {
         }
         Ok(total / p.new_flows)
     }))?;
-    cases.insert(3, Case { name: "anchor: XDP_PASS only, single runs", ns: pass_single });
-    cases.insert(4, Case { name: "XDP new-flow hit, single runs (pick + 2 CT inserts + DNAT)", ns: new_flow });
+    cases.insert(
+        3,
+        Case {
+            name: "anchor: XDP_PASS only, single runs",
+            ns: pass_single,
+        },
+    );
+    cases.insert(
+        4,
+        Case {
+            name: "XDP new-flow hit, single runs (pick + 2 CT inserts + DNAT)",
+            ns: new_flow,
+        },
+    );
     Ok(cases)
 }
 
@@ -113,9 +173,18 @@ pub fn report(p: &Params, cases: &[Case]) -> String {
          ns/packet as median (min–max); ratio = median / XDP_PASS anchor median.\n",
         p.repeat, p.runs, p.services
     );
-    let _ = writeln!(out, "| case | ns/packet | ratio to XDP_PASS |\n|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| case | ns/packet | ratio to XDP_PASS |\n|---|---|---|"
+    );
     for c in cases {
-        let _ = writeln!(out, "| {} | {} | {:.2}x |", c.name, c.ns, c.ns.median / base);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2}x |",
+            c.name,
+            c.ns,
+            c.ns.median / base
+        );
     }
     out
 }
@@ -126,15 +195,26 @@ impl Anchors {
     fn load() -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(ANCHORS).context("loading the anchor programs")?;
         for name in ["anchor_xdp_pass", "anchor_xdp_parse_lookup"] {
-            let prog: &mut Xdp = ebpf.program_mut(name).ok_or_else(|| anyhow!("{name} missing"))?.try_into()?;
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("{name} missing"))?
+                .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
         Ok(Self(ebpf))
     }
 
     fn time(&self, name: &str, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
-        let prog: &Xdp = self.0.program(name).ok_or_else(|| anyhow!("{name} missing"))?.try_into()?;
-        let res = prog.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?;
+        let prog: &Xdp = self
+            .0
+            .program(name)
+            .ok_or_else(|| anyhow!("{name} missing"))?
+            .try_into()?;
+        let res = prog.test_run(TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        })?;
         Ok(res.duration)
     }
 }
@@ -143,6 +223,7 @@ impl Anchors {
 fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("pinning to one CPU")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .context("pinning to one CPU")?;
     Ok(())
 }

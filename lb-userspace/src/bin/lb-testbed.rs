@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -18,11 +19,14 @@ use lb_userspace::testbed::servers::{Servers, TCP_PORT, UDP_PORT};
 use lb_userspace::testbed::tally::Tally;
 use lb_userspace::testbed::topology::ClusterIpTopology;
 use lb_userspace::testbed::{privileged, WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// The backends `examples/web.yaml` lists: 10.244.1.2 to 10.244.3.2.
 const BACKENDS: usize = 3;
 const REQUESTS: usize = 300;
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longer lbctl outputs (the conntrack table) are cut to this many lines.
+const LBCTL_LINES: usize = 20;
 
 #[derive(Parser)]
 #[command(about = "Runs the load balancer in throwaway network namespaces (needs root)")]
@@ -96,24 +100,29 @@ fn sibling_or(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
 fn demo(agent_bin: &Path, lbctl: &Path, manifests: &Path, xdp_mode: Option<&str>) -> Result<()> {
     privileged::check()
         .map_err(|why| anyhow::anyhow!("the demo needs root and a bpffs at /sys/fs/bpf: {why}"))?;
+    catch_interrupts()?;
     // The agent reads a copy, so nothing the demo does touches the originals.
     let scratch = ScratchDir::new()?;
     let copied = copy_manifests(manifests, scratch.path())?;
 
     println!("Building a node with {BACKENDS} backend pods and a client pod, each in its own network namespace…");
     let topo = ClusterIpTopology::create(BACKENDS).context("building the topology")?;
-    println!("  node     {:<12} {}", "", topo.node().name());
+    println!(
+        "  node    netns {}: routes between the pods, conntrack drops INVALID packets",
+        topo.node().name()
+    );
     for pod in topo.backends().iter().chain([topo.client()]) {
         println!(
-            "  {:<8} {:<12} {}  (node side: {})",
+            "  {:<7} netns {}: eth0 {}, node side {}",
             pod.name,
-            pod.ip,
             pod.ns.name(),
+            pod.ip,
             pod.host_if
         );
     }
     let _servers = Servers::start(topo.backends()).context("starting the pod servers")?;
     println!("Each backend pod answers on TCP {TCP_PORT} and UDP {UDP_PORT} with its name and the client address it saw.");
+    check_interrupted()?;
 
     let mut extra_args = Vec::new();
     if let Some(mode) = xdp_mode {
@@ -133,13 +142,15 @@ fn demo(agent_bin: &Path, lbctl: &Path, manifests: &Path, xdp_mode: Option<&str>
         agent.pin_dir().display()
     );
     let client = Client::new(topo.client());
-    let probe = || {
+    let answers = || {
         matches!(
             client.tcp_request(WEB_VIP, WEB_TCP_PORT, DEFAULT_TIMEOUT),
             Ok(Ok(_))
         )
     };
-    match agent.wait_ready(READY_TIMEOUT, probe) {
+    let ready = agent.wait_ready(READY_TIMEOUT, || interrupted() || answers());
+    check_interrupted()?;
+    match ready {
         Ok(took) => println!(
             "{WEB_VIP}:{WEB_TCP_PORT} answers after {} ms.",
             took.as_millis()
@@ -153,7 +164,8 @@ fn demo(agent_bin: &Path, lbctl: &Path, manifests: &Path, xdp_mode: Option<&str>
         }
     }
 
-    println!("\nSending {REQUESTS} TCP connections and {REQUESTS} UDP datagrams from the client pod ({})…\n", topo.client().ip);
+    let client_ip = topo.client().ip;
+    println!("\nSending {REQUESTS} TCP connections and {REQUESTS} UDP datagrams from the client pod ({client_ip})…\n");
     let names: Vec<&str> = topo
         .backends()
         .iter()
@@ -170,7 +182,7 @@ fn demo(agent_bin: &Path, lbctl: &Path, manifests: &Path, xdp_mode: Option<&str>
         let took = started.elapsed();
         let tally = Tally::new(
             (WEB_VIP, port).into(),
-            topo.client().ip,
+            client_ip,
             names.iter().copied(),
             &results,
         );
@@ -181,6 +193,7 @@ fn demo(agent_bin: &Path, lbctl: &Path, manifests: &Path, xdp_mode: Option<&str>
                 .into_iter()
                 .map(|p| format!("{proto}: {p}")),
         );
+        check_interrupted()?;
     }
 
     let pins = agent.pin_dir().to_owned();
@@ -220,7 +233,14 @@ fn run_lbctl(lbctl: &Path, pins: &Path, args: &[&str]) {
         .output()
     {
         Ok(out) => {
-            print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            for line in stdout.lines().take(LBCTL_LINES) {
+                println!("  {line}");
+            }
+            let more = stdout.lines().count().saturating_sub(LBCTL_LINES);
+            if more > 0 {
+                println!("  … {more} more lines");
+            }
             if !out.status.success() {
                 println!(
                     "  (lbctl failed, {}: {})",
@@ -241,6 +261,35 @@ fn print_log(agent: &AgentProcess) {
     );
 }
 
-fn indent(text: &str) -> String {
-    text.lines().map(|line| format!("  {line}\n")).collect()
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C would kill us before the Drop guards delete the namespaces: turn
+/// it into a flag the demo checks between steps. (The agent, in our process
+/// group, gets the Ctrl-C too and exits, which also ends any wait for it.)
+fn catch_interrupts() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("catching {signal}"))?;
+    }
+    Ok(())
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
 }

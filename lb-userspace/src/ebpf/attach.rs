@@ -39,9 +39,16 @@ pub struct Attacher {
 impl Attacher {
     /// Loads (verifies) both programs into the kernel.
     pub fn new(ebpf: &mut Ebpf, mode: XdpModeArg) -> anyhow::Result<Self> {
-        xdp_prog(ebpf)?.load().context("verifying the XDP program")?;
-        tc_prog(ebpf)?.load().context("verifying the TC egress program")?;
-        Ok(Self { mode, attached: BTreeMap::new() })
+        xdp_prog(ebpf)?
+            .load()
+            .context("verifying the XDP program")?;
+        tc_prog(ebpf)?
+            .load()
+            .context("verifying the TC egress program")?;
+        Ok(Self {
+            mode,
+            attached: BTreeMap::new(),
+        })
     }
 
     /// Names of the interfaces we are attached to, with their XDP mode.
@@ -101,7 +108,12 @@ impl Attacher {
                 return Err(e).context("attaching TC egress");
             }
         };
-        Ok(Attached { ifindex, xdp_mode, xdp: xdp_link, tc: tc_link })
+        Ok(Attached {
+            ifindex,
+            xdp_mode,
+            xdp: xdp_link,
+            tc: tc_link,
+        })
     }
 }
 

@@ -5,7 +5,9 @@ use aya::{
     maps::{HashMap, MapData},
     Ebpf,
 };
-use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES};
+use lb_common::{
+    Backend, RevNat, ServiceKey, ServiceValue, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES,
+};
 
 use crate::reconcile::{Dataplane, DataplaneError, MapOp, MapState};
 
@@ -20,7 +22,10 @@ pub struct BpfDataplane {
 impl BpfDataplane {
     /// Takes the maps out of a loaded object.
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"));
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        };
         Ok(Self {
             services: HashMap::try_from(take(MAP_SERVICES)?).context(MAP_SERVICES)?,
             backends: HashMap::try_from(take(MAP_BACKENDS)?).context(MAP_BACKENDS)?,
@@ -30,7 +35,10 @@ impl BpfDataplane {
 }
 
 fn err(op: impl Into<String>, e: impl std::fmt::Display) -> DataplaneError {
-    DataplaneError { op: op.into(), message: e.to_string() }
+    DataplaneError {
+        op: op.into(),
+        message: e.to_string(),
+    }
 }
 
 impl Dataplane for BpfDataplane {

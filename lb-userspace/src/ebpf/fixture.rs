@@ -58,33 +58,87 @@ impl DatapathFixture {
             SEQ.fetch_add(1, Ordering::Relaxed)
         )));
         let mut ebpf = object::load(&pins.0, max_entries)?;
-        prog_mut::<Xdp>(&mut ebpf, PROG_XDP_INGRESS)?.load().context("verifying XDP")?;
-        prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_EGRESS)?.load().context("verifying TC")?;
-        Ok(Self { ebpf, next_backend_id: 1, next_rev_nat_id: 1, _pins: pins })
+        prog_mut::<Xdp>(&mut ebpf, PROG_XDP_INGRESS)?
+            .load()
+            .context("verifying XDP")?;
+        prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_EGRESS)?
+            .load()
+            .context("verifying TC")?;
+        Ok(Self {
+            ebpf,
+            next_backend_id: 1,
+            next_rev_nat_id: 1,
+            _pins: pins,
+        })
     }
 
     /// Adds a frontend with `backends` (ids and rev-NAT id allocated here).
-    pub fn add_service(&mut self, vip: Ipv4Addr, port: u16, proto: u8, backends: &[(Ipv4Addr, u16)]) -> anyhow::Result<()> {
+    pub fn add_service(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        backends: &[(Ipv4Addr, u16)],
+    ) -> anyhow::Result<()> {
         let rev_nat_id = self.next_rev_nat_id;
         self.next_rev_nat_id += 1;
         let vip_be = be_addr(vip);
         let port_be = port.to_be();
         let mut revnat: HashMap<_, u16, RevNat> = self.map(MAP_REVNAT)?;
-        revnat.insert(rev_nat_id, RevNat { addr_be: vip_be, port_be, _pad: 0 }, 0)?;
+        revnat.insert(
+            rev_nat_id,
+            RevNat {
+                addr_be: vip_be,
+                port_be,
+                _pad: 0,
+            },
+            0,
+        )?;
         let mut ids = Vec::new();
         for (addr, bport) in backends {
             let id = self.next_backend_id;
             self.next_backend_id += 1;
             let mut backend_map: HashMap<_, u32, Backend> = self.map(MAP_BACKENDS)?;
-            backend_map.insert(id, Backend { addr_be: be_addr(*addr), port_be: bport.to_be(), proto, flags: 0 }, 0)?;
+            backend_map.insert(
+                id,
+                Backend {
+                    addr_be: be_addr(*addr),
+                    port_be: bport.to_be(),
+                    proto,
+                    flags: 0,
+                },
+                0,
+            )?;
             ids.push(id);
         }
         let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
-        let key = |slot: u16| ServiceKey { vip_be, port_be, slot, proto, _pad: [0; 3] };
+        let key = |slot: u16| ServiceKey {
+            vip_be,
+            port_be,
+            slot,
+            proto,
+            _pad: [0; 3],
+        };
         for (i, id) in ids.iter().enumerate() {
-            services.insert(key(i as u16 + 1), ServiceValue { backend_id: *id, rev_nat_id, ..Default::default() }, 0)?;
+            services.insert(
+                key(i as u16 + 1),
+                ServiceValue {
+                    backend_id: *id,
+                    rev_nat_id,
+                    ..Default::default()
+                },
+                0,
+            )?;
         }
-        services.insert(key(0), ServiceValue { count: ids.len() as u16, rev_nat_id, ..Default::default() }, 0)?;
+        services.insert(
+            key(0),
+            ServiceValue {
+                count: ids.len() as u16,
+                rev_nat_id,
+                ..Default::default()
+            },
+            0,
+        )?;
         Ok(())
     }
 
@@ -112,15 +166,19 @@ impl DatapathFixture {
     /// Counters summed over CPUs, by reason.
     pub fn stats(&self) -> anyhow::Result<Vec<StatsCounter>> {
         let map: PerCpuArray<_, StatsCounter> = PerCpuArray::try_from(
-            self.ebpf.map(MAP_STATS).ok_or_else(|| anyhow!("{MAP_STATS} missing"))?,
+            self.ebpf
+                .map(MAP_STATS)
+                .ok_or_else(|| anyhow!("{MAP_STATS} missing"))?,
         )?;
         (0..stats::COUNT)
             .map(|i| {
                 let per_cpu = map.get(&i, 0)?;
-                Ok(per_cpu.iter().fold(StatsCounter::default(), |acc, c| StatsCounter {
-                    packets: acc.packets + c.packets,
-                    bytes: acc.bytes + c.bytes,
-                }))
+                Ok(per_cpu
+                    .iter()
+                    .fold(StatsCounter::default(), |acc, c| StatsCounter {
+                        packets: acc.packets + c.packets,
+                        bytes: acc.bytes + c.bytes,
+                    }))
             })
             .collect()
     }
@@ -134,13 +192,21 @@ impl DatapathFixture {
     pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
         // aya's HashMap covers LRU hash maps too.
         let map: HashMap<_, CtKey, CtValue> = HashMap::try_from(
-            self.ebpf.map(MAP_CONNTRACK).ok_or_else(|| anyhow!("{MAP_CONNTRACK} missing"))?,
+            self.ebpf
+                .map(MAP_CONNTRACK)
+                .ok_or_else(|| anyhow!("{MAP_CONNTRACK} missing"))?,
         )?;
         Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
-    fn map<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> anyhow::Result<HashMap<&mut MapData, K, V>> {
-        let map = self.ebpf.map_mut(name).ok_or_else(|| anyhow!("{name} missing"))?;
+    fn map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> anyhow::Result<HashMap<&mut MapData, K, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("{name} missing"))?;
         HashMap::try_from(map).with_context(|| name.to_string())
     }
 }
@@ -154,7 +220,9 @@ fn prog<'a, P>(ebpf: &'a Ebpf, name: &str) -> anyhow::Result<&'a P>
 where
     &'a P: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+    let p = ebpf
+        .program(name)
+        .ok_or_else(|| anyhow!("program {name} missing"))?;
     Ok(p.try_into()?)
 }
 
@@ -162,7 +230,9 @@ fn prog_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut P>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing"))?;
     Ok(p.try_into()?)
 }
 
@@ -184,13 +254,23 @@ impl Prog<'_> {
     /// One run: (verdict, packet after the program).
     fn run(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         let mut out = vec![0u8; packet.len() + OUT_SLACK];
-        let res = self.test_run(TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() })?;
+        let res = self.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
     }
 
     /// Average time per run over `repeat` runs of the same input.
     fn time(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
-        Ok(self.test_run(TestRunOptions { data_in: Some(packet), repeat, ..Default::default() })?.duration)
+        Ok(self
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                repeat,
+                ..Default::default()
+            })?
+            .duration)
     }
 }

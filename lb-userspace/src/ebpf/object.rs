@@ -14,7 +14,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// already pinned there are reused, which is how a restarted agent adopts
 /// the running state. `max_entries` overrides map sizes by name.
 pub fn load(pin_dir: &Path, max_entries: &[(&str, u32)]) -> anyhow::Result<Ebpf> {
-    fs::create_dir_all(pin_dir).with_context(|| format!("creating pin dir {}", pin_dir.display()))?;
+    fs::create_dir_all(pin_dir)
+        .with_context(|| format!("creating pin dir {}", pin_dir.display()))?;
     fs::set_permissions(pin_dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("restricting pin dir {}", pin_dir.display()))?;
     let mut loader = EbpfLoader::new();
