@@ -1,8 +1,10 @@
 //! The agent's run loop: load and pin the datapath, attach it to pod
 //! interfaces as they come and go, and keep the maps equal to what the
-//! manifests ask for.
+//! Services and EndpointSlices ask for (from the API server or manifests).
 
+mod apply;
 mod interfaces;
+mod kube_source;
 mod manifest_source;
 
 use std::{path::PathBuf, time::Duration};
@@ -15,14 +17,24 @@ use crate::{
     ebpf::{self, Attacher, BpfDataplane, XdpModeArg},
     reconcile::Reconciler,
 };
+use apply::Applier;
 use interfaces::InterfaceMatcher;
+use kube_source::KubeSource;
 use manifest_source::ManifestSource;
+
+/// Where Services and EndpointSlices come from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A directory of YAML manifests (no cluster needed).
+    Manifests(PathBuf),
+    /// The Kubernetes API: in-cluster config, or this kubeconfig file.
+    Kube { kubeconfig: Option<PathBuf> },
+}
 
 /// What the agent needs to run (the binary maps its flags onto this).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Directory of Service/EndpointSlice YAML manifests.
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     /// Glob patterns of the node-side pod interfaces to attach to.
     pub pod_interfaces: Vec<String>,
     /// Where the maps are pinned.
@@ -31,8 +43,41 @@ pub struct AgentConfig {
     /// Remove the pinned maps on a clean exit (otherwise a restarted agent
     /// adopts them).
     pub unpin_on_exit: bool,
-    /// How often interfaces and manifests are checked for changes.
+    /// How often interfaces (and manifests) are checked for changes, and
+    /// the longest an API change waits before it is written.
     pub poll_interval: Duration,
+}
+
+enum Source {
+    Manifests(ManifestSource),
+    Kube(KubeSource),
+}
+
+impl Source {
+    async fn start(cfg: &SourceConfig) -> anyhow::Result<Self> {
+        Ok(match cfg {
+            SourceConfig::Manifests(dir) => Source::Manifests(ManifestSource::new(dir.clone())),
+            SourceConfig::Kube { kubeconfig } => {
+                Source::Kube(KubeSource::start(kube_client(kubeconfig.as_deref()).await?))
+            }
+        })
+    }
+}
+
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no --manifests and no usable in-cluster config or kubeconfig")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -41,11 +86,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut ebpf = ebpf::load(&cfg.bpffs, &[])?;
     let mut dataplane = BpfDataplane::from_ebpf(&mut ebpf)?;
     let mut attacher = Attacher::new(&mut ebpf, cfg.xdp_mode)?;
-    let mut source = ManifestSource::new(cfg.manifests.clone());
+    let mut source = Source::start(&cfg.source).await?;
     let mut reconciler = Reconciler::new();
+    let mut applier = Applier::default();
     info!(
         mode = "ebpf-xdp",
-        manifests = %cfg.manifests.display(),
+        source = ?cfg.source,
         bpffs = %cfg.bpffs.display(),
         pod_interfaces = ?cfg.pod_interfaces,
         "lb-agent starting (kube-proxy replacement; XDP DNAT, TC egress reverse NAT)"
@@ -64,10 +110,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Ok(present) => attacher.sync(&mut ebpf, &present),
             Err(e) => tracing::warn!("listing interfaces: {e}"),
         }
-        source.sync_if_changed(&mut reconciler, &mut dataplane);
+        match &mut source {
+            Source::Manifests(m) => m.sync(&mut applier, &mut reconciler, &mut dataplane),
+            Source::Kube(k) => k.sync(&mut applier, &mut reconciler, &mut dataplane),
+        }
     }
 
     // Dropping the object closes the program links, which detaches them.
+    drop(source);
     drop(attacher);
     drop(dataplane);
     drop(ebpf);

@@ -1,9 +1,10 @@
 //! Desired state from a directory of manifests, re-read when it changes.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Instant};
 
-use tracing::{error, info, warn};
+use tracing::warn;
 
+use super::apply::Applier;
 use crate::{
     manifest,
     reconcile::{Dataplane, Reconciler},
@@ -23,7 +24,12 @@ impl ManifestSource {
     /// Re-reads the directory if its files changed since the last
     /// successful sync, and writes the differences to the maps. A failed
     /// sync is retried on the next call.
-    pub fn sync_if_changed(&mut self, reconciler: &mut Reconciler, dp: &mut dyn Dataplane) {
+    pub fn sync(
+        &mut self,
+        applier: &mut Applier,
+        reconciler: &mut Reconciler,
+        dp: &mut dyn Dataplane,
+    ) {
         let fingerprint = match manifest::fingerprint_dir(&self.dir) {
             Ok(f) => f,
             Err(e) => {
@@ -37,26 +43,11 @@ impl ManifestSource {
         if self.applied == Some(fingerprint) {
             return;
         }
+        let seen = Instant::now();
         let loaded = manifest::load_dir(&self.dir);
         let desired = loaded.desired_state();
-        // Bad objects are reported, once per change, and left out; every
-        // other Service is still programmed.
-        for e in loaded.errors.iter().chain(&desired.errors) {
-            error!("{e}");
-        }
-        match reconciler.sync(&desired, dp) {
-            Ok(report) => {
-                info!(
-                    frontends = desired.frontends.len(),
-                    errors = loaded.errors.len() + desired.errors.len(),
-                    "synced: {report}"
-                );
-                for (fe, d) in &desired.frontends {
-                    tracing::debug!(service = %d.service, frontend = ?fe, backends = d.backends.len(), "programmed");
-                }
-                self.applied = Some(fingerprint);
-            }
-            Err(e) => error!("sync failed, will retry: {e}"),
+        if applier.apply(&desired, &loaded.errors, seen, reconciler, dp) {
+            self.applied = Some(fingerprint);
         }
     }
 }

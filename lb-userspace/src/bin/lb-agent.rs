@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 use lb_userspace::{
-    agent::{self, AgentConfig},
+    agent::{self, AgentConfig, SourceConfig},
     ebpf::XdpModeArg,
 };
 
@@ -14,9 +14,15 @@ use lb_userspace::{
 #[command(version)]
 struct Args {
     /// Directory of Service and EndpointSlice (discovery.k8s.io/v1) YAML
-    /// manifests to serve; edits are picked up within a second.
+    /// manifests to serve instead of a cluster's; edits are picked up
+    /// within a second.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// Kubeconfig to reach the API server with. Without it (and without
+    /// --manifests): $KUBECONFIG, ~/.kube/config, or the in-cluster
+    /// service account, in that order.
     #[arg(long)]
-    manifests: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Node-side pod interfaces to attach to: comma-separated names or glob
     /// patterns (e.g. `veth*,cali*`). New matching interfaces are attached
     /// as they appear.
@@ -46,7 +52,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     agent::run(AgentConfig {
-        manifests: args.manifests,
+        source: match args.manifests {
+            Some(dir) => SourceConfig::Manifests(dir),
+            None => SourceConfig::Kube {
+                kubeconfig: args.kubeconfig,
+            },
+        },
         pod_interfaces: args.pod_interfaces,
         bpffs: args.bpffs,
         xdp_mode: args.xdp_mode,
