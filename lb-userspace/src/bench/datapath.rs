@@ -55,8 +55,18 @@ pub struct Case {
 }
 
 /// Runs every case pinned to one CPU and returns the ns/packet figures.
+/// The caller's CPU affinity is restored afterwards (anything started later,
+/// agent processes included, would inherit the pin).
 pub fn run(p: &Params) -> anyhow::Result<Vec<Case>> {
+    let me = nix::unistd::Pid::from_raw(0);
+    let before = nix::sched::sched_getaffinity(me).context("reading the CPU affinity")?;
     pin_to_cpu(0)?;
+    let result = run_pinned(p);
+    nix::sched::sched_setaffinity(me, &before).context("restoring the CPU affinity")?;
+    result
+}
+
+fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
     let mut f = DatapathFixture::new()?;
     // The measured frontend: identity backend (see the module doc).
     f.add_service(VIP, 80, IPPROTO_TCP, &[(VIP, 80)])?;
