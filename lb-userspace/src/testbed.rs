@@ -29,6 +29,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod agent;
+pub mod apiserver;
 pub mod client;
 pub mod netns;
 mod ns_command;

@@ -39,6 +39,19 @@ impl AgentProcess {
         pod_interfaces: &str,
         extra_args: &[&str],
     ) -> Result<AgentProcess> {
+        let source = [std::ffi::OsStr::new("--manifests"), manifests.as_os_str()];
+        Self::start_with_source(binary, node, &source, pod_interfaces, extra_args)
+    }
+
+    /// Same, with the agent's source of Services given as arguments (e.g.
+    /// `--kubeconfig FILE` for an API server).
+    pub fn start_with_source(
+        binary: &Path,
+        node: &NetNs,
+        source: &[&std::ffi::OsStr],
+        pod_interfaces: &str,
+        extra_args: &[&str],
+    ) -> Result<AgentProcess> {
         let scratch = ScratchDir::new()?;
         let log_path = scratch.path().join("agent.log");
         let log =
@@ -46,8 +59,7 @@ impl AgentProcess {
         let pin_dir = Path::new("/sys/fs/bpf").join(super::unique_tag());
         let child = node
             .command(binary)?
-            .arg("--manifests")
-            .arg(manifests)
+            .args(source)
             .args(["--pod-interfaces", pod_interfaces])
             .arg("--bpffs")
             .arg(&pin_dir)
