@@ -182,7 +182,7 @@ fn services_not_for_us_are_skipped_silently() {
     let skipped = [
         "{apiVersion: v1, kind: Service, metadata: {name: headless}, spec: {clusterIP: None, ports: [{port: 80}]}}",
         "{apiVersion: v1, kind: Service, metadata: {name: unallocated}, spec: {ports: [{port: 80}]}}",
-        "{apiVersion: v1, kind: Service, metadata: {name: ext}, spec: {type: ExternalName, externalName: example.com}}",
+        "{apiVersion: v1, kind: Service, metadata: {name: ext}, spec: {type: ExternalName, externalName: db.external.invalid}}",
         "{apiVersion: v1, kind: Service, metadata: {name: other-proxy, labels: {service.kubernetes.io/service-proxy-name: foo}}, spec: {clusterIP: 10.96.0.30, ports: [{port: 80}]}}",
         "{apiVersion: v1, kind: Service, metadata: {name: labelled-headless, labels: {service.kubernetes.io/headless: ''}}, spec: {clusterIP: 10.96.0.31, ports: [{port: 80}]}}",
         "{apiVersion: v1, kind: Service, metadata: {name: v6}, spec: {clusterIP: 'fd00::10', clusterIPs: ['fd00::10'], ports: [{port: 80}]}}",
