@@ -3,6 +3,7 @@
 //! Services and EndpointSlices ask for (from the API server or manifests).
 
 mod apply;
+pub mod telemetry;
 mod interfaces;
 mod kube_source;
 mod manifest_source;

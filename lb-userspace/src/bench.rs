@@ -2,4 +2,5 @@
 
 pub mod datapath;
 pub mod stats;
+pub mod sync;
 pub mod traffic;

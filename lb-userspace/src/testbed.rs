@@ -36,6 +36,7 @@ mod ns_command;
 pub mod privileged;
 pub mod scratch;
 pub mod servers;
+pub mod stream;
 pub mod tally;
 pub mod topology;
 

@@ -1,0 +1,1 @@
+//! Health (/healthz, /livez) and Prometheus metrics (/metrics) of the agent.

@@ -1,0 +1,1 @@
+//! Control-plane benchmark: initial sync and change-to-map latency at scale.

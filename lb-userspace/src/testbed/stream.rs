@@ -1,0 +1,1 @@
+//! Long-lived TCP connections through a Service, for restart tests.
