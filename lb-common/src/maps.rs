@@ -10,13 +10,13 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Frontends and their backend slots. Key [`ServiceKey`], value [`ServiceValue`].
-pub const MAP_SERVICES: &str = "lb_svc_v1";
+pub const MAP_SERVICES: &str = "lb_svc_v2";
 /// Backends by id. Key `u32` backend id, value [`Backend`].
 pub const MAP_BACKENDS: &str = "lb_backend_v1";
-/// Reverse-NAT targets by id. Key `u16` rev-NAT id, value [`RevNat`].
-pub const MAP_REVNAT: &str = "lb_revnat_v1";
+/// Reverse-NAT targets by id. Key [`RevNatId`], value [`RevNat`].
+pub const MAP_REVNAT: &str = "lb_revnat_v2";
 /// Connection tracking (LRU). Key [`CtKey`], value [`CtValue`].
-pub const MAP_CONNTRACK: &str = "lb_ct_v1";
+pub const MAP_CONNTRACK: &str = "lb_ct_v2";
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
 pub const MAP_STATS: &str = "lb_stats_v1";
 
@@ -29,10 +29,17 @@ pub const ALL_MAPS: [&str; 5] = [
     MAP_STATS,
 ];
 
-pub const SERVICES_MAX_ENTRIES: u32 = 65_536;
-pub const BACKENDS_MAX_ENTRIES: u32 = 65_536;
-pub const REVNAT_MAX_ENTRIES: u32 = 65_535;
+/// Default sizes. The agent sets the real ones at load time (flags
+/// `--services-map-max` and friends); a pinned map keeps the size it was
+/// created with.
+pub const SERVICES_MAX_ENTRIES: u32 = 262_144;
+pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
+pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
 pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
+
+/// Key of [`MAP_REVNAT`]; 0 means "none". 32 bits, so that more than 65535
+/// frontends (Cilium's limit with its 16-bit index) fit.
+pub type RevNatId = u32;
 
 /// Name of the XDP program (DNAT of traffic to frontends).
 pub const PROG_XDP_INGRESS: &str = "lb_xdp_ingress";
@@ -65,13 +72,12 @@ const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
 pub struct ServiceValue {
     /// Backend slots: the backend id. Master entry: 0.
     pub backend_id: u32,
+    /// Id in [`MAP_REVNAT`] that restores this frontend on replies.
+    pub rev_nat_id: RevNatId,
     /// Master entry: number of backend slots. Backend slots: 0.
     pub count: u16,
-    /// Id in [`MAP_REVNAT`] that restores this frontend on replies.
-    pub rev_nat_id: u16,
     /// `SVC_F_*` bits (master entry only).
     pub flags: u16,
-    pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
 
@@ -91,7 +97,7 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 
-/// Value of [`MAP_REVNAT`], keyed by a `u16` rev-NAT id: what a reply's
+/// Value of [`MAP_REVNAT`], keyed by a [`RevNatId`]: what a reply's
 /// source is rewritten to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -132,16 +138,17 @@ pub struct CtValue {
     /// Backend chosen for the flow.
     pub backend_id: u32,
     /// Frontend to restore on replies.
-    pub rev_nat_id: u16,
-    /// `CT_F_*` bits.
-    pub flags: u16,
+    pub rev_nat_id: RevNatId,
     /// CLOCK_MONOTONIC_COARSE (`bpf_ktime_get_coarse_ns()`) when the flow
     /// was first seen.
     pub created_ns: u64,
     /// Same clock, last packet (refreshed at most once a second).
     pub last_seen_ns: u64,
+    /// `CT_F_*` bits.
+    pub flags: u16,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 24);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 
 /// Counter of [`MAP_STATS`] (per CPU; userspace sums the CPUs).
 #[repr(C)]

@@ -61,15 +61,16 @@ pub fn create(
     baddr_be: u32,
     bport_be: u16,
     backend_id: u32,
-    rev_nat_id: u16,
+    rev_nat_id: lb_common::RevNatId,
 ) -> Result<(), ()> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let value = CtValue {
         backend_id,
         rev_nat_id,
-        flags: 0,
         created_ns: now,
         last_seen_ns: now,
+        flags: 0,
+        _pad: [0; 6],
     };
     let fwd_ok = CONNTRACK.insert(fwd, &value, 0).is_ok();
     let reply_ok = insert_reply(fwd, baddr_be, bport_be, &value).is_ok();

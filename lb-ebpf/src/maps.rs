@@ -7,21 +7,21 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    stats, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, StatsCounter,
+    stats, Backend, CtKey, CtValue, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
     BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
 };
 
-#[map(name = "lb_svc_v1")]
+#[map(name = "lb_svc_v2")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
 
 #[map(name = "lb_backend_v1")]
 pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
 
-#[map(name = "lb_revnat_v1")]
-pub static REVNAT: HashMap<u16, RevNat> = HashMap::pinned(REVNAT_MAX_ENTRIES, 0);
+#[map(name = "lb_revnat_v2")]
+pub static REVNAT: HashMap<RevNatId, RevNat> = HashMap::pinned(REVNAT_MAX_ENTRIES, 0);
 
 /// LRU: under pressure the least recently used flows go first, never new ones.
-#[map(name = "lb_ct_v1")]
+#[map(name = "lb_ct_v2")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
 
 #[map(name = "lb_stats_v1")]

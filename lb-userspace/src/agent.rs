@@ -1,27 +1,42 @@
-//! The agent's run loop: load and pin the datapath, attach it to pod
-//! interfaces as they come and go, and keep the maps equal to what the
-//! Services and EndpointSlices ask for (from the API server or manifests).
+//! The agent's run loop: load the datapath with its maps pinned (adopting
+//! what a previous agent left), attach it to pod interfaces as they come and
+//! go, keep the maps equal to what the Services and EndpointSlices ask for
+//! (from the API server or manifests), and report health and metrics.
 
 mod apply;
-pub mod telemetry;
 mod interfaces;
 mod kube_source;
 mod manifest_source;
+pub mod net_config;
+pub mod telemetry;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::{
-    ebpf::{self, Attacher, BpfDataplane, XdpModeArg},
+    ebpf::{self, Attacher, BpfDataplane, DatapathMonitor, XdpModeArg},
     reconcile::Reconciler,
 };
-use apply::Applier;
+use apply::{Applier, Pending};
 use interfaces::InterfaceMatcher;
-use kube_source::KubeSource;
+use kube_source::{KubeSource, NodeInfo};
 use manifest_source::ManifestSource;
+pub use net_config::NetConfig;
+use telemetry::Telemetry;
+
+/// How often the maps are read back in full to repair drift (entries
+/// changed behind the agent's back); between, syncs trust what they wrote.
+const FULL_RESYNC_PERIOD: Duration = Duration::from_secs(300);
+/// How often datapath counters, conntrack and map occupancy are refreshed
+/// for /metrics.
+const MONITOR_PERIOD: Duration = Duration::from_secs(5);
 
 /// Where Services and EndpointSlices come from.
 #[derive(Debug, Clone)]
@@ -32,21 +47,53 @@ pub enum SourceConfig {
     Kube { kubeconfig: Option<PathBuf> },
 }
 
+/// Sizes of the BPF maps, fixed when they are created (a pinned map keeps
+/// its size across restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Service map entries: frontends x (1 + backends each).
+    pub services: u32,
+    pub backends: u32,
+    /// Rev-NAT entries: one per frontend.
+    pub revnat: u32,
+    pub conntrack: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: lb_common::SERVICES_MAX_ENTRIES,
+            backends: lb_common::BACKENDS_MAX_ENTRIES,
+            revnat: lb_common::REVNAT_MAX_ENTRIES,
+            conntrack: lb_common::CONNTRACK_MAX_ENTRIES,
+        }
+    }
+}
+
 /// What the agent needs to run (the binary maps its flags onto this).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub source: SourceConfig,
+    /// This node's name (its Node object is watched).
+    pub node_name: String,
     /// Glob patterns of the node-side pod interfaces to attach to.
     pub pod_interfaces: Vec<String>,
-    /// Where the maps are pinned.
+    /// Where the maps and links are pinned.
     pub bpffs: PathBuf,
     pub xdp_mode: XdpModeArg,
-    /// Remove the pinned maps on a clean exit (otherwise a restarted agent
-    /// adopts them).
+    /// Detach and remove all pins on a clean exit. Otherwise the datapath
+    /// keeps serving and a restarted agent adopts it.
     pub unpin_on_exit: bool,
-    /// How often interfaces (and manifests) are checked for changes, and
-    /// the longest an API change waits before it is written.
+    /// How often interfaces (and manifests) are checked for changes.
     pub poll_interval: Duration,
+    pub net: NetConfig,
+    pub map_sizes: MapSizes,
+    /// /healthz and /livez (None: not served).
+    pub healthz_bind: Option<SocketAddr>,
+    /// /metrics (None: not served).
+    pub metrics_bind: Option<SocketAddr>,
+    /// /healthz fails when a change waits longer than this to be programmed.
+    pub healthz_timeout: Duration,
 }
 
 enum Source {
@@ -55,13 +102,38 @@ enum Source {
 }
 
 impl Source {
-    async fn start(cfg: &SourceConfig) -> anyhow::Result<Self> {
-        Ok(match cfg {
+    async fn start(cfg: &AgentConfig) -> anyhow::Result<Self> {
+        Ok(match &cfg.source {
             SourceConfig::Manifests(dir) => Source::Manifests(ManifestSource::new(dir.clone())),
-            SourceConfig::Kube { kubeconfig } => {
-                Source::Kube(KubeSource::start(kube_client(kubeconfig.as_deref()).await?))
-            }
+            SourceConfig::Kube { kubeconfig } => Source::Kube(KubeSource::start(
+                kube_client(kubeconfig.as_deref()).await?,
+                &cfg.node_name,
+            )),
         })
+    }
+
+    /// Resolves when the source has news (never for manifests, which are
+    /// polled on the tick).
+    async fn changed(&self) {
+        match self {
+            Source::Kube(k) => k.changed().await,
+            Source::Manifests(_) => std::future::pending().await,
+        }
+    }
+
+    fn take_pending(&mut self) -> Option<Pending> {
+        match self {
+            Source::Manifests(m) => m.take_pending(),
+            Source::Kube(k) => k.take_pending(),
+        }
+    }
+
+    fn done(&mut self, ok: bool, seen: Instant) {
+        match self {
+            Source::Manifests(m) => m.done(ok),
+            Source::Kube(k) if !ok => k.retry(seen),
+            Source::Kube(_) => {}
+        }
     }
 }
 
@@ -81,58 +153,253 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
+/// The dataplane pieces the loop drives.
+struct Datapath {
+    ebpf: aya::Ebpf,
+    dataplane: BpfDataplane,
+    monitor: DatapathMonitor,
+    attacher: Attacher,
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    let overlaps = cfg.net.overlaps();
+    if !overlaps.is_empty() {
+        for o in &overlaps {
+            error!("{o}");
+        }
+        bail!("refusing to start: {}", overlaps[0]);
+    }
     let matcher = InterfaceMatcher::new(&cfg.pod_interfaces)?;
-    let mut ebpf = ebpf::load(&cfg.bpffs, &[])?;
-    let mut dataplane = BpfDataplane::from_ebpf(&mut ebpf)?;
-    let mut attacher = Attacher::new(&mut ebpf, cfg.xdp_mode)?;
-    let mut source = Source::start(&cfg.source).await?;
+    let mut dp = load_datapath(&cfg)?;
+    let telemetry = Telemetry::new(cfg.healthz_timeout);
+    let _servers = start_servers(&cfg, &telemetry).await?;
+    let mut source = Source::start(&cfg).await?;
     let mut reconciler = Reconciler::new();
     let mut applier = Applier::default();
     info!(
         mode = "ebpf-xdp",
+        node = %cfg.node_name,
         source = ?cfg.source,
         bpffs = %cfg.bpffs.display(),
         pod_interfaces = ?cfg.pod_interfaces,
+        net = %cfg.net,
         "lb-agent starting (kube-proxy replacement; XDP DNAT, TC egress reverse NAT)"
     );
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut tick = tokio::time::interval(cfg.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = interval(cfg.poll_interval);
+    let mut monitor_tick = interval(MONITOR_PERIOD);
+    let mut resync_tick = interval(FULL_RESYNC_PERIOD);
+    resync_tick.reset(); // the first sync reads the maps anyway
+    let mut node: Option<NodeInfo> = None;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                match matcher.present() {
+                    Ok(present) => dp.attacher.sync(&mut dp.ebpf, &present),
+                    Err(e) => warn!("listing interfaces: {e}"),
+                }
+            }
+            _ = source.changed() => {}
+            _ = monitor_tick.tick() => {
+                monitor(&dp, &reconciler, &telemetry);
+                if let Source::Kube(k) = &source {
+                    for _ in 0..k.take_watch_failures() {
+                        telemetry.error("watch");
+                    }
+                    check_node(k, &cfg.net, &mut node, &telemetry);
+                }
+            }
+            _ = resync_tick.tick() => {
+                reconciler.forget_maps();
+                let pending = Pending { desired: applier.programmed().clone(), load_errors: Vec::new(), seen: Instant::now() };
+                sync(pending, &mut applier, &mut reconciler, &mut dp, &telemetry);
+            }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
         }
-        match matcher.present() {
-            Ok(present) => attacher.sync(&mut ebpf, &present),
-            Err(e) => tracing::warn!("listing interfaces: {e}"),
-        }
-        match &mut source {
-            Source::Manifests(m) => m.sync(&mut applier, &mut reconciler, &mut dataplane),
-            Source::Kube(k) => k.sync(&mut applier, &mut reconciler, &mut dataplane),
+        if let Some(pending) = source.take_pending() {
+            let seen = pending.seen;
+            let ok = sync(pending, &mut applier, &mut reconciler, &mut dp, &telemetry);
+            source.done(ok, seen);
         }
     }
 
-    // Dropping the object closes the program links, which detaches them.
     drop(source);
-    drop(attacher);
-    drop(dataplane);
-    drop(ebpf);
     if cfg.unpin_on_exit {
-        unpin(&cfg.bpffs);
+        dp.attacher.detach_all();
+        drop(dp);
+        unpin_maps(&cfg.bpffs);
+        info!("detached and unpinned; bye");
+    } else {
+        info!(
+            "the datapath stays attached with its pinned maps (a restarted agent adopts them); bye"
+        );
     }
-    info!("detached; bye");
     Ok(())
 }
 
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
+    let sizes = cfg.map_sizes;
+    let mut ebpf = ebpf::load(
+        &cfg.bpffs,
+        &[
+            (lb_common::MAP_SERVICES, sizes.services),
+            (lb_common::MAP_BACKENDS, sizes.backends),
+            (lb_common::MAP_REVNAT, sizes.revnat),
+            (lb_common::MAP_CONNTRACK, sizes.conntrack),
+        ],
+    )?;
+    let dataplane = BpfDataplane::from_ebpf(&mut ebpf)?;
+    let monitor = DatapathMonitor::from_ebpf(&mut ebpf)?;
+    let wanted = [sizes.services, sizes.backends, sizes.revnat];
+    for ((name, size), want) in dataplane.max_entries().into_iter().zip(wanted) {
+        if size != want {
+            warn!(
+                map = name,
+                size,
+                wanted = want,
+                "pinned map keeps its size; remove the pins (lb-agent --cleanup) to resize"
+            );
+        }
+    }
+    let attacher = Attacher::new(&mut ebpf, cfg.xdp_mode, &cfg.bpffs)?;
+    Ok(Datapath {
+        ebpf,
+        dataplane,
+        monitor,
+        attacher,
+    })
+}
+
+async fn start_servers(
+    cfg: &AgentConfig,
+    telemetry: &Telemetry,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut servers = Vec::new();
+    if let Some(bind) = cfg.healthz_bind {
+        servers.push(telemetry::serve_health(bind, telemetry.clone()).await?);
+        info!(%bind, "serving /healthz and /livez");
+    }
+    if let Some(bind) = cfg.metrics_bind {
+        servers.push(telemetry::serve_metrics(bind, telemetry.clone()).await?);
+        info!(%bind, "serving /metrics");
+    }
+    Ok(servers)
+}
+
+/// Programs one desired state and records the outcome. Returns success.
+fn sync(
+    pending: Pending,
+    applier: &mut Applier,
+    reconciler: &mut Reconciler,
+    dp: &mut Datapath,
+    telemetry: &Telemetry,
+) -> bool {
+    let seen = pending.seen;
+    telemetry.change_seen(seen);
+    for _ in pending.load_errors.iter().chain(&pending.desired.errors) {
+        telemetry.error("config");
+    }
+    let started = Instant::now();
+    let result = applier.apply(pending, reconciler, &mut dp.dataplane);
+    let ok = result.is_ok();
+    if !ok {
+        telemetry.error("map_write");
+    }
+    telemetry.sync_done(started, started.elapsed(), ok, ok.then_some(seen));
+    let programmed = applier.programmed();
+    let services: std::collections::BTreeSet<_> =
+        programmed.frontends.values().map(|f| &f.service).collect();
+    let backends: std::collections::BTreeSet<_> = programmed
+        .frontends
+        .values()
+        .flat_map(|f| &f.backends)
+        .collect();
+    telemetry.set_programmed(
+        services.len() as u64,
+        programmed.frontends.len() as u64,
+        backends.len() as u64,
+    );
+    ok
+}
+
+/// Refreshes the datapath figures behind /metrics.
+fn monitor(dp: &Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
+    match dp.monitor.stats() {
+        Ok(totals) => {
+            for t in totals {
+                telemetry.set_datapath_counters(t.reason, t.packets, t.bytes);
+            }
+        }
+        Err(e) => warn!("reading datapath counters: {e:#}"),
+    }
+    let ct = dp.monitor.conntrack_entries();
+    telemetry.set_conntrack_entries(ct);
+    telemetry.set_map_occupancy(
+        lb_common::MAP_CONNTRACK,
+        ct,
+        dp.monitor.conntrack_max().into(),
+    );
+    if let Some(state) = reconciler.programmed() {
+        let counts = [
+            state.services.len(),
+            state.backends.len(),
+            state.revnat.len(),
+        ];
+        for ((name, max), n) in dp.dataplane.max_entries().into_iter().zip(counts) {
+            telemetry.set_map_occupancy(name, n as u64, max.into());
+        }
+    }
+}
+
+/// Logs this node's addresses when they change, and reports any that falls
+/// inside the Service or Pod range.
+fn check_node(k: &KubeSource, net: &NetConfig, last: &mut Option<NodeInfo>, telemetry: &Telemetry) {
+    let now = k.node();
+    if now == *last {
+        return;
+    }
+    if let Some(n) = &now {
+        info!(node = %n.name, addresses = ?n.addresses, zone = ?n.zone, "this node");
+        for problem in net.node_address_overlaps(&n.name, &n.addresses) {
+            error!("{problem}");
+            telemetry.error("config");
+        }
+    }
+    *last = now;
+}
+
 /// Removes our pinned maps and, if then empty, the pin directory.
-fn unpin(dir: &std::path::Path) {
+pub fn unpin_maps(dir: &std::path::Path) {
     for name in lb_common::ALL_MAPS {
         let _ = std::fs::remove_file(dir.join(name));
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// `lb-agent --cleanup`: detaches everything a previous agent left pinned
+/// under `dir` (links first, so no program runs on half-removed maps) and
+/// removes the maps, as `kube-proxy --cleanup` removes its rules.
+pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
+    let links = dir.join("links");
+    if links.exists() {
+        std::fs::remove_dir_all(&links)
+            .with_context(|| format!("removing the pinned links in {}", links.display()))?;
+    }
+    unpin_maps(dir);
+    if dir.exists() {
+        bail!(
+            "{} is not empty after removing our pins; left as is",
+            dir.display()
+        );
+    }
+    Ok(())
 }

@@ -5,8 +5,11 @@
 mod attach;
 mod dataplane;
 pub mod fixture;
+mod link_pins;
+mod monitor;
 mod object;
 
 pub use attach::{Attacher, XdpModeArg};
 pub use dataplane::BpfDataplane;
+pub use monitor::{DatapathMonitor, ReasonTotals};
 pub use object::{load, EBPF_OBJECT};

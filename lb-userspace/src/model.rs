@@ -125,6 +125,9 @@ pub struct DesiredFrontend {
 pub struct Desired {
     pub frontends: BTreeMap<Frontend, DesiredFrontend>,
     pub errors: Vec<ConfigError>,
+    /// Services with an IPv6 cluster IP, which is not programmed (the
+    /// datapath is IPv4-only for now); their IPv4 family, if any, is.
+    pub ipv6_skipped: BTreeSet<ObjectRef>,
 }
 
 /// Computes the frontends for `services` and their backends from `slices`.
@@ -138,15 +141,21 @@ pub fn desired_state<'a>(
     let mut slice_errors = Vec::new();
     let endpoints = ServiceEndpoints::collect(slices, &mut slice_errors);
     let mut frontends = BTreeMap::new();
+    let mut ipv6_skipped = BTreeSet::new();
     for object in named_objects(services, &mut errors) {
         let mut service = ServiceCtx {
             object,
             errors: &mut errors,
+            ipv6_skipped: &mut ipv6_skipped,
         };
         service.add_frontends(&endpoints, &mut frontends);
     }
     errors.append(&mut slice_errors);
-    Desired { frontends, errors }
+    Desired {
+        frontends,
+        errors,
+        ipv6_skipped,
+    }
 }
 
 /// An input object with its name resolved and its origin for error messages.
@@ -235,6 +244,7 @@ const PROXIED_TYPES: [&str; 3] = ["ClusterIP", "NodePort", "LoadBalancer"];
 struct ServiceCtx<'a, 'e> {
     object: Named<'a, Service>,
     errors: &'e mut Vec<ConfigError>,
+    ipv6_skipped: &'e mut BTreeSet<ObjectRef>,
 }
 
 impl ServiceCtx<'_, '_> {
@@ -324,6 +334,9 @@ impl ServiceCtx<'_, '_> {
                     self.report(field, format!("{ip} cannot be a cluster IP"));
                 }
                 Ok(IpAddr::V4(ip)) if !vips.contains(&ip) => vips.push(ip),
+                Ok(IpAddr::V6(_)) => {
+                    self.ipv6_skipped.insert(self.object.oref.clone());
+                }
                 Ok(_) => {}
                 Err(_) => self.report(field, format!("invalid IP address {text:?}")),
             }

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{Backend, RevNat, RevNatId, ServiceKey, ServiceValue, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::model::{Desired, DesiredFrontend, Frontend};
 pub use fake::FakeDataplane;
@@ -29,17 +29,17 @@ pub use fake::FakeDataplane;
 pub struct MapState {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
-    pub revnat: BTreeMap<u16, RevNat>,
+    pub revnat: BTreeMap<RevNatId, RevNat>,
 }
 
 /// One map write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MapOp {
     UpsertBackend(u32, Backend),
-    UpsertRevNat(u16, RevNat),
+    UpsertRevNat(RevNatId, RevNat),
     UpsertService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
-    DeleteRevNat(u16),
+    DeleteRevNat(RevNatId),
     DeleteBackend(u32),
 }
 
@@ -121,7 +121,12 @@ pub struct Reconciler {
     /// so a just-freed id, which old conntrack entries may still carry, is
     /// handed out again as late as possible. `None` until the first target
     /// is computed, then it starts after the highest id found in the maps.
-    next_rev_nat_id: Option<u16>,
+    next_rev_nat_id: Option<RevNatId>,
+    /// What the maps hold after our last complete sync, so that a sync costs
+    /// the size of the change rather than a read of every map (seconds at
+    /// 100k Services). `None` means "read them back first": at start (the
+    /// adopted maps), after a failed write, and after [`Self::forget_maps`].
+    known: Option<MapState>,
 }
 
 impl Default for Reconciler {
@@ -135,6 +140,7 @@ impl Reconciler {
         Reconciler {
             next_backend_id: 1,
             next_rev_nat_id: None,
+            known: None,
         }
     }
 
@@ -160,7 +166,6 @@ impl Reconciler {
                 count,
                 rev_nat_id,
                 flags: 0,
-                _pad: 0,
             };
             for (slot, &backend_id) in (1..).zip(&backend_ids) {
                 target
@@ -207,23 +212,40 @@ impl Reconciler {
         ops
     }
 
-    /// read_state -> target_state -> plan -> apply all. Stops at the first
-    /// failed write: later writes may depend on it (a master on its slots),
-    /// and thanks to the write order the maps are consistent at that point,
-    /// so the next sync simply continues.
+    /// (read_state unless known) -> target_state -> plan -> apply all.
+    /// Stops at the first failed write: later writes may depend on it (a
+    /// master on its slots), and thanks to the write order the maps are
+    /// consistent at that point, so the next sync (which reads the maps
+    /// back) simply continues.
     pub fn sync(
         &mut self,
         desired: &Desired,
         dp: &mut dyn Dataplane,
     ) -> Result<SyncReport, DataplaneError> {
-        let current = dp.read_state()?;
+        let current = match self.known.take() {
+            Some(known) => known,
+            None => dp.read_state()?,
+        };
         let target = self.target_state(desired, &current);
         let mut report = SyncReport::default();
         for op in Self::plan(&current, &target) {
             dp.apply(&op)?;
             report.count(&op);
         }
+        self.known = Some(target);
         Ok(report)
+    }
+
+    /// Makes the next sync read the maps back instead of trusting what it
+    /// last wrote, so that entries changed behind our back (by hand, or by
+    /// another process) are repaired.
+    pub fn forget_maps(&mut self) {
+        self.known = None;
+    }
+
+    /// What the maps hold, as of the last complete sync.
+    pub fn programmed(&self) -> Option<&MapState> {
+        self.known.as_ref()
     }
 
     /// After a restart the allocators know nothing of the ids in the maps:
@@ -279,9 +301,9 @@ impl Reconciler {
 
     /// A rev-NAT id not in the maps nor in the target, searching from the
     /// cursor (never 0, which the datapath reads as "none").
-    fn alloc_rev_nat(&mut self, current: &MapState, target: &MapState) -> Option<u16> {
+    fn alloc_rev_nat(&mut self, current: &MapState, target: &MapState) -> Option<RevNatId> {
         let start = self.next_rev_nat_id.unwrap_or(1);
-        let free = (0..=u16::MAX)
+        let free = (0..=RevNatId::MAX)
             .map(|offset| start.wrapping_add(offset))
             .find(|id| {
                 *id != 0 && !current.revnat.contains_key(id) && !target.revnat.contains_key(id)
@@ -296,9 +318,9 @@ struct IdLookup {
     /// (address, port, protocol) -> backend id.
     backends: BTreeMap<(u32, u16, u8), u32>,
     /// Master key -> its rev-NAT id, where that id still holds this frontend.
-    rev_nats: BTreeMap<ServiceKey, u16>,
+    rev_nats: BTreeMap<ServiceKey, RevNatId>,
     /// Rev-NAT ids already handed to a frontend in this target.
-    taken_rev_nats: BTreeSet<u16>,
+    taken_rev_nats: BTreeSet<RevNatId>,
 }
 
 impl IdLookup {
@@ -338,7 +360,7 @@ impl IdLookup {
 
     /// The frontend's current rev-NAT id, unless another frontend (TCP and
     /// UDP on one port have equal rev-NAT entries) already took it.
-    fn rev_nat(&mut self, master: ServiceKey) -> Option<u16> {
+    fn rev_nat(&mut self, master: ServiceKey) -> Option<RevNatId> {
         let id = *self.rev_nats.get(&master)?;
         self.taken_rev_nats.insert(id).then_some(id)
     }

@@ -4,32 +4,29 @@ use std::{path::PathBuf, time::Instant};
 
 use tracing::warn;
 
-use super::apply::Applier;
-use crate::{
-    manifest,
-    reconcile::{Dataplane, Reconciler},
-};
+use super::apply::Pending;
+use crate::manifest;
 
 pub struct ManifestSource {
     dir: PathBuf,
     /// Fingerprint of the last successfully applied contents.
     applied: Option<u64>,
+    /// Fingerprint of the contents handed out by the last `take_pending`.
+    offered: Option<u64>,
 }
 
 impl ManifestSource {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, applied: None }
+        Self {
+            dir,
+            applied: None,
+            offered: None,
+        }
     }
 
-    /// Re-reads the directory if its files changed since the last
-    /// successful sync, and writes the differences to the maps. A failed
-    /// sync is retried on the next call.
-    pub fn sync(
-        &mut self,
-        applier: &mut Applier,
-        reconciler: &mut Reconciler,
-        dp: &mut dyn Dataplane,
-    ) {
+    /// The desired state if the files changed since the last successful
+    /// sync (or the last one failed).
+    pub fn take_pending(&mut self) -> Option<Pending> {
         let fingerprint = match manifest::fingerprint_dir(&self.dir) {
             Ok(f) => f,
             Err(e) => {
@@ -37,17 +34,26 @@ impl ManifestSource {
                     warn!(dir = %self.dir.display(), "cannot read manifests ({e}); keeping the current state");
                     self.applied = None;
                 }
-                return;
+                return None;
             }
         };
         if self.applied == Some(fingerprint) {
-            return;
+            return None;
         }
         let seen = Instant::now();
         let loaded = manifest::load_dir(&self.dir);
-        let desired = loaded.desired_state();
-        if applier.apply(&desired, &loaded.errors, seen, reconciler, dp) {
-            self.applied = Some(fingerprint);
+        self.offered = Some(fingerprint);
+        Some(Pending {
+            desired: loaded.desired_state(),
+            load_errors: loaded.errors,
+            seen,
+        })
+    }
+
+    /// Reports how programming the last pending state went.
+    pub fn done(&mut self, ok: bool) {
+        if ok {
+            self.applied = self.offered;
         }
     }
 }

@@ -1,11 +1,13 @@
 //! lb-agent: keeps the XDP load balancer's maps in sync with Kubernetes
 //! Services and EndpointSlices, in place of kube-proxy.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use clap::Parser;
+use ipnet::IpNet;
 use lb_userspace::{
-    agent::{self, AgentConfig, SourceConfig},
+    agent::{self, net_config::parse_cidr, AgentConfig, MapSizes, NetConfig, SourceConfig},
     ebpf::XdpModeArg,
 };
 
@@ -23,13 +25,17 @@ struct Args {
     /// service account, in that order.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// This node's name: its Node object is watched. Default: $NODE_NAME
+    /// (the DaemonSet sets it from spec.nodeName), else the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
     /// Node-side pod interfaces to attach to: comma-separated names or glob
     /// patterns (e.g. `veth*,cali*`). New matching interfaces are attached
     /// as they appear.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "cleanup")]
     pod_interfaces: Vec<String>,
-    /// bpffs directory where the maps are pinned. Agents with different
-    /// directories run side by side.
+    /// bpffs directory where the maps and program links are pinned. Agents
+    /// with different directories run side by side.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
     /// XDP attach mode.
@@ -38,10 +44,63 @@ struct Args {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// Remove the pinned maps on exit (by default they stay, so that a
-    /// restarted agent adopts them).
+    /// Pod network CIDR(s), comma-separated. Checked not to overlap the
+    /// Service and node ranges.
+    #[arg(long, value_delimiter = ',', value_parser = cidr("cluster-cidr"))]
+    cluster_cidr: Vec<IpNet>,
+    /// Service ClusterIP range(s), comma-separated (the API server's
+    /// --service-cluster-ip-range).
+    #[arg(long, value_delimiter = ',', value_parser = cidr("service-cidr"))]
+    service_cidr: Vec<IpNet>,
+    /// Node address ranges NodePorts answer on, comma-separated. Default:
+    /// all of the node's addresses.
+    #[arg(long, value_delimiter = ',', value_parser = cidr("nodeport-addresses"))]
+    nodeport_addresses: Vec<IpNet>,
+    /// Address of the health server (/healthz, /livez); empty to disable.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind: String,
+    /// Address of the metrics server (/metrics); empty to disable.
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    metrics_bind: String,
+    /// /healthz fails when a change waits longer than this many seconds to
+    /// be programmed.
+    #[arg(long, default_value_t = 60)]
+    healthz_timeout_secs: u64,
+    /// Size of the service map: frontends x (1 + backends each).
+    #[arg(long, default_value_t = MapSizes::default().services)]
+    services_map_max: u32,
+    /// Size of the backend map.
+    #[arg(long, default_value_t = MapSizes::default().backends)]
+    backends_map_max: u32,
+    /// Size of the rev-NAT map: one entry per frontend (Service IP and port).
+    #[arg(long, default_value_t = MapSizes::default().revnat)]
+    revnat_map_max: u32,
+    /// Size of the conntrack map (LRU): two entries per connection.
+    #[arg(long, default_value_t = MapSizes::default().conntrack)]
+    ct_map_max: u32,
+    /// Remove the pinned maps and links on exit, detaching the datapath (by
+    /// default it stays attached and serving, and a restarted agent adopts
+    /// it).
     #[arg(long)]
     unpin_on_exit: bool,
+    /// Detach and remove everything pinned under --bpffs, then exit (to
+    /// uninstall, or before rolling back to kube-proxy).
+    #[arg(long)]
+    cleanup: bool,
+}
+
+fn cidr(flag: &'static str) -> impl Fn(&str) -> Result<IpNet, String> + Clone {
+    move |s| parse_cidr(flag, s)
+}
+
+fn bind(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("--{flag}: {value:?} is not an IP:port"))
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -51,6 +110,18 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log_level)?)
         .with_writer(std::io::stderr)
         .init();
+    if args.cleanup {
+        agent::cleanup(&args.bpffs)?;
+        tracing::info!(bpffs = %args.bpffs.display(), "cleaned up: datapath detached, pins removed");
+        return Ok(());
+    }
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("no --node-name or NODE_NAME, and no hostname")?
+            .to_string_lossy()
+            .into_owned(),
+    };
     agent::run(AgentConfig {
         source: match args.manifests {
             Some(dir) => SourceConfig::Manifests(dir),
@@ -58,11 +129,74 @@ async fn main() -> anyhow::Result<()> {
                 kubeconfig: args.kubeconfig,
             },
         },
+        node_name,
         pod_interfaces: args.pod_interfaces,
         bpffs: args.bpffs,
         xdp_mode: args.xdp_mode,
         unpin_on_exit: args.unpin_on_exit,
         poll_interval: Duration::from_millis(250),
+        net: NetConfig {
+            cluster_cidrs: args.cluster_cidr,
+            service_cidrs: args.service_cidr,
+            nodeport_addresses: args.nodeport_addresses,
+        },
+        map_sizes: MapSizes {
+            services: args.services_map_max,
+            backends: args.backends_map_max,
+            revnat: args.revnat_map_max,
+            conntrack: args.ct_map_max,
+        },
+        healthz_bind: bind("healthz-bind", &args.healthz_bind)?,
+        metrics_bind: bind("metrics-bind", &args.metrics_bind)?,
+        healthz_timeout: Duration::from_secs(args.healthz_timeout_secs),
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::DaemonSet;
+
+    /// The flags deploy/daemonset.yaml passes are ones this binary accepts,
+    /// with a consistent address plan: a DaemonSet that crash-loops on an
+    /// unknown flag would take Service traffic down on every node.
+    #[test]
+    fn the_daemonset_args_parse() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
+        let ds: DaemonSet = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        let container = pod
+            .containers
+            .iter()
+            .find(|c| c.name == "lb-agent")
+            .unwrap();
+        let args = container.args.clone().unwrap();
+        let parsed = Args::try_parse_from(std::iter::once("lb-agent".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let net = NetConfig {
+            cluster_cidrs: parsed.cluster_cidr,
+            service_cidrs: parsed.service_cidr,
+            nodeport_addresses: parsed.nodeport_addresses,
+        };
+        assert!(!net.cluster_cidrs.is_empty() && !net.service_cidrs.is_empty());
+        assert_eq!(net.overlaps(), vec![]);
+        assert!(bind("healthz-bind", &parsed.healthz_bind)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag() {
+        let err = Args::try_parse_from([
+            "lb-agent",
+            "--pod-interfaces=veth*",
+            "--service-cidr=10.96.0.0/40",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--service-cidr"), "{err}");
+        let err = bind("metrics-bind", "localhost").unwrap_err().to_string();
+        assert!(err.contains("--metrics-bind"), "{err}");
+    }
 }

@@ -1,15 +1,27 @@
 //! Attaching the XDP (DNAT) and TC egress (reverse NAT) programs to pod
-//! interfaces, and detaching them from interfaces that went away.
+//! interfaces, detaching them from interfaces that went away, and adopting
+//! the links a previous agent left pinned (see `link_pins`).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+    },
     Ebpf,
 };
 use lb_common::{PROG_TC_EGRESS, PROG_XDP_INGRESS};
 use tracing::{info, warn};
+
+use super::link_pins::{self, InterfacePins};
 
 /// Which XDP mode to attach in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -22,75 +34,116 @@ pub enum XdpModeArg {
     Generic,
 }
 
-/// What is attached to one interface.
+/// What is attached to one interface: the two links, pinned.
 struct Attached {
-    ifindex: u32,
-    xdp_mode: &'static str,
-    xdp: aya::programs::xdp::XdpLinkId,
-    tc: aya::programs::tc::SchedClassifierLinkId,
+    pins: InterfacePins,
+    xdp_mode: String,
+    // Our fds on the links. The pins keep the links alive without them;
+    // holding them makes "detach" a matter of removing the pins.
+    _xdp: FdLink,
+    _tc: FdLink,
 }
 
-/// Owns the loaded programs and the links per interface name.
+/// Owns the loaded programs and the pinned links per interface name.
 pub struct Attacher {
     mode: XdpModeArg,
+    links_dir: PathBuf,
     attached: BTreeMap<String, Attached>,
+    /// Pins left by a previous agent, not yet adopted (or dropped).
+    inherited: Vec<InterfacePins>,
 }
 
 impl Attacher {
-    /// Loads (verifies) both programs into the kernel.
-    pub fn new(ebpf: &mut Ebpf, mode: XdpModeArg) -> anyhow::Result<Self> {
+    /// Loads (verifies) both programs into the kernel. Links a previous
+    /// agent pinned under `pin_dir` are adopted by [`Attacher::sync`].
+    pub fn new(ebpf: &mut Ebpf, mode: XdpModeArg, pin_dir: &Path) -> anyhow::Result<Self> {
         xdp_prog(ebpf)?
             .load()
             .context("verifying the XDP program")?;
         tc_prog(ebpf)?
             .load()
             .context("verifying the TC egress program")?;
+        let links_dir = pin_dir.join("links");
+        fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
         Ok(Self {
             mode,
+            inherited: link_pins::scan(&links_dir),
+            links_dir,
             attached: BTreeMap::new(),
         })
     }
 
     /// Names of the interfaces we are attached to, with their XDP mode.
-    pub fn attached(&self) -> impl Iterator<Item = (&str, &'static str)> {
-        self.attached.iter().map(|(n, a)| (n.as_str(), a.xdp_mode))
+    pub fn attached(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.attached
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.xdp_mode.as_str()))
     }
 
-    /// Brings the attachments in line with `present`: attaches to new
-    /// interfaces (name -> ifindex), forgets vanished or renumbered ones.
-    /// One failing interface does not stop the others.
+    /// Brings the attachments in line with `present` (name -> ifindex):
+    /// adopts links a previous agent pinned for present interfaces, attaches
+    /// to new interfaces, and detaches from vanished or renumbered ones. One
+    /// failing interface does not stop the others.
     pub fn sync(&mut self, ebpf: &mut Ebpf, present: &BTreeMap<String, u32>) {
+        for pins in std::mem::take(&mut self.inherited) {
+            if present.get(&pins.ifname) != Some(&pins.ifindex) {
+                remove_pins(&pins, "interface gone or no longer matching");
+                continue;
+            }
+            match adopt(ebpf, &pins) {
+                Ok(a) => {
+                    info!(interface = %pins.ifname, xdp_mode = %a.xdp_mode, "adopted pinned links (programs replaced in place)");
+                    self.attached.insert(pins.ifname.clone(), a);
+                }
+                Err(e) => {
+                    warn!(interface = %pins.ifname, "cannot adopt pinned links, attaching anew: {e:#}");
+                    remove_pins(&pins, "not adoptable");
+                }
+            }
+        }
         let stale: Vec<String> = self
             .attached
             .iter()
-            .filter(|(name, a)| present.get(*name) != Some(&a.ifindex))
+            .filter(|(name, a)| present.get(*name) != Some(&a.pins.ifindex))
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
             let a = self.attached.remove(&name).expect("listed above");
-            // The kernel already dropped the links of a deleted interface;
-            // detaching is only needed when the name now has a new index.
-            let _ = xdp_prog(ebpf).map(|p| p.detach(a.xdp));
-            let _ = tc_prog(ebpf).map(|p| p.detach(a.tc));
-            info!(interface = %name, "interface gone, detached");
+            // The kernel already detached the links of a deleted interface;
+            // removing the pins releases them.
+            remove_pins(&a.pins, "interface gone");
         }
         for (name, ifindex) in present {
             if self.attached.contains_key(name) {
                 continue;
             }
-            match self.attach_one(ebpf, name, *ifindex) {
+            let pins = InterfacePins::new(&self.links_dir, *ifindex, name);
+            match self.attach_one(ebpf, &pins) {
                 Ok(a) => {
-                    info!(interface = %name, xdp_mode = a.xdp_mode, "attached XDP ingress and TC egress");
+                    info!(interface = %name, xdp_mode = %a.xdp_mode, "attached XDP ingress and TC egress");
                     self.attached.insert(name.clone(), a);
                 }
-                Err(e) => warn!(interface = %name, "attach failed: {e:#}"),
+                Err(e) => {
+                    warn!(interface = %name, "attach failed: {e:#}");
+                    let _ = pins.remove();
+                }
             }
         }
     }
 
-    fn attach_one(&self, ebpf: &mut Ebpf, name: &str, ifindex: u32) -> anyhow::Result<Attached> {
+    /// Detaches everything: removes the pins, then the fds.
+    pub fn detach_all(&mut self) {
+        for (_, a) in std::mem::take(&mut self.attached) {
+            remove_pins(&a.pins, "detaching");
+        }
+        let _ = fs::remove_dir(&self.links_dir);
+    }
+
+    fn attach_one(&self, ebpf: &mut Ebpf, pins: &InterfacePins) -> anyhow::Result<Attached> {
         let xdp = xdp_prog(ebpf)?;
-        let (xdp_link, xdp_mode) = match self.mode {
+        let ifindex = pins.ifindex;
+        let (id, xdp_mode) = match self.mode {
             XdpModeArg::Native => (xdp.attach_to_if_index(ifindex, XdpMode::Driver)?, "native"),
             XdpModeArg::Generic => (xdp.attach_to_if_index(ifindex, XdpMode::Skb)?, "generic"),
             XdpModeArg::Auto => match xdp.attach_to_if_index(ifindex, XdpMode::Driver) {
@@ -98,22 +151,74 @@ impl Attacher {
                 Err(_) => (xdp.attach_to_if_index(ifindex, XdpMode::Skb)?, "generic"),
             },
         };
+        // Until pinned, dropping the link detaches it: failures below undo.
+        let xdp_link =
+            FdLink::try_from(xdp.take_link(id)?).context("XDP link is not an fd link")?;
         // clsact is needed only for the netlink fallback on kernels < 6.6
         // (tcx otherwise); adding it is harmless when it already exists.
-        let _ = tc::qdisc_add_clsact(name);
-        let tc_link = match tc_prog(ebpf)?.attach(name, TcAttachType::Egress) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = xdp_prog(ebpf).map(|p| p.detach(xdp_link));
-                return Err(e).context("attaching TC egress");
-            }
-        };
+        let _ = tc::qdisc_add_clsact(&pins.ifname);
+        let tc = tc_prog(ebpf)?;
+        let id = tc
+            .attach(&pins.ifname, TcAttachType::Egress)
+            .context("attaching TC egress")?;
+        let tc_link = FdLink::try_from(tc.take_link(id)?)
+            .context("TC link is not an fd (tcx) link; kernel >= 6.6 needed")?;
+        fs::create_dir_all(&pins.dir)
+            .with_context(|| format!("creating {}", pins.dir.display()))?;
+        let xdp_link = pin(xdp_link, &pins.xdp(xdp_mode))?;
+        let tc_link = pin(tc_link, &pins.tc())?;
         Ok(Attached {
-            ifindex,
-            xdp_mode,
-            xdp: xdp_link,
-            tc: tc_link,
+            pins: pins.clone(),
+            xdp_mode: xdp_mode.to_string(),
+            _xdp: xdp_link,
+            _tc: tc_link,
         })
+    }
+}
+
+/// Takes over the links pinned for one interface, swapping the programs
+/// loaded by this agent into them (an atomic `BPF_LINK_UPDATE`: no packet
+/// goes unprocessed, and the maps are the same pinned ones).
+fn adopt(ebpf: &mut Ebpf, pins: &InterfacePins) -> anyhow::Result<Attached> {
+    let (xdp_path, xdp_mode) = pins
+        .pinned_xdp()
+        .ok_or_else(|| anyhow!("no XDP link pinned in {}", pins.dir.display()))?;
+    let open = |path: &Path| -> anyhow::Result<FdLink> {
+        Ok(PinnedLink::from_pin(path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .into())
+    };
+    let xdp = xdp_prog(ebpf)?;
+    let link = XdpLink::try_from(open(&xdp_path)?).context("not an XDP link")?;
+    let id = xdp
+        .attach_to_link(link)
+        .context("replacing the XDP program")?;
+    let xdp_link = FdLink::try_from(xdp.take_link(id)?)?;
+    let tc = tc_prog(ebpf)?;
+    let link = SchedClassifierLink::try_from(open(&pins.tc())?).context("not a tcx link")?;
+    let id = tc
+        .attach_to_link(link)
+        .context("replacing the TC program")?;
+    let tc_link = FdLink::try_from(tc.take_link(id)?)?;
+    Ok(Attached {
+        pins: pins.clone(),
+        xdp_mode,
+        _xdp: xdp_link,
+        _tc: tc_link,
+    })
+}
+
+fn pin(link: FdLink, path: &Path) -> anyhow::Result<FdLink> {
+    Ok(link
+        .pin(path)
+        .with_context(|| format!("pinning {}", path.display()))?
+        .into())
+}
+
+fn remove_pins(pins: &InterfacePins, why: &str) {
+    match pins.remove() {
+        Ok(()) => info!(interface = %pins.ifname, ifindex = pins.ifindex, "{why}: detached"),
+        Err(e) => warn!(interface = %pins.ifname, "removing {}: {e}", pins.dir.display()),
     }
 }
 

@@ -6,9 +6,10 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    Backend, RevNat, ServiceKey, ServiceValue, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES,
+    Backend, RevNat, RevNatId, ServiceKey, ServiceValue, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES,
 };
 
+use super::monitor::max_entries;
 use crate::reconcile::{Dataplane, DataplaneError, MapOp, MapState};
 
 /// The three maps the reconciler writes (conntrack and stats are the
@@ -16,7 +17,9 @@ use crate::reconcile::{Dataplane, DataplaneError, MapOp, MapState};
 pub struct BpfDataplane {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
-    revnat: HashMap<MapData, u16, RevNat>,
+    revnat: HashMap<MapData, RevNatId, RevNat>,
+    /// Sizes of the three maps (services, backends, rev-NAT).
+    max_entries: [u32; 3],
 }
 
 impl BpfDataplane {
@@ -26,11 +29,25 @@ impl BpfDataplane {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing from the object"))
         };
+        let (services, backends, revnat) =
+            (take(MAP_SERVICES)?, take(MAP_BACKENDS)?, take(MAP_REVNAT)?);
+        let max_entries = [
+            max_entries(&services).context(MAP_SERVICES)?,
+            max_entries(&backends).context(MAP_BACKENDS)?,
+            max_entries(&revnat).context(MAP_REVNAT)?,
+        ];
         Ok(Self {
-            services: HashMap::try_from(take(MAP_SERVICES)?).context(MAP_SERVICES)?,
-            backends: HashMap::try_from(take(MAP_BACKENDS)?).context(MAP_BACKENDS)?,
-            revnat: HashMap::try_from(take(MAP_REVNAT)?).context(MAP_REVNAT)?,
+            services: HashMap::try_from(services).context(MAP_SERVICES)?,
+            backends: HashMap::try_from(backends).context(MAP_BACKENDS)?,
+            revnat: HashMap::try_from(revnat).context(MAP_REVNAT)?,
+            max_entries,
         })
+    }
+
+    /// (map name, size) of the services, backends and rev-NAT maps.
+    pub fn max_entries(&self) -> [(&'static str, u32); 3] {
+        let [s, b, r] = self.max_entries;
+        [(MAP_SERVICES, s), (MAP_BACKENDS, b), (MAP_REVNAT, r)]
     }
 }
 

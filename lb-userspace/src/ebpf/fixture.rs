@@ -16,8 +16,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    stats, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, StatsCounter, MAP_BACKENDS,
-    MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS, PROG_TC_EGRESS, PROG_XDP_INGRESS,
+    stats, Backend, CtKey, CtValue, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS, PROG_TC_EGRESS,
+    PROG_XDP_INGRESS,
 };
 
 use super::object;
@@ -28,7 +29,7 @@ const OUT_SLACK: usize = 256;
 pub struct DatapathFixture {
     ebpf: Ebpf,
     next_backend_id: u32,
-    next_rev_nat_id: u16,
+    next_rev_nat_id: RevNatId,
     // Dropped last: the pins go once the maps are closed.
     _pins: PinDir,
 }
@@ -84,7 +85,7 @@ impl DatapathFixture {
         self.next_rev_nat_id += 1;
         let vip_be = be_addr(vip);
         let port_be = port.to_be();
-        let mut revnat: HashMap<_, u16, RevNat> = self.map(MAP_REVNAT)?;
+        let mut revnat: HashMap<_, RevNatId, RevNat> = self.map(MAP_REVNAT)?;
         revnat.insert(
             rev_nat_id,
             RevNat {

@@ -6,7 +6,7 @@ use std::{
     str::FromStr,
 };
 
-use lb_common::CT_DIR_REPLY;
+use lb_common::{RevNatId, CT_DIR_REPLY};
 use serde::Serialize;
 
 use super::{
@@ -35,7 +35,7 @@ pub struct CtEntry {
     pub backend_id: u32,
     /// Null when the backend is gone from the backend map (the flow outlived it).
     pub backend: Option<Endpoint>,
-    pub rev_nat_id: u16,
+    pub rev_nat_id: RevNatId,
     /// What replies' source is restored to; null when the rev-NAT id is unknown.
     pub frontend: Option<IpPort>,
     /// `CT_F_*` bits.

@@ -11,7 +11,7 @@ use super::{
     MapKind, Report, Snapshot,
 };
 
-/// JSON: `{"map": "lb_svc_v1", "entries": [{"key": {..}, "value": {..}}, ..]}`
+/// JSON: `{"map": "lb_svc_v2", "entries": [{"key": {..}, "value": {..}}, ..]}`
 /// with the fields of the lb-common key and value, decoded: `_be` fields
 /// lose the suffix (`vip`, `port`, `saddr`, ...), `proto` and `dir` are
 /// names, padding is left out. Stats keys are `{"index", "reason"}`,
@@ -225,7 +225,7 @@ VIP         PORT  PROTO  SLOT  BACKEND_ID  COUNT  REV_NAT_ID  FLAGS
 10.96.0.10  80    tcp    0     0           1      1           0x0
 10.96.0.10  80    tcp    1     7           0      0           0x0
 10.96.1.1   53    tcp    0     0           0      2           0x0
-lb_svc_v1: 3 entries
+lb_svc_v2: 3 entries
 "
         );
         let json: serde_json::Value = serde_json::from_str(&render(&dump, Format::Json)).unwrap();
@@ -272,7 +272,7 @@ lb_svc_v1: 3 entries
         );
         assert_eq!(
             dump(&Snapshot::default(), MapKind::Conntrack).table(),
-            "lb_ct_v1: 0 entries\n"
+            "lb_ct_v2: 0 entries\n"
         );
     }
 }

@@ -79,8 +79,8 @@ mod tests {
         let list = MapList {
             maps: vec![
                 MapStatus {
-                    name: "lb_svc_v1",
-                    pin: "/sys/fs/bpf/lb/lb_svc_v1".into(),
+                    name: "lb_svc_v2",
+                    pin: "/sys/fs/bpf/lb/lb_svc_v2".into(),
                     meta: Some(MapMeta {
                         id: 42,
                         map_type: "hash".into(),
@@ -92,8 +92,8 @@ mod tests {
                     error: None,
                 },
                 MapStatus {
-                    name: "lb_ct_v1",
-                    pin: "/sys/fs/bpf/lb/lb_ct_v1".into(),
+                    name: "lb_ct_v2",
+                    pin: "/sys/fs/bpf/lb/lb_ct_v2".into(),
                     meta: None,
                     entries: None,
                     error: Some("not pinned".into()),
@@ -105,8 +105,8 @@ mod tests {
             list.table(),
             "\
 NAME       ID  TYPE  KEY  VALUE    MAX  ENTRIES  PIN                       ERROR
-lb_svc_v1  42  hash   12     12  65536        3  /sys/fs/bpf/lb/lb_svc_v1
-lb_ct_v1    -  -       -      -      -        -  /sys/fs/bpf/lb/lb_ct_v1   not pinned
+lb_svc_v2  42  hash   12     12  65536        3  /sys/fs/bpf/lb/lb_svc_v2
+lb_ct_v2    -  -       -      -      -        -  /sys/fs/bpf/lb/lb_ct_v2   not pinned
 "
         );
         let json: serde_json::Value = serde_json::from_str(&render(&list, Format::Json)).unwrap();
@@ -114,7 +114,7 @@ lb_ct_v1    -  -       -      -      -        -  /sys/fs/bpf/lb/lb_ct_v1   not p
         assert_eq!(
             json["maps"][1],
             serde_json::json!({
-                "name": "lb_ct_v1", "pin": "/sys/fs/bpf/lb/lb_ct_v1",
+                "name": "lb_ct_v2", "pin": "/sys/fs/bpf/lb/lb_ct_v2",
                 "meta": null, "entries": null, "error": "not pinned"
             })
         );

@@ -283,7 +283,7 @@ mod tests {
         );
         assert!(err
             .to_string()
-            .contains(&*dir.path().join("lb_svc_v1").to_string_lossy()));
+            .contains(&*dir.path().join("lb_svc_v2").to_string_lossy()));
         let list = list_maps(dir.path()).unwrap();
         assert_eq!(list.maps.len(), 5);
         assert!(list

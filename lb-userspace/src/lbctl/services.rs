@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use lb_common::ServiceValue;
+use lb_common::{RevNatId, ServiceValue};
 use serde::Serialize;
 
 use super::{
@@ -27,7 +27,7 @@ pub struct Service {
     pub frontend: Endpoint,
     /// From the master entry (slot 0); null when it is missing, as are
     /// `count` and `flags`.
-    pub rev_nat_id: Option<u16>,
+    pub rev_nat_id: Option<RevNatId>,
     /// Backend slots the datapath picks from (`1..=count`).
     pub count: Option<u16>,
     pub flags: Option<u16>,
@@ -58,9 +58,12 @@ pub enum Problem {
     /// A slot above `count`, never picked: left over by an update.
     SlotBeyondCount { slot: u16 },
     /// The rev-NAT id is not in the rev-NAT map.
-    RevNatMissing { rev_nat_id: u16 },
+    RevNatMissing { rev_nat_id: RevNatId },
     /// The rev-NAT map restores another address than this frontend's.
-    RevNatMismatch { rev_nat_id: u16, target: IpPort },
+    RevNatMismatch {
+        rev_nat_id: RevNatId,
+        target: IpPort,
+    },
 }
 
 impl fmt::Display for Problem {

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
-    Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, StatsCounter, MAP_BACKENDS,
-    MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
+    Backend, CtKey, CtValue, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -60,13 +60,13 @@ impl FromStr for MapKind {
 /// build a snapshot exactly as the datapath would see the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `lb_svc_v1`: master entries (slot 0) and backend slots.
+    /// `lb_svc_v2`: master entries (slot 0) and backend slots.
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     /// `lb_backend_v1` by backend id.
     pub backends: BTreeMap<u32, Backend>,
-    /// `lb_revnat_v1` by rev-NAT id.
-    pub revnat: BTreeMap<u16, RevNat>,
-    /// `lb_ct_v1`.
+    /// `lb_revnat_v2` by rev-NAT id.
+    pub revnat: BTreeMap<RevNatId, RevNat>,
+    /// `lb_ct_v2`.
     pub ct: BTreeMap<CtKey, CtValue>,
     /// `lb_stats_v1` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
@@ -88,6 +88,6 @@ mod tests {
         assert!("lb_svc_v0"
             .parse::<MapKind>()
             .unwrap_err()
-            .contains("lb_svc_v1"));
+            .contains("lb_svc_v2"));
     }
 }

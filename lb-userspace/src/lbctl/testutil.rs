@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, IPPROTO_TCP};
+use lb_common::{Backend, CtKey, CtValue, RevNat, RevNatId, ServiceKey, ServiceValue, IPPROTO_TCP};
 
 use super::Snapshot;
 
@@ -23,7 +23,13 @@ pub fn svc_key(vip: &str, port: u16, slot: u16) -> ServiceKey {
 
 /// A TCP frontend with a master entry, one slot per id of `backend_ids`
 /// and its rev-NAT entry.
-pub fn add_service(s: &mut Snapshot, vip: &str, port: u16, rev_nat_id: u16, backend_ids: &[u32]) {
+pub fn add_service(
+    s: &mut Snapshot,
+    vip: &str,
+    port: u16,
+    rev_nat_id: RevNatId,
+    backend_ids: &[u32],
+) {
     let count = backend_ids.len() as u16;
     s.services.insert(
         svc_key(vip, port, 0),
@@ -76,12 +82,17 @@ pub fn ct_key(saddr: &str, sport: u16, daddr: &str, dport: u16, dir: u8) -> CtKe
     }
 }
 
-pub fn ct_value(backend_id: u32, rev_nat_id: u16, created_ns: u64, last_seen_ns: u64) -> CtValue {
+pub fn ct_value(
+    backend_id: u32,
+    rev_nat_id: RevNatId,
+    created_ns: u64,
+    last_seen_ns: u64,
+) -> CtValue {
     CtValue {
         backend_id,
         rev_nat_id,
-        flags: 0,
         created_ns,
         last_seen_ns,
+        ..Default::default()
     }
 }

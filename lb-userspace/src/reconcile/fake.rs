@@ -14,6 +14,8 @@ pub struct FakeDataplane {
     /// While set to `Some(n)`, the write that would become `applied[n]`
     /// fails (and changes nothing), to test syncs that break off.
     pub fail_at: Option<usize>,
+    /// How many times the whole state was read.
+    pub reads: std::cell::Cell<usize>,
 }
 
 impl FakeDataplane {
@@ -28,6 +30,7 @@ impl FakeDataplane {
 
 impl Dataplane for FakeDataplane {
     fn read_state(&self) -> Result<MapState, DataplaneError> {
+        self.reads.set(self.reads.get() + 1);
         Ok(self.state.clone())
     }
 

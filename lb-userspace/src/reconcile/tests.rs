@@ -341,8 +341,8 @@ fn restart_keeps_ids_and_new_ids_continue_after_the_highest() {
     );
     let highest_before = *before.backends.keys().max().unwrap();
     assert!(backend_id(&dp.state, pod(4, 8080), Proto::Tcp) > highest_before);
-    let old_rev_nats: BTreeSet<u16> = before.revnat.keys().copied().collect();
-    let rev_nats: BTreeSet<u16> = dp.state.revnat.keys().copied().collect();
+    let old_rev_nats: BTreeSet<lb_common::RevNatId> = before.revnat.keys().copied().collect();
+    let rev_nats: BTreeSet<lb_common::RevNatId> = dp.state.revnat.keys().copied().collect();
     assert_eq!(rev_nats, old_rev_nats);
 }
 
@@ -402,7 +402,7 @@ fn backends_shared_between_frontends_and_rev_nat_ids_distinct() {
     sync(&mut Reconciler::new(), &desired, &mut dp);
     // pod 1 at 8080/TCP is one backend; 5353/UDP another.
     assert_eq!(dp.state.backends.len(), 2);
-    let rev_nats: BTreeSet<u16> = [http(), dns(), tcp_dns, other]
+    let rev_nats: BTreeSet<lb_common::RevNatId> = [http(), dns(), tcp_dns, other]
         .iter()
         .map(|f| dp.state.services[&key(*f, 0)].rev_nat_id)
         .collect();
@@ -426,18 +426,18 @@ fn ids_are_not_reused_soon_after_being_freed() {
 #[test]
 fn rev_nat_ids_wrap_and_skip_ids_in_use() {
     let mut current = MapState::default();
-    for id in [u16::MAX, 1, 2] {
+    for id in [lb_common::RevNatId::MAX, 1, 2] {
         current.revnat.insert(
             id,
             RevNat {
-                addr_be: u32::from(id),
+                addr_be: id,
                 port_be: 1,
                 _pad: 0,
             },
         );
     }
     let target = Reconciler::new().target_state(&web(&[]), &current);
-    let ids: BTreeSet<u16> = target.revnat.keys().copied().collect();
+    let ids: BTreeSet<lb_common::RevNatId> = target.revnat.keys().copied().collect();
     assert_eq!(ids, BTreeSet::from([3, 4]));
 }
 
@@ -566,4 +566,49 @@ fn every_prefix_of_every_plan_keeps_services_whole() {
             "step {step}: resync not idle"
         );
     }
+}
+
+#[test]
+fn maps_are_read_back_only_at_start_after_a_failure_and_when_asked() {
+    let mut reconciler = Reconciler::new();
+    let mut dp = FakeDataplane::default();
+    sync(&mut reconciler, &web(&[1, 2, 3]), &mut dp);
+    sync(&mut reconciler, &web(&[1, 2]), &mut dp);
+    assert_eq!(
+        dp.reads.get(),
+        1,
+        "a sync after a complete one trusts what it wrote"
+    );
+    assert_eq!(reconciler.programmed(), Some(&dp.state));
+
+    dp.fail_at = Some(dp.applied.len());
+    reconciler.sync(&web(&[4]), &mut dp).unwrap_err();
+    assert_eq!(reconciler.programmed(), None);
+    dp.fail_at = None;
+    sync(&mut reconciler, &web(&[4]), &mut dp);
+    assert_eq!(
+        dp.reads.get(),
+        2,
+        "after a failed write the maps are read back"
+    );
+    assert_eq!(decode(&dp.state), expected(&web(&[4])));
+}
+
+#[test]
+fn forgetting_the_maps_repairs_drift() {
+    let mut reconciler = Reconciler::new();
+    let mut dp = FakeDataplane::default();
+    let desired = web(&[1, 2, 3]);
+    sync(&mut reconciler, &desired, &mut dp);
+    // Someone deletes an entry behind the agent's back.
+    let slot = *dp.state.services.keys().find(|k| k.slot == 2).unwrap();
+    dp.state.services.remove(&slot);
+    assert!(
+        sync(&mut reconciler, &desired, &mut dp).is_empty(),
+        "trusted cache: not noticed"
+    );
+    reconciler.forget_maps();
+    let repaired = sync(&mut reconciler, &desired, &mut dp);
+    assert_eq!(repaired.len(), 1, "{repaired:?}");
+    assert_eq!(decode(&dp.state), expected(&desired));
 }

@@ -1,0 +1,119 @@
+//! Where the program links of each interface are pinned, so that they
+//! outlive the agent: a `kill -9`, a crash or an upgrade leaves the datapath
+//! attached and serving from the pinned maps until the next agent adopts
+//! the links (and swaps its freshly loaded programs into them).
+//!
+//! Layout: `<pin dir>/links/<ifindex>-<ifname>/{xdp-native|xdp-generic, tc-egress}`.
+//! The ifindex is part of the name because a deleted interface's name can
+//! come back with a new index, and the old link (defunct once its device
+//! is gone) must not be taken for the new one.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// File name of the pinned TC egress link.
+pub const TC_EGRESS: &str = "tc-egress";
+/// File name prefix of the pinned XDP link; the mode follows (`xdp-native`).
+const XDP_PREFIX: &str = "xdp-";
+
+/// The pin directory of one interface's links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfacePins {
+    pub ifindex: u32,
+    pub ifname: String,
+    pub dir: PathBuf,
+}
+
+impl InterfacePins {
+    pub fn new(links_dir: &Path, ifindex: u32, ifname: &str) -> Self {
+        Self {
+            ifindex,
+            ifname: ifname.to_string(),
+            dir: links_dir.join(format!("{ifindex}-{ifname}")),
+        }
+    }
+
+    /// Path of the XDP link pinned in `mode` ("native" or "generic").
+    pub fn xdp(&self, mode: &str) -> PathBuf {
+        self.dir.join(format!("{XDP_PREFIX}{mode}"))
+    }
+
+    pub fn tc(&self) -> PathBuf {
+        self.dir.join(TC_EGRESS)
+    }
+
+    /// The XDP link pinned here and its mode, if any.
+    pub fn pinned_xdp(&self) -> Option<(PathBuf, String)> {
+        let entries = fs::read_dir(&self.dir).ok()?;
+        entries.flatten().find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let mode = name.strip_prefix(XDP_PREFIX)?.to_string();
+            Some((e.path(), mode))
+        })
+    }
+
+    /// Removes the pins (which detaches the links once no fd holds them).
+    pub fn remove(&self) -> io::Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Every interface with pinned links under `links_dir`. Entries whose name
+/// does not parse are skipped (they are not ours to touch).
+pub fn scan(links_dir: &Path) -> Vec<InterfacePins> {
+    let Ok(entries) = fs::read_dir(links_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<InterfacePins> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (ifindex, ifname) = parse_dir_name(&name)?;
+            Some(InterfacePins::new(links_dir, ifindex, ifname))
+        })
+        .collect();
+    found.sort_by_key(|p| p.ifindex);
+    found
+}
+
+/// `<ifindex>-<ifname>` -> (ifindex, ifname).
+fn parse_dir_name(name: &str) -> Option<(u32, &str)> {
+    let (index, ifname) = name.split_once('-')?;
+    let ifindex = index.parse().ok()?;
+    (!ifname.is_empty()).then_some((ifindex, ifname))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_including_dashes_in_interface_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = InterfacePins::new(dir.path(), 12, "lbh-pod-1");
+        fs::create_dir_all(&pins.dir).unwrap();
+        fs::write(pins.xdp("generic"), b"").unwrap();
+        fs::create_dir_all(dir.path().join("not-a-pin")).unwrap();
+        assert_eq!(scan(dir.path()), vec![pins.clone()]);
+        assert_eq!(
+            pins.pinned_xdp(),
+            Some((pins.xdp("generic"), "generic".to_string()))
+        );
+        pins.remove().unwrap();
+        pins.remove().unwrap();
+        assert!(scan(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn malformed_names_are_skipped() {
+        assert_eq!(parse_dir_name("7-veth0"), Some((7, "veth0")));
+        assert_eq!(parse_dir_name("x-veth0"), None);
+        assert_eq!(parse_dir_name("7-"), None);
+        assert_eq!(parse_dir_name("7"), None);
+    }
+}

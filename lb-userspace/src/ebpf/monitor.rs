@@ -1,0 +1,82 @@
+//! What the agent reads back from the datapath for its metrics: the
+//! per-CPU verdict counters, conntrack occupancy, and every map's size.
+
+use anyhow::{anyhow, Context as _};
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    Ebpf,
+};
+use lb_common::{stats, CtKey, CtValue, StatsCounter, MAP_CONNTRACK, MAP_STATS};
+
+/// Counters of one verdict reason, summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReasonTotals {
+    pub reason: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub struct DatapathMonitor {
+    stats: PerCpuArray<MapData, StatsCounter>,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
+    conntrack_max: u32,
+}
+
+impl DatapathMonitor {
+    /// Takes the stats and conntrack maps out of a loaded object.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        };
+        let ct = take(MAP_CONNTRACK)?;
+        let conntrack_max = max_entries(&ct).context(MAP_CONNTRACK)?;
+        Ok(Self {
+            stats: PerCpuArray::try_from(take(MAP_STATS)?).context(MAP_STATS)?,
+            conntrack: HashMap::try_from(ct).context(MAP_CONNTRACK)?,
+            conntrack_max,
+        })
+    }
+
+    /// Totals per reason, in `stats::NAMES` order.
+    pub fn stats(&self) -> anyhow::Result<Vec<ReasonTotals>> {
+        stats::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, reason)| {
+                let per_cpu = self
+                    .stats
+                    .get(&(i as u32), 0)
+                    .with_context(|| format!("reading {MAP_STATS}[{reason}]"))?;
+                let (packets, bytes) = per_cpu
+                    .iter()
+                    .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+                Ok(ReasonTotals {
+                    reason,
+                    packets,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    /// Entries in the conntrack map (a walk over its keys: one syscall per
+    /// entry, so call it every few seconds, not per packet).
+    pub fn conntrack_entries(&self) -> u64 {
+        self.conntrack.keys().filter(Result::is_ok).count() as u64
+    }
+
+    pub fn conntrack_max(&self) -> u32 {
+        self.conntrack_max
+    }
+}
+
+/// The size a map was created with (a pinned map keeps its size even when
+/// the agent now asks for another).
+pub fn max_entries(map: &Map) -> anyhow::Result<u32> {
+    let data: &MapData = match map {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => d,
+        _ => return Err(anyhow!("unexpected map type")),
+    };
+    Ok(data.info()?.max_entries())
+}
