@@ -16,7 +16,7 @@ pub const MAP_BACKENDS: &str = "lb_backend_v1";
 /// Reverse-NAT targets by id. Key [`RevNatId`], value [`RevNat`].
 pub const MAP_REVNAT: &str = "lb_revnat_v2";
 /// Connection tracking (LRU). Key [`CtKey`], value [`CtValue`].
-pub const MAP_CONNTRACK: &str = "lb_ct_v2";
+pub const MAP_CONNTRACK: &str = "lb_ct_v3";
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
 pub const MAP_STATS: &str = "lb_stats_v1";
 
@@ -144,9 +144,14 @@ pub struct CtValue {
     pub created_ns: u64,
     /// Same clock, last packet (refreshed at most once a second).
     pub last_seen_ns: u64,
+    /// The backend's address and port when the flow was balanced, network
+    /// byte order. An established TCP flow keeps going there after its
+    /// backend left the Service (as with kube-proxy, whose conntrack keeps
+    /// the DNAT); only UDP flows are re-balanced then.
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
     /// `CT_F_*` bits.
     pub flags: u16,
-    pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
 

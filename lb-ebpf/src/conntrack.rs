@@ -69,8 +69,9 @@ pub fn create(
         rev_nat_id,
         created_ns: now,
         last_seen_ns: now,
+        backend_addr_be: baddr_be,
+        backend_port_be: bport_be,
         flags: 0,
-        _pad: [0; 6],
     };
     let fwd_ok = CONNTRACK.insert(fwd, &value, 0).is_ok();
     let reply_ok = insert_reply(fwd, baddr_be, bport_be, &value).is_ok();

@@ -1,7 +1,7 @@
 //! XDP ingress: DNAT of packets addressed to a frontend.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{stats, CT_DIR_FORWARD};
+use lb_common::{stats, CT_DIR_FORWARD, IPPROTO_TCP};
 
 use crate::{conntrack, nat, parse, select};
 
@@ -28,14 +28,20 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         CT_DIR_FORWARD,
     );
     if let Some((entry, refreshed)) = conntrack::lookup(&fwd) {
-        // A flow whose backend was removed falls through to a new pick, so
-        // that (like for UDP DNS) the next packet reaches a live backend.
-        if let Some(backend) = select::backend(entry.backend_id) {
+        // A TCP connection stays with its backend even after the backend
+        // left the Service: it is the pod's to finish (kube-proxy keeps it
+        // too). A UDP flow, or a new TCP connection (SYN) reusing the tuple,
+        // whose backend is gone falls through to a new pick, so that the
+        // next datagram (a DNS retry) reaches a live backend.
+        let (addr_be, port_be) = (entry.backend_addr_be, entry.backend_port_be);
+        let keep = (h.proto == IPPROTO_TCP && !h.is_tcp_syn())
+            || select::backend(entry.backend_id).is_some();
+        if keep {
             if refreshed {
                 // Keeps the reply entry alive should the LRU have evicted it.
-                let _ = conntrack::insert_reply(&fwd, backend.addr_be, backend.port_be, &entry);
+                let _ = conntrack::insert_reply(&fwd, addr_be, port_be, &entry);
             }
-            nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;
+            nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
             return Ok(stats::DNAT_ESTABLISHED);
         }
     }

@@ -21,7 +21,7 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIE
 pub static REVNAT: HashMap<RevNatId, RevNat> = HashMap::pinned(REVNAT_MAX_ENTRIES, 0);
 
 /// LRU: under pressure the least recently used flows go first, never new ones.
-#[map(name = "lb_ct_v2")]
+#[map(name = "lb_ct_v3")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
 
 #[map(name = "lb_stats_v1")]

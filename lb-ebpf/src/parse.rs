@@ -39,9 +39,21 @@ pub struct Headers {
     pub daddr_be: u32,
     pub sport_be: u16,
     pub dport_be: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
 }
 
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
 impl Headers {
+    /// A TCP SYN without ACK: the first packet of a new connection (or its
+    /// retransmission).
+    #[inline(always)]
+    pub fn is_tcp_syn(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {
@@ -96,6 +108,12 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, u32> {
     }
     let ports: *const [u16; 2] = ptr_at(data, data_end, l4_off).ok_or(stats::PASS_TRUNCATED)?;
     let ports = unsafe { *ports };
+    let tcp_flags = if ip.proto == IPPROTO_TCP {
+        let flags: *const u8 = ptr_at(data, data_end, l4_off + 13).ok_or(stats::PASS_TRUNCATED)?;
+        unsafe { *flags }
+    } else {
+        0
+    };
     Ok(Headers {
         l4_off,
         proto: ip.proto,
@@ -103,5 +121,6 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, u32> {
         daddr_be: ip.daddr_be,
         sport_be: ports[0],
         dport_be: ports[1],
+        tcp_flags,
     })
 }

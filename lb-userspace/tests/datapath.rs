@@ -317,3 +317,41 @@ fn ihl(mut f: Vec<u8>, ihl: u8) -> Vec<u8> {
     f[14] = 0x40 | ihl;
     f
 }
+
+#[test]
+fn established_tcp_keeps_a_removed_backend_but_new_flows_and_udp_move_on() {
+    let Some(mut f) = one_backend() else { return };
+    let next = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 8080);
+    let dns = SocketAddrV4::new(VIP, 53);
+    f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
+    f.run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"q1")).unwrap();
+
+    // The backend leaves both Services (scale-down): they now point to
+    // `next`, and the agent deletes the old backend entry.
+    f.add_service(VIP, 80, IPPROTO_TCP, &[(*next.ip(), 8080)])
+        .unwrap();
+    f.add_service(VIP, 53, IPPROTO_UDP, &[(*next.ip(), 5353)])
+        .unwrap();
+    assert!(f.remove_backend(*BACKEND.ip(), 8080).unwrap());
+    assert!(f.remove_backend(*BACKEND.ip(), 5353).unwrap());
+
+    // The established connection still reaches its pod, as with kube-proxy.
+    let data = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"more");
+    let (verdict, out) = f.run_xdp(&data).unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpAck, CLIENT, BACKEND, &[], b"more"));
+    assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
+
+    // A new connection reusing the tuple (a SYN) is balanced afresh.
+    let (_, out) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpSyn, CLIENT, next, &[], b""));
+
+    // The next UDP datagram of the flow goes to a live backend.
+    let (_, out) = f.run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"q2")).unwrap();
+    let live = SocketAddrV4::new(*next.ip(), 5353);
+    assert_eq!(out, frame(L4::Udp, CLIENT, live, &[], b"q2"));
+    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 4);
+}

@@ -189,6 +189,22 @@ impl DatapathFixture {
         Ok(self.stats()?[reason as usize].packets)
     }
 
+    /// Deletes the backend `addr:port` from the backend map, as the agent
+    /// does once no Service uses it any more. Returns whether it was there.
+    pub fn remove_backend(&mut self, addr: Ipv4Addr, port: u16) -> anyhow::Result<bool> {
+        let mut backends: HashMap<_, u32, Backend> = self.map(MAP_BACKENDS)?;
+        let ids: Vec<u32> = backends
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, b)| b.addr_be == be_addr(addr) && b.port_be == port.to_be())
+            .map(|(id, _)| id)
+            .collect();
+        for id in &ids {
+            backends.remove(id)?;
+        }
+        Ok(!ids.is_empty())
+    }
+
     /// Every conntrack entry.
     pub fn conntrack(&self) -> anyhow::Result<Vec<(CtKey, CtValue)>> {
         // aya's HashMap covers LRU hash maps too.

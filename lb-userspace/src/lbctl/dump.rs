@@ -272,7 +272,7 @@ lb_svc_v2: 3 entries
         );
         assert_eq!(
             dump(&Snapshot::default(), MapKind::Conntrack).table(),
-            "lb_ct_v2: 0 entries\n"
+            "lb_ct_v3: 0 entries\n"
         );
     }
 }

@@ -66,7 +66,7 @@ pub struct Snapshot {
     pub backends: BTreeMap<u32, Backend>,
     /// `lb_revnat_v2` by rev-NAT id.
     pub revnat: BTreeMap<RevNatId, RevNat>,
-    /// `lb_ct_v2`.
+    /// `lb_ct_v3`.
     pub ct: BTreeMap<CtKey, CtValue>,
     /// `lb_stats_v1` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,

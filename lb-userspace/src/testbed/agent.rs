@@ -1,7 +1,11 @@
 //! Runs `lb-agent` in a topology's node namespace, with its own pin directory
-//! and its log captured to a file.
+//! and its log captured to a file. For crash tests the agent can be killed
+//! with SIGKILL and started again on the same pin directory, as a DaemonSet
+//! would restart it.
 
-use std::fs::{self, File};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::thread;
@@ -22,6 +26,10 @@ const GRACE: Duration = Duration::from_secs(3);
 pub struct AgentProcess {
     child: Child,
     exit: Option<ExitStatus>,
+    /// What started it, kept for [`AgentProcess::restart`].
+    binary: PathBuf,
+    args: Vec<OsString>,
+    node_name: String,
     pin_dir: PathBuf,
     log_path: PathBuf,
     // Holds the log; dropped after the agent has stopped (Drop runs first).
@@ -39,7 +47,7 @@ impl AgentProcess {
         pod_interfaces: &str,
         extra_args: &[&str],
     ) -> Result<AgentProcess> {
-        let source = [std::ffi::OsStr::new("--manifests"), manifests.as_os_str()];
+        let source = [OsStr::new("--manifests"), manifests.as_os_str()];
         Self::start_with_source(binary, node, &source, pod_interfaces, extra_args)
     }
 
@@ -48,7 +56,7 @@ impl AgentProcess {
     pub fn start_with_source(
         binary: &Path,
         node: &NetNs,
-        source: &[&std::ffi::OsStr],
+        source: &[&OsStr],
         pod_interfaces: &str,
         extra_args: &[&str],
     ) -> Result<AgentProcess> {
@@ -57,28 +65,27 @@ impl AgentProcess {
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let pin_dir = Path::new("/sys/fs/bpf").join(super::unique_tag());
-        let child = node
-            .command(binary)?
-            .args(source)
-            .args(["--pod-interfaces", pod_interfaces])
-            .arg("--bpffs")
-            .arg(&pin_dir)
-            .arg("--unpin-on-exit")
-            .args(extra_args)
-            // The log is a file, not a terminal: no colour codes in it.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {} in {}", binary.display(), node.name()))?;
+        let mut args: Vec<OsString> = source.iter().map(|&a| a.to_owned()).collect();
+        args.extend(["--pod-interfaces".into(), pod_interfaces.into()]);
+        args.extend(["--bpffs".into(), pin_dir.clone().into_os_string()]);
+        args.push("--unpin-on-exit".into());
+        args.extend(extra_args.iter().map(OsString::from));
+        let child = spawn(binary, node, &args, log)?;
         Ok(AgentProcess {
             child,
             exit: None,
+            binary: binary.to_owned(),
+            args,
+            node_name: node.name().to_owned(),
             pin_dir,
             log_path,
             _scratch: scratch,
         })
+    }
+
+    /// The agent's process id (of the current process, after a restart).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Where the agent pins its maps and links.
@@ -120,6 +127,49 @@ impl AgentProcess {
         Ok(start.elapsed())
     }
 
+    /// Kills the agent with SIGKILL, as the OOM killer or a node problem
+    /// would: it gets no chance to detach or unpin anything. Returns once it
+    /// is gone. The pin directory stays, for [`Self::restart`] (or drop) to
+    /// deal with.
+    pub fn kill9(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.exited() {
+            bail!("the agent had already exited ({status}) before kill -9");
+        }
+        // Child::kill sends SIGKILL; the child is not reaped yet, so the pid
+        // is still ours.
+        self.child.kill().context("sending SIGKILL to the agent")?;
+        let status = self.child.wait().context("waiting for the killed agent")?;
+        self.exit = Some(status);
+        Ok(status)
+    }
+
+    /// Starts the agent again after it exited (see [`Self::kill9`]): the same
+    /// binary and arguments, hence the same pin directory, which the new
+    /// process adopts; its output is appended to the same log after a marker
+    /// line. `node` must be the namespace the agent was started in (a
+    /// namespace cannot be re-opened by name without owning it).
+    pub fn restart(&mut self, node: &NetNs) -> Result<()> {
+        if self.exited().is_none() {
+            bail!("the agent (pid {}) is still running", self.child.id());
+        }
+        if node.name() != self.node_name {
+            bail!(
+                "the agent ran in {}, not in {}",
+                self.node_name,
+                node.name()
+            );
+        }
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("opening {}", self.log_path.display()))?;
+        writeln!(log, "---- lb-agent restarted ----")
+            .with_context(|| format!("writing {}", self.log_path.display()))?;
+        self.child = spawn(&self.binary, node, &self.args, log)?;
+        self.exit = None;
+        Ok(())
+    }
+
     /// Stops the agent, gracefully if it lets us, and removes whatever it
     /// left in its pin directory. Returns how it exited.
     pub fn stop(&mut self) -> Result<ExitStatus> {
@@ -151,6 +201,19 @@ impl AgentProcess {
         self.exit = Some(status);
         Ok(status)
     }
+}
+
+/// Starts `binary args...` inside `node` with stdout and stderr to `log`.
+fn spawn(binary: &Path, node: &NetNs, args: &[OsString], log: File) -> Result<Child> {
+    node.command(binary)?
+        .args(args)
+        // The log is a file, not a terminal: no colour codes in it.
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} in {}", binary.display(), node.name()))
 }
 
 impl Drop for AgentProcess {

@@ -1,8 +1,12 @@
 //! Echo servers in the backend pods that tell who answered and whom they saw.
 //!
-//! Protocol, both answering with `"<pod name> <peer ip>:<peer port>\n"`:
+//! Protocol, all answering with `"<pod name> <peer ip>:<peer port>"`:
 //! * TCP on [`TCP_PORT`]: the client sends one line, the server answers and closes;
-//! * UDP on [`UDP_PORT`]: every datagram gets one answer datagram.
+//! * UDP on [`UDP_PORT`]: every datagram gets one answer datagram;
+//! * TCP on [`LINE_PORT`]: every line the client sends is answered on the same
+//!   connection with `"<pod name> <peer ip>:<peer port> <the line>\n"` until
+//!   the client closes; the echoed line lets a client with a long-lived
+//!   connection (see [`super::stream`]) match answers to requests.
 //!
 //! The peer is what the pod's kernel saw: the client's own address if the load
 //! balancer preserved the source.
@@ -23,11 +27,16 @@ use super::topology::Pod;
 pub const TCP_PORT: u16 = 8080;
 /// Backend UDP port: the `targetPort` of `examples/web.yaml`'s UDP port.
 pub const UDP_PORT: u16 = 5353;
+/// Backend TCP port of the line-echo server, for long-lived connections. No
+/// example manifest uses it: tests add a Service port for it themselves.
+pub const LINE_PORT: u16 = 8081;
 
 /// How long a server waits before looking at its stop flag again.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// How long a TCP connection may take to send its line.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest line the line-echo server accepts.
+const MAX_LINE: usize = 1024;
 
 /// The servers of a set of pods; stopped and joined on drop.
 pub struct Servers {
@@ -36,8 +45,8 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Starts a TCP and a UDP server in every pod. They are listening when
-    /// this returns.
+    /// Starts the servers of every pod: one-shot TCP, UDP and line-echo TCP.
+    /// They are listening when this returns.
     pub fn start(pods: &[Pod]) -> Result<Servers> {
         let mut servers = Servers {
             stop: Arc::new(AtomicBool::new(false)),
@@ -46,13 +55,14 @@ impl Servers {
         for pod in pods {
             // Bound from inside the pod, the sockets stay in its namespace
             // whichever thread serves them.
-            let (tcp, udp) = pod
+            let (tcp, udp, lines) = pod
                 .ns
                 .run(|| -> std::io::Result<_> {
                     let any = Ipv4Addr::UNSPECIFIED;
                     Ok((
                         TcpListener::bind((any, TCP_PORT))?,
                         UdpSocket::bind((any, UDP_PORT))?,
+                        TcpListener::bind((any, LINE_PORT))?,
                     ))
                 })?
                 .with_context(|| format!("binding the servers of {}", pod.name))?;
@@ -65,6 +75,10 @@ impl Servers {
                 format!("{} udp", pod.name),
                 serve_udp(pod.name.clone(), udp),
             )?;
+            servers.spawn(
+                format!("{} lines", pod.name),
+                serve_lines(pod.name.clone(), lines),
+            )?;
         }
         Ok(servers)
     }
@@ -72,12 +86,12 @@ impl Servers {
     fn spawn(
         &mut self,
         name: String,
-        serve: impl FnOnce(&AtomicBool) + Send + 'static,
+        serve: impl FnOnce(Arc<AtomicBool>) + Send + 'static,
     ) -> Result<()> {
         let stop = Arc::clone(&self.stop);
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || serve(&stop))?;
+            .spawn(move || serve(stop))?;
         self.threads.push(thread);
         Ok(())
     }
@@ -92,7 +106,7 @@ impl Drop for Servers {
     }
 }
 
-fn serve_tcp(name: String, listener: TcpListener) -> impl FnOnce(&AtomicBool) {
+fn serve_tcp(name: String, listener: TcpListener) -> impl FnOnce(Arc<AtomicBool>) {
     move |stop| {
         while !stop.load(Ordering::Relaxed) {
             // Wait in poll, not accept, so the stop flag is seen within STOP_POLL.
@@ -128,7 +142,7 @@ fn answer_tcp(name: &str, stream: TcpStream) {
     let _ = (&stream).write_all(format!("{name} {peer}\n").as_bytes());
 }
 
-fn serve_udp(name: String, socket: UdpSocket) -> impl FnOnce(&AtomicBool) {
+fn serve_udp(name: String, socket: UdpSocket) -> impl FnOnce(Arc<AtomicBool>) {
     move |stop| {
         let mut buf = [0u8; 2048];
         while !stop.load(Ordering::Relaxed) {
@@ -142,6 +156,58 @@ fn serve_udp(name: String, socket: UdpSocket) -> impl FnOnce(&AtomicBool) {
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => eprintln!("{name}: udp receive: {e}"),
             }
+        }
+    }
+}
+
+fn serve_lines(name: String, listener: TcpListener) -> impl FnOnce(Arc<AtomicBool>) {
+    move |stop| {
+        while !stop.load(Ordering::Relaxed) {
+            if !readable(&listener) {
+                continue;
+            }
+            match listener.accept() {
+                // The connection thread is not joined, but it sees the stop
+                // flag within STOP_POLL and then closes its connection.
+                Ok((stream, _)) => {
+                    let (name, stop) = (name.clone(), Arc::clone(&stop));
+                    thread::spawn(move || echo_lines(&name, stream, &stop));
+                }
+                Err(e) => eprintln!("{name}: lines accept: {e}"),
+            }
+        }
+    }
+}
+
+/// Answers every line on `stream` until the client closes, the connection
+/// fails or the servers stop.
+fn echo_lines(name: &str, stream: TcpStream, stop: &AtomicBool) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    // Not a limit on the client: a wake-up to look at the stop flag.
+    if stream.set_read_timeout(Some(STOP_POLL)).is_err() {
+        return;
+    }
+    let mut reader = BufReader::new(&stream);
+    // Survives read timeouts, so a line split across them is kept whole.
+    let mut line = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return, // the client closed
+            Ok(_) if line.ends_with(b"\n") => {
+                let text = String::from_utf8_lossy(&line);
+                let answer = format!("{name} {peer} {}\n", text.trim_end());
+                line.clear();
+                if (&stream).write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            // End of stream in the middle of a line.
+            Ok(_) => return,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+        if line.len() > MAX_LINE {
+            return;
         }
     }
 }
