@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 pub mod agent;
 pub mod apiserver;
 pub mod client;
+pub mod http;
 pub mod netns;
 mod ns_command;
 pub mod privileged;
