@@ -5,6 +5,8 @@
 
 mod apply;
 mod interfaces;
+#[cfg(test)]
+mod kube_requests;
 mod kube_source;
 mod manifest_source;
 pub mod net_config;
