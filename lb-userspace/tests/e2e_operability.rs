@@ -191,3 +191,56 @@ fn overlapping_service_and_pod_ranges_are_refused() {
     // Nothing was attached: the refusal comes before the datapath loads.
     assert!(!log.contains("attached"), "{log}");
 }
+
+/// A rollout sends SIGTERM: without --unpin-on-exit (the DaemonSet's way)
+/// the datapath keeps serving with no agent at all, and `lb-agent
+/// --cleanup` is what detaches it.
+#[test]
+fn sigterm_leaves_the_datapath_serving_until_cleanup() {
+    if !require_privileged("sigterm_leaves_the_datapath_serving_until_cleanup") {
+        return;
+    }
+    // examples/web.yaml's three endpoints.
+    let topo = ClusterIpTopology::create(3).unwrap();
+    let _servers = Servers::start(topo.backends()).unwrap();
+    let mut agent = AgentProcess::start_keeping_pins(
+        AGENT.as_ref(),
+        topo.node(),
+        EXAMPLES.as_ref(),
+        &topo.pod_interfaces(),
+    )
+    .unwrap();
+    let client = Client::new(topo.client());
+    let all_answered = |n| {
+        client
+            .tcp_requests(WEB_VIP, WEB_TCP_PORT, n, DEFAULT_TIMEOUT)
+            .map(|rs| rs.iter().all(|r| r.is_ok()))
+            .unwrap_or(false)
+    };
+    agent
+        .wait_ready(Duration::from_secs(15), || all_answered(1))
+        .unwrap();
+    let status = agent.terminate().unwrap();
+    assert!(status.success(), "{status}\n{}", agent.log());
+    assert!(
+        all_answered(30),
+        "no agent: the pinned datapath must keep serving"
+    );
+
+    // Cleanup only touches bpffs (no network), so it runs from here.
+    let cleanup = std::process::Command::new(AGENT)
+        .args(["--cleanup", "--bpffs"])
+        .arg(agent.pin_dir())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    assert!(!agent.pin_dir().exists(), "pins left after --cleanup");
+    let answers = client
+        .tcp_requests(WEB_VIP, WEB_TCP_PORT, 3, Duration::from_millis(500))
+        .unwrap();
+    assert!(
+        answers.iter().all(|r| r.is_err()),
+        "the ClusterIP still answers after --cleanup: {answers:?}"
+    );
+}

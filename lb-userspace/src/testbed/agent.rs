@@ -60,6 +60,30 @@ impl AgentProcess {
         pod_interfaces: &str,
         extra_args: &[&str],
     ) -> Result<AgentProcess> {
+        Self::spawn_new(binary, node, source, pod_interfaces, extra_args, true)
+    }
+
+    /// Like [`Self::start`] but without `--unpin-on-exit`: as in production,
+    /// the datapath stays attached when the agent exits (the pin directory
+    /// is still removed when this handle is dropped).
+    pub fn start_keeping_pins(
+        binary: &Path,
+        node: &NetNs,
+        manifests: &Path,
+        pod_interfaces: &str,
+    ) -> Result<AgentProcess> {
+        let source = [OsStr::new("--manifests"), manifests.as_os_str()];
+        Self::spawn_new(binary, node, &source, pod_interfaces, &[], false)
+    }
+
+    fn spawn_new(
+        binary: &Path,
+        node: &NetNs,
+        source: &[&OsStr],
+        pod_interfaces: &str,
+        extra_args: &[&str],
+        unpin_on_exit: bool,
+    ) -> Result<AgentProcess> {
         let scratch = ScratchDir::new()?;
         let log_path = scratch.path().join("agent.log");
         let log =
@@ -68,7 +92,9 @@ impl AgentProcess {
         let mut args: Vec<OsString> = source.iter().map(|&a| a.to_owned()).collect();
         args.extend(["--pod-interfaces".into(), pod_interfaces.into()]);
         args.extend(["--bpffs".into(), pin_dir.clone().into_os_string()]);
-        args.push("--unpin-on-exit".into());
+        if unpin_on_exit {
+            args.push("--unpin-on-exit".into());
+        }
         args.extend(extra_args.iter().map(OsString::from));
         let child = spawn(binary, node, &args, log)?;
         Ok(AgentProcess {
@@ -181,7 +207,9 @@ impl AgentProcess {
         Ok(status)
     }
 
-    fn terminate(&mut self) -> Result<ExitStatus> {
+    /// Sends SIGTERM (SIGKILL after 3 s) and waits; the pin directory is
+    /// left as the agent left it.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
         if let Some(status) = self.exited() {
             return Ok(status);
         }
