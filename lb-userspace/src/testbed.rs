@@ -32,6 +32,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod client;
 pub mod http;
+pub mod multinode;
 pub mod netns;
 mod ns_command;
 pub mod privileged;

@@ -1,0 +1,1 @@
+//! Several nodes in namespaces: for NodePort and cross-node tests.
