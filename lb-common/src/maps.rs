@@ -16,16 +16,19 @@ pub const MAP_BACKENDS: &str = "lb_backend_v1";
 /// Reverse-NAT targets by id. Key [`RevNatId`], value [`RevNat`].
 pub const MAP_REVNAT: &str = "lb_revnat_v2";
 /// Connection tracking (LRU). Key [`CtKey`], value [`CtValue`].
-pub const MAP_CONNTRACK: &str = "lb_ct_v3";
+pub const MAP_CONNTRACK: &str = "lb_ct_v4";
+/// The node's settings for the datapath (array of one). Value [`NodeConfig`].
+pub const MAP_CONFIG: &str = "lb_config_v1";
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
-pub const MAP_STATS: &str = "lb_stats_v1";
+pub const MAP_STATS: &str = "lb_stats_v2";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 5] = [
+pub const ALL_MAPS: [&str; 6] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
     MAP_CONNTRACK,
+    MAP_CONFIG,
     MAP_STATS,
 ];
 
@@ -43,6 +46,12 @@ pub type RevNatId = u32;
 
 /// Name of the XDP program (DNAT of traffic to frontends).
 pub const PROG_XDP_INGRESS: &str = "lb_xdp_ingress";
+/// Name of the XDP program on the node's uplinks (NodePort, externalIPs and
+/// load-balancer IPs reached from outside; un-SNAT of replies).
+pub const PROG_XDP_NODE: &str = "lb_xdp_node";
+/// Name of the TC egress program on the node's uplinks (reverse NAT of
+/// local backends' replies, SNAT of flows to remote backends).
+pub const PROG_TC_NODE_EGRESS: &str = "lb_tc_node_egress";
 /// Name of the TC egress program (reverse NAT of backend replies, after the
 /// node's netfilter has seen the un-NATed reply).
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
@@ -114,6 +123,19 @@ const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
 pub const CT_DIR_FORWARD: u8 = 0;
 /// Conntrack entry for a backend -> client packet (before reverse NAT).
 pub const CT_DIR_REPLY: u8 = 1;
+/// Conntrack entry for a client -> remote backend packet leaving the node
+/// (after DNAT, before SNAT): `nat_*` is the SNAT source to write.
+pub const CT_DIR_SNAT_OUT: u8 = 2;
+/// Conntrack entry for a remote backend -> node:SNAT-port reply arriving at
+/// the node: `nat_*` is the client to restore as destination.
+pub const CT_DIR_SNAT_IN: u8 = 3;
+
+/// [`ServiceValue::flags`]: externalTrafficPolicy Local (the slots hold
+/// only this node's endpoints; none means drop, not forward).
+pub const SVC_F_LOCAL_ONLY: u16 = 1;
+/// [`Backend::flags`]: the endpoint runs on another node (external traffic
+/// to it is SNATed so that the reply returns through this node).
+pub const BACKEND_F_REMOTE: u8 = 1;
 
 /// Key of [`MAP_CONNTRACK`]: the 5-tuple as it appears in the packet, plus
 /// which direction that tuple belongs to.
@@ -152,8 +174,28 @@ pub struct CtValue {
     pub backend_port_be: u16,
     /// `CT_F_*` bits.
     pub flags: u16,
+    /// SNAT_OUT entries: the source to write (node address, SNAT port).
+    /// SNAT_IN entries: the client to restore. Others: 0. Network order.
+    pub nat_addr_be: u32,
+    pub nat_port_be: u16,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 32);
+const _: () = assert!(core::mem::size_of::<CtValue>() == 40);
+
+/// Value of [`MAP_CONFIG`] (index 0), written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NodeConfig {
+    /// Source address of SNATed flows (the node's address on the node
+    /// network), network byte order. 0: no SNAT (flows to remote backends
+    /// from outside are dropped as ports exhausted).
+    pub snat_addr_be: u32,
+    /// SNAT source ports, inclusive, host byte order. A range the node's
+    /// own sockets do not use (see `ip_local_port_range`).
+    pub snat_port_first: u16,
+    pub snat_port_last: u16,
+}
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
 
 /// Counter of [`MAP_STATS`] (per CPU; userspace sums the CPUs).
 #[repr(C)]
@@ -175,4 +217,5 @@ mod user {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::StatsCounter {}
+    unsafe impl aya::Pod for super::NodeConfig {}
 }

@@ -33,7 +33,22 @@ pub const CT_INSERT_FAILED: u32 = 12;
 pub const TC_PASS_REVNAT_MISSING: u32 = 13;
 
 /// Number of reasons (the stats map's size).
-pub const COUNT: u32 = 14;
+/// Node XDP: first packet of an external flow to a backend on another node:
+/// DNATed here, SNATed to the node's address at the uplink's TC egress (so
+/// the reply comes back through this node).
+pub const DNAT_SNAT_NEW_FLOW: u32 = 14;
+/// Node XDP: reply to an SNATed flow: destination restored to the client.
+pub const UNSNAT: u32 = 15;
+/// Node TC egress: an external flow's packet to a remote backend: source
+/// rewritten to the node's address and an SNAT port.
+pub const SNAT: u32 = 16;
+/// Node XDP: no free SNAT port for a new flow to a remote backend: dropped.
+pub const DROP_SNAT_PORTS_EXHAUSTED: u32 = 17;
+/// Node XDP: externalTrafficPolicy Local and no endpoint on this node:
+/// dropped (the client's load balancer should not have sent it here).
+pub const DROP_NO_LOCAL_BACKENDS: u32 = 18;
+
+pub const COUNT: u32 = 19;
 
 /// Names in index order, for `lbctl stats` and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -51,12 +66,21 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_rewrite_failed",
     "ct_insert_failed",
     "tc_pass_revnat_missing",
+    "dnat_snat_new_flow",
+    "unsnat",
+    "snat",
+    "drop_snat_ports_exhausted",
+    "drop_no_local_backends",
 ];
 
 /// True for the reasons that drop the packet.
 pub const fn is_drop(reason: u32) -> bool {
     matches!(
         reason,
-        DROP_NO_BACKENDS | DROP_BACKEND_MISSING | DROP_REWRITE_FAILED
+        DROP_NO_BACKENDS
+            | DROP_BACKEND_MISSING
+            | DROP_REWRITE_FAILED
+            | DROP_SNAT_PORTS_EXHAUSTED
+            | DROP_NO_LOCAL_BACKENDS
     )
 }

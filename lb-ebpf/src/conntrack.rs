@@ -5,7 +5,7 @@
 //! frontend to restore. Both carry the same backend and rev-NAT ids.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{CtKey, CtValue, CT_DIR_FORWARD, CT_DIR_REPLY};
+use lb_common::{CtKey, CtValue, CT_DIR_FORWARD, CT_DIR_REPLY, CT_DIR_SNAT_IN, CT_DIR_SNAT_OUT};
 
 use crate::maps::CONNTRACK;
 
@@ -53,6 +53,29 @@ pub fn lookup(k: &CtKey) -> Option<(CtValue, bool)> {
     Some((v, refreshed))
 }
 
+/// A fresh entry for a flow balanced to `(baddr, bport)`, stamped now.
+#[inline(always)]
+pub fn new_value(
+    baddr_be: u32,
+    bport_be: u16,
+    backend_id: u32,
+    rev_nat_id: lb_common::RevNatId,
+) -> CtValue {
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    CtValue {
+        backend_id,
+        rev_nat_id,
+        created_ns: now,
+        last_seen_ns: now,
+        backend_addr_be: baddr_be,
+        backend_port_be: bport_be,
+        flags: 0,
+        nat_addr_be: 0,
+        nat_port_be: 0,
+        _pad: [0; 2],
+    }
+}
+
 /// Records a new flow client -> frontend balanced to backend `(baddr, bport)`:
 /// the forward entry and the reply entry. `Err` if either insert failed.
 #[inline(always)]
@@ -63,18 +86,15 @@ pub fn create(
     backend_id: u32,
     rev_nat_id: lb_common::RevNatId,
 ) -> Result<(), ()> {
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let value = CtValue {
-        backend_id,
-        rev_nat_id,
-        created_ns: now,
-        last_seen_ns: now,
-        backend_addr_be: baddr_be,
-        backend_port_be: bport_be,
-        flags: 0,
-    };
-    let fwd_ok = CONNTRACK.insert(fwd, &value, 0).is_ok();
-    let reply_ok = insert_reply(fwd, baddr_be, bport_be, &value).is_ok();
+    let value = new_value(baddr_be, bport_be, backend_id, rev_nat_id);
+    create_with(fwd, baddr_be, bport_be, &value)
+}
+
+/// [`create`] with a prepared value.
+#[inline(always)]
+pub fn create_with(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) -> Result<(), ()> {
+    let fwd_ok = CONNTRACK.insert(fwd, value, 0).is_ok();
+    let reply_ok = insert_reply(fwd, baddr_be, bport_be, value).is_ok();
     if fwd_ok && reply_ok {
         Ok(())
     } else {
@@ -97,3 +117,66 @@ pub fn insert_reply(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) 
     );
     CONNTRACK.insert(&reply, value, 0)
 }
+
+/// Records the SNAT of a flow balanced to a remote backend, choosing a free
+/// SNAT port: the SNAT_IN entry (backend -> node:port, for the reply) is
+/// inserted only if no other flow to that backend holds the port, so two
+/// flows never share a reply tuple; then the SNAT_OUT entry (client ->
+/// backend, for egress). Returns the port, or `Err` when every try hit a
+/// taken port (or an insert failed).
+#[inline(always)]
+pub fn create_snat(
+    fwd: &CtKey,
+    baddr_be: u32,
+    bport_be: u16,
+    value: &CtValue,
+    snat_addr_be: u32,
+    first_port: u16,
+    last_port: u16,
+) -> Result<u16, ()> {
+    if snat_addr_be == 0 || last_port < first_port {
+        return Err(());
+    }
+    let span = (last_port - first_port) as u32 + 1;
+    let r = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
+    let mut reply_in = *value;
+    reply_in.nat_addr_be = fwd.saddr_be;
+    reply_in.nat_port_be = fwd.sport_be;
+    for attempt in 0..SNAT_PORT_TRIES {
+        // Probes spread over the range: a new random start each time.
+        let r = r.wrapping_add(attempt.wrapping_mul(0x9e37_79b9));
+        let port_be = (first_port + (r % span) as u16).to_be();
+        let k_in = key(
+            baddr_be,
+            snat_addr_be,
+            bport_be,
+            port_be,
+            fwd.proto,
+            CT_DIR_SNAT_IN,
+        );
+        if CONNTRACK.insert(&k_in, &reply_in, BPF_NOEXIST).is_ok() {
+            let mut out = *value;
+            out.nat_addr_be = snat_addr_be;
+            out.nat_port_be = port_be;
+            let k_out = key(
+                fwd.saddr_be,
+                baddr_be,
+                fwd.sport_be,
+                bport_be,
+                fwd.proto,
+                CT_DIR_SNAT_OUT,
+            );
+            if CONNTRACK.insert(&k_out, &out, 0).is_err() {
+                let _ = CONNTRACK.remove(&k_in);
+                return Err(());
+            }
+            return Ok(port_be);
+        }
+    }
+    Err(())
+}
+
+/// Random probes for a free SNAT port before giving up on a new flow.
+const SNAT_PORT_TRIES: u32 = 8;
+/// `bpf_map_update_elem` flag: only insert, never overwrite.
+const BPF_NOEXIST: u64 = 1;

@@ -3,33 +3,53 @@
 use aya_ebpf::programs::TcContext;
 use lb_common::{stats, CT_DIR_REPLY};
 
-use crate::{conntrack, maps::REVNAT, nat, parse};
+use crate::{
+    conntrack,
+    maps::REVNAT,
+    nat,
+    parse::{self, Headers},
+};
 
 /// Bytes of headers we need in the linear area: Ethernet, IPv4 with the
 /// largest options, TCP's fixed header.
 const MAX_HEADERS: u32 = 14 + 60 + 20;
 
+/// Parses an skb's headers, pulling them into the linear area first if
+/// they sit in a non-linear part. `Err` is the pass reason.
 #[inline(always)]
-pub fn try_egress(ctx: &TcContext) -> Result<u32, u32> {
-    let h = match parse::parse(ctx.data(), ctx.data_end()) {
-        Ok(h) => h,
+pub fn parse_skb(ctx: &TcContext) -> Result<Headers, u32> {
+    match parse::parse(ctx.data(), ctx.data_end()) {
         Err(stats::PASS_TRUNCATED) if ctx.len() > (ctx.data_end() - ctx.data()) as u32 => {
-            // Headers may sit in a non-linear part of the skb: pull them in.
             let want = if ctx.len() < MAX_HEADERS {
                 ctx.len()
             } else {
                 MAX_HEADERS
             };
             if ctx.pull_data(want).is_err() {
-                return Ok(stats::PASS_TRUNCATED);
+                return Err(stats::PASS_TRUNCATED);
             }
-            match parse::parse(ctx.data(), ctx.data_end()) {
-                Ok(h) => h,
-                Err(reason) => return Ok(reason),
-            }
+            parse::parse(ctx.data(), ctx.data_end())
         }
+        other => other,
+    }
+}
+
+#[inline(always)]
+pub fn try_egress(ctx: &TcContext) -> Result<u32, u32> {
+    let h = match parse_skb(ctx) {
+        Ok(h) => h,
         Err(reason) => return Ok(reason),
     };
+    match reverse_nat(ctx, &h)? {
+        Some(reason) => Ok(reason),
+        None => Ok(stats::TC_PASS_NOT_REPLY),
+    }
+}
+
+/// Rewrites a tracked backend reply to come from its frontend: `Some`
+/// reason if it was one, `None` if the packet is not a tracked reply.
+#[inline(always)]
+pub fn reverse_nat(ctx: &TcContext, h: &Headers) -> Result<Option<u32>, u32> {
     let reply = conntrack::key(
         h.saddr_be,
         h.daddr_be,
@@ -39,12 +59,12 @@ pub fn try_egress(ctx: &TcContext) -> Result<u32, u32> {
         CT_DIR_REPLY,
     );
     let Some((entry, _)) = conntrack::lookup(&reply) else {
-        return Ok(stats::TC_PASS_NOT_REPLY);
+        return Ok(None);
     };
     // SAFETY: copied out at once.
     let Some(frontend) = (unsafe { REVNAT.get(&entry.rev_nat_id).copied() }) else {
-        return Ok(stats::TC_PASS_REVNAT_MISSING);
+        return Ok(Some(stats::TC_PASS_REVNAT_MISSING));
     };
-    nat::snat_tc(ctx, &h, frontend.addr_be, frontend.port_be)?;
-    Ok(stats::REVNAT)
+    nat::snat_tc(ctx, h, frontend.addr_be, frontend.port_be)?;
+    Ok(Some(stats::REVNAT))
 }

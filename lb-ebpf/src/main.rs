@@ -9,6 +9,11 @@
 //!   conntrack expects; rewriting it at XDP ingress instead would make it an
 //!   INVALID packet that real nodes drop.
 //!
+//! * `lb_xdp_node` and `lb_tc_node_egress` (the node's uplinks): the same
+//!   for traffic from outside the node to NodePorts, externalIPs and
+//!   load-balancer IPs, plus SNAT of such flows to backends on other nodes
+//!   (see `node.rs`).
+//!
 //! Entry points are thin: the `try_*` functions return `Ok(reason)` for a
 //! packet that goes on and `Err(reason)` for a packet that is dropped, and
 //! the entry point counts the reason in the stats map.
@@ -21,6 +26,8 @@ mod egress;
 mod ingress;
 mod maps;
 mod nat;
+mod node;
+mod node_egress;
 mod parse;
 mod select;
 mod stats;
@@ -50,6 +57,36 @@ pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let len = ctx.len() as u64;
     match egress::try_egress(&ctx) {
+        Ok(reason) => {
+            stats::count(reason, len);
+            TC_ACT_OK as i32
+        }
+        Err(reason) => {
+            stats::count(reason, len);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[xdp]
+pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    match node::try_node_ingress(&ctx) {
+        Ok(reason) => {
+            stats::count(reason, len);
+            xdp_action::XDP_PASS
+        }
+        Err(reason) => {
+            stats::count(reason, len);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+#[classifier]
+pub fn lb_tc_node_egress(ctx: TcContext) -> i32 {
+    let len = ctx.len() as u64;
+    match node_egress::try_node_egress(&ctx) {
         Ok(reason) => {
             stats::count(reason, len);
             TC_ACT_OK as i32

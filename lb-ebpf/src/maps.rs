@@ -4,11 +4,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    stats, Backend, CtKey, CtValue, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
-    BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
+    stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
+    StatsCounter, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
+    SERVICES_MAX_ENTRIES,
 };
 
 #[map(name = "lb_svc_v2")]
@@ -21,8 +22,11 @@ pub static BACKENDS: HashMap<u32, Backend> = HashMap::pinned(BACKENDS_MAX_ENTRIE
 pub static REVNAT: HashMap<RevNatId, RevNat> = HashMap::pinned(REVNAT_MAX_ENTRIES, 0);
 
 /// LRU: under pressure the least recently used flows go first, never new ones.
-#[map(name = "lb_ct_v3")]
+#[map(name = "lb_ct_v4")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
 
-#[map(name = "lb_stats_v1")]
+#[map(name = "lb_config_v1")]
+pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+#[map(name = "lb_stats_v2")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -5,7 +5,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use lb_common::{stats, CT_DIR_FORWARD, CT_DIR_REPLY, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    stats, NodeConfig, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, IPPROTO_TCP, IPPROTO_UDP,
+    SVC_F_LOCAL_ONLY,
+};
 use lb_userspace::{
     ebpf::fixture::{be_addr, DatapathFixture},
     packets::{decode, frame, L4},
@@ -354,4 +357,148 @@ fn established_tcp_keeps_a_removed_backend_but_new_flows_and_udp_move_on() {
     let live = SocketAddrV4::new(*next.ip(), 5353);
     assert_eq!(out, frame(L4::Udp, CLIENT, live, &[], b"q2"));
     assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 4);
+}
+
+// ---- the node's uplinks: NodePort from outside ------------------------------
+
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
+const EXTERNAL: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 100), 50000);
+const NODE_PORT: SocketAddrV4 = SocketAddrV4::new(NODE, 30080);
+/// A pod on another node.
+const REMOTE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 8080);
+const SNAT_PORTS: (u16, u16) = (61000, 61003);
+
+fn node_fixture(backend: SocketAddrV4, flags: u8, svc_flags: u16) -> Option<DatapathFixture> {
+    if !require_privileged("datapath") {
+        return None;
+    }
+    let mut f = DatapathFixture::new().expect("loading the datapath");
+    f.add_frontend(
+        NODE,
+        NODE_PORT.port(),
+        IPPROTO_TCP,
+        &[(*backend.ip(), backend.port(), flags)],
+        svc_flags,
+    )
+    .unwrap();
+    f.set_config(NodeConfig {
+        snat_addr_be: be_addr(NODE),
+        snat_port_first: SNAT_PORTS.0,
+        snat_port_last: SNAT_PORTS.1,
+    })
+    .unwrap();
+    Some(f)
+}
+
+#[test]
+fn nodeport_to_a_local_backend_is_dnated_and_its_reply_reverse_nated() {
+    let Some(f) = node_fixture(BACKEND, 0, 0) else {
+        return;
+    };
+    let (verdict, out) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, BACKEND, &[], b""));
+    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+    // No SNAT: the client's address reaches the pod.
+    assert_eq!(f.conntrack().unwrap().len(), 2);
+    // The pod's reply leaves through the uplink as the NodePort's.
+    let (verdict, out) = f
+        .run_tc_node(&frame(L4::TcpAck, BACKEND, EXTERNAL, &[], b"hi"))
+        .unwrap();
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(out, frame(L4::TcpAck, NODE_PORT, EXTERNAL, &[], b"hi"));
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_snated_and_its_reply_restored() {
+    let Some(f) = node_fixture(REMOTE, BACKEND_F_REMOTE, 0) else {
+        return;
+    };
+    // In at the uplink: DNAT only (netfilter sees client -> pod).
+    let (verdict, out) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, REMOTE, &[], b""));
+    assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
+
+    // Out at the uplink, after routing: SNAT to the node and an SNAT port.
+    let (verdict, out) = f
+        .run_tc_node(&frame(L4::TcpSyn, EXTERNAL, REMOTE, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, TC_ACT_OK);
+    let decoded = decode(&out).unwrap();
+    assert!(decoded.checksums_ok);
+    let snat = decoded.src;
+    assert_eq!(*snat.ip(), NODE);
+    assert!(
+        (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&snat.port()),
+        "{snat}"
+    );
+    assert_eq!(out, frame(L4::TcpSyn, snat, REMOTE, &[], b""));
+    assert_eq!(f.count(stats::SNAT).unwrap(), 1);
+
+    // The remote pod's reply to node:port comes in: back to the client.
+    let (verdict, out) = f
+        .run_xdp_node(&frame(L4::TcpAck, REMOTE, snat, &[], b"hi"))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpAck, REMOTE, EXTERNAL, &[], b"hi"));
+    assert_eq!(f.count(stats::UNSNAT).unwrap(), 1);
+    // ... and leaves (after netfilter saw pod -> client) as the NodePort's.
+    let (_, out) = f
+        .run_tc_node(&frame(L4::TcpAck, REMOTE, EXTERNAL, &[], b"hi"))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpAck, NODE_PORT, EXTERNAL, &[], b"hi"));
+}
+
+#[test]
+fn snat_ports_never_collide_and_run_out_with_a_counted_drop() {
+    let Some(f) = node_fixture(REMOTE, BACKEND_F_REMOTE, 0) else {
+        return;
+    };
+    let span = usize::from(SNAT_PORTS.1 - SNAT_PORTS.0 + 1);
+    let mut ports = std::collections::BTreeSet::new();
+    let mut clients = 0u16;
+    // Random probing may fail before the range is full; keep opening flows
+    // until it is, then one more must be refused.
+    while ports.len() < span && clients < 200 {
+        let client = SocketAddrV4::new(*EXTERNAL.ip(), 40000 + clients);
+        clients += 1;
+        let (verdict, _) = f
+            .run_xdp_node(&frame(L4::TcpSyn, client, NODE_PORT, &[], b""))
+            .unwrap();
+        if verdict == XDP_DROP {
+            continue;
+        }
+        let (_, out) = f
+            .run_tc_node(&frame(L4::TcpSyn, client, REMOTE, &[], b""))
+            .unwrap();
+        let port = decode(&out).unwrap().src.port();
+        assert!(ports.insert(port), "SNAT port {port} handed out twice");
+    }
+    assert_eq!(ports.len(), span, "the SNAT range was not used up");
+    let late = SocketAddrV4::new(*EXTERNAL.ip(), 60000);
+    let (verdict, _) = f
+        .run_xdp_node(&frame(L4::TcpSyn, late, NODE_PORT, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert!(f.count(stats::DROP_SNAT_PORTS_EXHAUSTED).unwrap() >= 1);
+}
+
+#[test]
+fn local_policy_without_local_endpoints_drops_and_counts() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    f.add_frontend(NODE, NODE_PORT.port(), IPPROTO_TCP, &[], SVC_F_LOCAL_ONLY)
+        .unwrap();
+    let (verdict, _) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
 }

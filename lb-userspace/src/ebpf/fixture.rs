@@ -11,14 +11,14 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf,
 };
 use lb_common::{
-    stats, Backend, CtKey, CtValue, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
-    MAP_BACKENDS, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS, PROG_TC_EGRESS,
-    PROG_XDP_INGRESS,
+    stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
+    StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
+    PROG_TC_EGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE,
 };
 
 use super::object;
@@ -65,6 +65,12 @@ impl DatapathFixture {
         prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_EGRESS)?
             .load()
             .context("verifying TC")?;
+        prog_mut::<Xdp>(&mut ebpf, PROG_XDP_NODE)?
+            .load()
+            .context("verifying node XDP")?;
+        prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_NODE_EGRESS)?
+            .load()
+            .context("verifying node TC")?;
         Ok(Self {
             ebpf,
             next_backend_id: 1,
@@ -81,6 +87,20 @@ impl DatapathFixture {
         proto: u8,
         backends: &[(Ipv4Addr, u16)],
     ) -> anyhow::Result<()> {
+        let backends: Vec<_> = backends.iter().map(|&(a, p)| (a, p, 0)).collect();
+        self.add_frontend(vip, port, proto, &backends, 0)
+    }
+
+    /// Adds a frontend whose backends carry `BACKEND_F_*` flags, with
+    /// `SVC_F_*` flags on its master entry.
+    pub fn add_frontend(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        backends: &[(Ipv4Addr, u16, u8)],
+        flags: u16,
+    ) -> anyhow::Result<()> {
         let rev_nat_id = self.next_rev_nat_id;
         self.next_rev_nat_id += 1;
         let vip_be = be_addr(vip);
@@ -96,7 +116,7 @@ impl DatapathFixture {
             0,
         )?;
         let mut ids = Vec::new();
-        for (addr, bport) in backends {
+        for (addr, bport, backend_flags) in backends {
             let id = self.next_backend_id;
             self.next_backend_id += 1;
             let mut backend_map: HashMap<_, u32, Backend> = self.map(MAP_BACKENDS)?;
@@ -106,7 +126,7 @@ impl DatapathFixture {
                     addr_be: be_addr(*addr),
                     port_be: bport.to_be(),
                     proto,
-                    flags: 0,
+                    flags: *backend_flags,
                 },
                 0,
             )?;
@@ -136,6 +156,7 @@ impl DatapathFixture {
             ServiceValue {
                 count: ids.len() as u16,
                 rev_nat_id,
+                flags,
                 ..Default::default()
             },
             0,
@@ -146,6 +167,37 @@ impl DatapathFixture {
     /// Runs the XDP program once: (verdict, packet after the program).
     pub fn run_xdp(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
         Prog::Xdp(prog(&self.ebpf, PROG_XDP_INGRESS)?).run(packet)
+    }
+
+    /// Writes the node's datapath settings (SNAT address and ports).
+    pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_CONFIG)
+            .ok_or_else(|| anyhow!("{MAP_CONFIG} missing"))?;
+        let mut array: Array<_, NodeConfig> = Array::try_from(map)?;
+        array.set(0, config, 0)?;
+        Ok(())
+    }
+
+    /// Runs the uplink XDP program once.
+    pub fn run_xdp_node(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        Prog::Xdp(prog(&self.ebpf, PROG_XDP_NODE)?).run(packet)
+    }
+
+    /// Runs the uplink TC egress program once.
+    pub fn run_tc_node(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_NODE_EGRESS)?).run(packet)
+    }
+
+    /// Average time per run of the uplink XDP program.
+    pub fn time_xdp_node(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        Prog::Xdp(prog(&self.ebpf, PROG_XDP_NODE)?).time(packet, repeat)
+    }
+
+    /// Average time per run of the uplink TC egress program.
+    pub fn time_tc_node(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_NODE_EGRESS)?).time(packet, repeat)
     }
 
     /// Runs the TC egress program once: (verdict, packet after the program).

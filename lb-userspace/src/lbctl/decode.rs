@@ -5,7 +5,8 @@
 use std::{borrow::Cow, fmt, net::Ipv4Addr};
 
 use lb_common::{
-    stats, Backend, RevNat, ServiceKey, CT_DIR_FORWARD, CT_DIR_REPLY, IPPROTO_TCP, IPPROTO_UDP,
+    stats, Backend, RevNat, ServiceKey, CT_DIR_FORWARD, CT_DIR_REPLY, CT_DIR_SNAT_IN,
+    CT_DIR_SNAT_OUT, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::{Serialize, Serializer};
 
@@ -47,6 +48,8 @@ impl fmt::Display for Direction {
         match self.0 {
             CT_DIR_FORWARD => f.write_str("forward"),
             CT_DIR_REPLY => f.write_str("reply"),
+            CT_DIR_SNAT_OUT => f.write_str("snat-out"),
+            CT_DIR_SNAT_IN => f.write_str("snat-in"),
             other => write!(f, "{other}"),
         }
     }

@@ -151,6 +151,22 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                     ("flags", Value::Flags(v.flags.into())),
                     ("created_ns", v.created_ns.into()),
                     ("last_seen_ns", v.last_seen_ns.into()),
+                    ("backend_addr", Value::Ip(ip(v.backend_addr_be))),
+                    ("backend_port", port(v.backend_port_be).into()),
+                    ("nat_addr", Value::Ip(ip(v.nat_addr_be))),
+                    ("nat_port", port(v.nat_port_be).into()),
+                ],
+            })
+            .collect(),
+        MapKind::Config => snapshot
+            .config
+            .iter()
+            .map(|c| Entry {
+                key: vec![("index", 0u32.into())],
+                value: vec![
+                    ("snat_addr", Value::Ip(ip(c.snat_addr_be))),
+                    ("snat_port_first", c.snat_port_first.into()),
+                    ("snat_port_last", c.snat_port_last.into()),
                 ],
             })
             .collect(),
@@ -270,9 +286,20 @@ lb_svc_v2: 3 entries
             json(MapKind::Stats)["entries"][0],
             serde_json::json!({"key": {"index": 0, "reason": "pass_not_ipv4"}, "value": {"packets": 1, "bytes": 64}})
         );
+        let mut with_config = s.clone();
+        with_config.config = Some(lb_common::NodeConfig {
+            snat_addr_be: u32::from_ne_bytes([192, 168, 50, 10]),
+            snat_port_first: 61000,
+            snat_port_last: 65000,
+        });
+        assert_eq!(
+            serde_json::to_value(dump(&with_config, MapKind::Config)).unwrap()["entries"][0]
+                ["value"],
+            serde_json::json!({"snat_addr": "192.168.50.10", "snat_port_first": 61000, "snat_port_last": 65000})
+        );
         assert_eq!(
             dump(&Snapshot::default(), MapKind::Conntrack).table(),
-            "lb_ct_v3: 0 entries\n"
+            "lb_ct_v4: 0 entries\n"
         );
     }
 }

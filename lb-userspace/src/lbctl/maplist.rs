@@ -92,8 +92,8 @@ mod tests {
                     error: None,
                 },
                 MapStatus {
-                    name: "lb_ct_v3",
-                    pin: "/sys/fs/bpf/lb/lb_ct_v3".into(),
+                    name: "lb_ct_v4",
+                    pin: "/sys/fs/bpf/lb/lb_ct_v4".into(),
                     meta: None,
                     entries: None,
                     error: Some("not pinned".into()),
@@ -106,7 +106,7 @@ mod tests {
             "\
 NAME       ID  TYPE  KEY  VALUE    MAX  ENTRIES  PIN                       ERROR
 lb_svc_v2  42  hash   12     12  65536        3  /sys/fs/bpf/lb/lb_svc_v2
-lb_ct_v3    -  -       -      -      -        -  /sys/fs/bpf/lb/lb_ct_v3   not pinned
+lb_ct_v4    -  -       -      -      -        -  /sys/fs/bpf/lb/lb_ct_v4   not pinned
 "
         );
         let json: serde_json::Value = serde_json::from_str(&render(&list, Format::Json)).unwrap();
@@ -114,7 +114,7 @@ lb_ct_v3    -  -       -      -      -        -  /sys/fs/bpf/lb/lb_ct_v3   not p
         assert_eq!(
             json["maps"][1],
             serde_json::json!({
-                "name": "lb_ct_v3", "pin": "/sys/fs/bpf/lb/lb_ct_v3",
+                "name": "lb_ct_v4", "pin": "/sys/fs/bpf/lb/lb_ct_v4",
                 "meta": null, "entries": null, "error": "not pinned"
             })
         );

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray};
-use lb_common::StatsCounter;
+use lb_common::{NodeConfig, StatsCounter};
 
 use super::{
     maplist::{MapList, MapMeta, MapStatus},
@@ -205,6 +205,11 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
             snapshot.ct = read_hash(map, limit)?;
             snapshot.ct.len()
         }
+        MapKind::Config => {
+            let array = aya::maps::Array::<_, NodeConfig>::try_from(map)?;
+            snapshot.config = Some(array.get(&0, 0)?);
+            1
+        }
         MapKind::Stats => {
             snapshot.stats = read_stats(map)?;
             snapshot.stats.len()
@@ -285,7 +290,7 @@ mod tests {
             .to_string()
             .contains(&*dir.path().join("lb_svc_v2").to_string_lossy()));
         let list = list_maps(dir.path()).unwrap();
-        assert_eq!(list.maps.len(), 5);
+        assert_eq!(list.maps.len(), lb_common::ALL_MAPS.len());
         assert!(list
             .maps
             .iter()

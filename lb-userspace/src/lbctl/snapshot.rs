@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
-    Backend, CtKey, CtValue, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
-    MAP_BACKENDS, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
+    Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
+    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -15,16 +15,18 @@ pub enum MapKind {
     Backends,
     RevNat,
     Conntrack,
+    Config,
     Stats,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 5] = [
+    pub const ALL: [MapKind; 6] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
         MapKind::Conntrack,
+        MapKind::Config,
         MapKind::Stats,
     ];
 
@@ -34,6 +36,7 @@ impl MapKind {
             MapKind::Backends => MAP_BACKENDS,
             MapKind::RevNat => MAP_REVNAT,
             MapKind::Conntrack => MAP_CONNTRACK,
+            MapKind::Config => MAP_CONFIG,
             MapKind::Stats => MAP_STATS,
         }
     }
@@ -66,9 +69,11 @@ pub struct Snapshot {
     pub backends: BTreeMap<u32, Backend>,
     /// `lb_revnat_v2` by rev-NAT id.
     pub revnat: BTreeMap<RevNatId, RevNat>,
-    /// `lb_ct_v3`.
+    /// `lb_ct_v4`.
     pub ct: BTreeMap<CtKey, CtValue>,
-    /// `lb_stats_v1` by reason index, summed over CPUs.
+    /// `lb_config_v1`'s one entry.
+    pub config: Option<NodeConfig>,
+    /// `lb_stats_v2` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.

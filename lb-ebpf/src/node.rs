@@ -1,0 +1,108 @@
+//! XDP on the node's uplinks: traffic from outside the node to NodePorts,
+//! externalIPs and load-balancer IPs, and replies to flows this node
+//! SNATed.
+//!
+//! External flows to a backend on this node are only DNATed (the reply is
+//! reverse-NATed at the uplink's TC egress, after netfilter saw it). Flows
+//! to a backend on another node are DNATed here and SNATed to the node's
+//! address at the uplink's TC egress (after routing and netfilter), so that
+//! the backend's reply comes back here: it arrives addressed to
+//! node:SNAT-port and is un-SNATed here, before netfilter, which then sees
+//! the backend -> client reply of the client -> backend connection it
+//! tracked. The stack does all routing and neighbour resolution.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    stats, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_SNAT_IN, IPPROTO_TCP, SVC_F_LOCAL_ONLY,
+};
+
+use crate::{conntrack, maps::CONFIG, nat, parse, select};
+
+#[inline(always)]
+pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let h = match parse::parse(data, data_end) {
+        Ok(h) => h,
+        Err(reason) => return Ok(reason),
+    };
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+
+    // A reply to a flow we SNATed: only addressed to our SNAT address and
+    // ports, so other traffic costs no lookup.
+    let dport = u16::from_be(h.dport_be);
+    if h.daddr_be == config.snat_addr_be
+        && config.snat_addr_be != 0
+        && (config.snat_port_first..=config.snat_port_last).contains(&dport)
+    {
+        let k = conntrack::key(
+            h.saddr_be,
+            h.daddr_be,
+            h.sport_be,
+            h.dport_be,
+            h.proto,
+            CT_DIR_SNAT_IN,
+        );
+        if let Some((entry, _)) = conntrack::lookup(&k) {
+            nat::dnat_xdp(data, data_end, &h, entry.nat_addr_be, entry.nat_port_be)?;
+            return Ok(stats::UNSNAT);
+        }
+    }
+
+    let Some(master) = select::frontend(h.daddr_be, h.dport_be, h.proto) else {
+        return Ok(stats::PASS_NO_SERVICE);
+    };
+    let fwd = conntrack::key(
+        h.saddr_be,
+        h.daddr_be,
+        h.sport_be,
+        h.dport_be,
+        h.proto,
+        CT_DIR_FORWARD,
+    );
+    if let Some((entry, refreshed)) = conntrack::lookup(&fwd) {
+        // Same rule as for pod traffic (see ingress.rs).
+        let (addr_be, port_be) = (entry.backend_addr_be, entry.backend_port_be);
+        let keep = (h.proto == IPPROTO_TCP && !h.is_tcp_syn())
+            || select::backend(entry.backend_id).is_some();
+        if keep {
+            if refreshed {
+                let _ = conntrack::insert_reply(&fwd, addr_be, port_be, &entry);
+            }
+            nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
+            return Ok(stats::DNAT_ESTABLISHED);
+        }
+    }
+
+    if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
+        return Err(stats::DROP_NO_LOCAL_BACKENDS);
+    }
+    let (backend_id, backend) = select::pick_backend(h.daddr_be, h.dport_be, h.proto, &master)?;
+    let value = conntrack::new_value(
+        backend.addr_be,
+        backend.port_be,
+        backend_id,
+        master.rev_nat_id,
+    );
+    let remote = backend.flags & BACKEND_F_REMOTE != 0 && master.flags & SVC_F_LOCAL_ONLY == 0;
+    if remote {
+        conntrack::create_snat(
+            &fwd,
+            backend.addr_be,
+            backend.port_be,
+            &value,
+            config.snat_addr_be,
+            config.snat_port_first,
+            config.snat_port_last,
+        )
+        .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
+    }
+    if conntrack::create_with(&fwd, backend.addr_be, backend.port_be, &value).is_err() {
+        crate::stats::count(stats::CT_INSERT_FAILED, 0);
+    }
+    nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;
+    Ok(if remote {
+        stats::DNAT_SNAT_NEW_FLOW
+    } else {
+        stats::DNAT_NEW_FLOW
+    })
+}

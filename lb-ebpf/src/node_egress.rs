@@ -1,0 +1,34 @@
+//! TC egress on the node's uplinks: after routing and netfilter, the last
+//! rewrite before the wire. A local backend's reply to an external client
+//! gets its frontend (node address:nodePort) back as source; a packet of an
+//! external flow to a remote backend gets the node's address and its SNAT
+//! port as source, so the backend's node answers to us.
+
+use aya_ebpf::programs::TcContext;
+use lb_common::{stats, CT_DIR_SNAT_OUT};
+
+use crate::{conntrack, egress, nat};
+
+#[inline(always)]
+pub fn try_node_egress(ctx: &TcContext) -> Result<u32, u32> {
+    let h = match egress::parse_skb(ctx) {
+        Ok(h) => h,
+        Err(reason) => return Ok(reason),
+    };
+    if let Some(reason) = egress::reverse_nat(ctx, &h)? {
+        return Ok(reason);
+    }
+    let out = conntrack::key(
+        h.saddr_be,
+        h.daddr_be,
+        h.sport_be,
+        h.dport_be,
+        h.proto,
+        CT_DIR_SNAT_OUT,
+    );
+    let Some((entry, _)) = conntrack::lookup(&out) else {
+        return Ok(stats::TC_PASS_NOT_REPLY);
+    };
+    nat::snat_tc(ctx, &h, entry.nat_addr_be, entry.nat_port_be)?;
+    Ok(stats::SNAT)
+}
