@@ -14,7 +14,7 @@ use anyhow::{anyhow, ensure, Result};
 use super::netns::NetNs;
 
 /// Prefix of every node-side pod interface (`lbh1`, `lbh2`, ...).
-const HOST_IF_PREFIX: &str = "lbh";
+pub(super) const HOST_IF_PREFIX: &str = "lbh";
 
 /// A pod: a namespace with one interface, `eth0`, behind the node.
 #[derive(Debug)]
@@ -97,10 +97,26 @@ impl ClusterIpTopology {
 
 impl Pod {
     fn create(node: &NetNs, index: u8, name: String, ns_name: String) -> Result<Pod> {
-        let ns = NetNs::create(ns_name)?;
         let host_if = format!("{HOST_IF_PREFIX}{index}");
-        let gateway = format!("10.244.{index}.1");
+        let gateway = Ipv4Addr::new(10, 244, index, 1);
         let ip = Ipv4Addr::new(10, 244, index, 2);
+        Pod::create_routed(node, host_if, gateway, ip, name, ns_name)
+    }
+
+    /// A pod with its own /24 behind `node`: `eth0` gets `ip`/24, the node
+    /// side `host_if` gets `gateway`/24, and the pod's default route goes via
+    /// `gateway`. `ip` and `gateway` must share a /24 no other pod of `node`
+    /// uses. Shared with [`super::multinode`], which plans other addresses.
+    pub(super) fn create_routed(
+        node: &NetNs,
+        host_if: String,
+        gateway: Ipv4Addr,
+        ip: Ipv4Addr,
+        name: String,
+        ns_name: String,
+    ) -> Result<Pod> {
+        let ns = NetNs::create(ns_name)?;
+        let gateway = gateway.to_string();
 
         // Created from inside the node namespace with the peer placed straight
         // into the pod's: neither end ever exists in the root namespace.
@@ -134,7 +150,7 @@ impl Pod {
 
 /// `iptables -A FORWARD -m conntrack --ctstate INVALID -j DROP` in `node`,
 /// with whichever iptables backend works here.
-fn drop_invalid(node: &NetNs) -> Result<()> {
+pub(super) fn drop_invalid(node: &NetNs) -> Result<()> {
     // -w: the legacy backend takes a host-wide lock that parallel tests share.
     const RULE: [&str; 9] = [
         "-w",
