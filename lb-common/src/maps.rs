@@ -19,16 +19,20 @@ pub const MAP_REVNAT: &str = "lb_revnat_v2";
 pub const MAP_CONNTRACK: &str = "lb_ct_v4";
 /// The node's settings for the datapath (array of one). Value [`NodeConfig`].
 pub const MAP_CONFIG: &str = "lb_config_v1";
+/// Allowed client ranges of frontends with loadBalancerSourceRanges (LPM
+/// trie). Key `lpm_trie::Key<SourceRange>`, value `u32` (1).
+pub const MAP_SOURCE_RANGES: &str = "lb_srcrange_v1";
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
-pub const MAP_STATS: &str = "lb_stats_v2";
+pub const MAP_STATS: &str = "lb_stats_v3";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 6] = [
+pub const ALL_MAPS: [&str; 7] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
     MAP_CONNTRACK,
     MAP_CONFIG,
+    MAP_SOURCE_RANGES,
     MAP_STATS,
 ];
 
@@ -133,6 +137,11 @@ pub const CT_DIR_SNAT_IN: u8 = 3;
 /// [`ServiceValue::flags`]: externalTrafficPolicy Local (the slots hold
 /// only this node's endpoints; none means drop, not forward).
 pub const SVC_F_LOCAL_ONLY: u16 = 1;
+/// [`ServiceValue::flags`]: new flows are only accepted from the client
+/// ranges in [`MAP_SOURCE_RANGES`] under this frontend's rev-NAT id.
+pub const SVC_F_SOURCE_RANGES: u16 = 2;
+/// Entries of [`MAP_SOURCE_RANGES`].
+pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;
 /// [`Backend::flags`]: the endpoint runs on another node (external traffic
 /// to it is SNATed so that the reply returns through this node).
 pub const BACKEND_F_REMOTE: u8 = 1;
@@ -182,6 +191,20 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 40);
 
+/// Data of a [`MAP_SOURCE_RANGES`] key. The LPM prefix length counts the
+/// 32 bits of `rev_nat_id` (always matched whole) plus the range's bits of
+/// `addr_be`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SourceRange {
+    /// The frontend, by its rev-NAT id, network byte order (so that its bits
+    /// come first in the trie's big-endian matching).
+    pub rev_nat_id_be: u32,
+    /// Client network address, network byte order.
+    pub addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
+
 /// Value of [`MAP_CONFIG`] (index 0), written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -218,4 +241,5 @@ mod user {
     unsafe impl aya::Pod for super::CtValue {}
     unsafe impl aya::Pod for super::StatsCounter {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::SourceRange {}
 }

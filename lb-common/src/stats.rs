@@ -48,7 +48,11 @@ pub const DROP_SNAT_PORTS_EXHAUSTED: u32 = 17;
 /// dropped (the client's load balancer should not have sent it here).
 pub const DROP_NO_LOCAL_BACKENDS: u32 = 18;
 
-pub const COUNT: u32 = 19;
+/// Node XDP: new flow from a source outside the frontend's
+/// loadBalancerSourceRanges: dropped.
+pub const DROP_SOURCE_RANGE: u32 = 19;
+
+pub const COUNT: u32 = 20;
 
 /// Names in index order, for `lbctl stats` and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -71,6 +75,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "snat",
     "drop_snat_ports_exhausted",
     "drop_no_local_backends",
+    "drop_source_range",
 ];
 
 /// True for the reasons that drop the packet.
@@ -82,5 +87,6 @@ pub const fn is_drop(reason: u32) -> bool {
             | DROP_REWRITE_FAILED
             | DROP_SNAT_PORTS_EXHAUSTED
             | DROP_NO_LOCAL_BACKENDS
+            | DROP_SOURCE_RANGE
     )
 }

@@ -4,12 +4,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
-    StatsCounter, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
-    SERVICES_MAX_ENTRIES,
+    SourceRange, StatsCounter, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
+    SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
 #[map(name = "lb_svc_v2")]
@@ -25,8 +25,12 @@ pub static REVNAT: HashMap<RevNatId, RevNat> = HashMap::pinned(REVNAT_MAX_ENTRIE
 #[map(name = "lb_ct_v4")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
 
+/// Allowed client ranges per frontend (loadBalancerSourceRanges).
+#[map(name = "lb_srcrange_v1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX_ENTRIES, 0);
+
 #[map(name = "lb_config_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
-#[map(name = "lb_stats_v2")]
+#[map(name = "lb_stats_v3")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -13,10 +13,30 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    stats, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_SNAT_IN, IPPROTO_TCP, SVC_F_LOCAL_ONLY,
+    stats, SourceRange, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_SNAT_IN, IPPROTO_TCP,
+    SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
 };
 
-use crate::{conntrack, maps::CONFIG, nat, parse, select};
+use aya_ebpf::maps::lpm_trie::Key;
+
+use crate::{
+    conntrack,
+    maps::{CONFIG, SOURCE_RANGES},
+    nat, parse, select,
+};
+
+/// Whether the frontend's loadBalancerSourceRanges admit `saddr`.
+#[inline(always)]
+fn source_allowed(rev_nat_id: lb_common::RevNatId, saddr_be: u32) -> bool {
+    let key = Key::new(
+        64,
+        SourceRange {
+            rev_nat_id_be: rev_nat_id.to_be(),
+            addr_be: saddr_be,
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
+}
 
 #[inline(always)]
 pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
@@ -73,6 +93,9 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         }
     }
 
+    if master.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(master.rev_nat_id, h.saddr_be) {
+        return Err(stats::DROP_SOURCE_RANGE);
+    }
     if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
         return Err(stats::DROP_NO_LOCAL_BACKENDS);
     }

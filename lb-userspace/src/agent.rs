@@ -4,12 +4,14 @@
 //! (from the API server or manifests), and report health and metrics.
 
 mod apply;
+pub mod health_check_ports;
 mod interfaces;
 #[cfg(test)]
 mod kube_requests;
 mod kube_source;
 mod manifest_source;
 pub mod net_config;
+pub mod node_addresses;
 pub mod telemetry;
 
 use std::{
@@ -80,6 +82,12 @@ pub struct AgentConfig {
     pub node_name: String,
     /// Glob patterns of the node-side pod interfaces to attach to.
     pub pod_interfaces: Vec<String>,
+    /// Glob patterns of the node's uplinks (traffic from outside the node:
+    /// NodePort, externalIPs, load-balancer IPs). Empty: none.
+    pub node_interfaces: Vec<String>,
+    /// Source ports for SNATed flows (inclusive), outside the node's
+    /// ephemeral port range.
+    pub snat_ports: (u16, u16),
     /// Where the maps and links are pinned.
     pub bpffs: PathBuf,
     pub xdp_mode: XdpModeArg,
@@ -161,6 +169,10 @@ struct Datapath {
     dataplane: BpfDataplane,
     monitor: DatapathMonitor,
     attacher: Attacher,
+    /// The uplinks' programs, with the interfaces they go on.
+    uplinks: Option<(InterfaceMatcher, Attacher)>,
+    /// What the config map holds.
+    config: lb_common::NodeConfig,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -202,6 +214,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     Ok(present) => dp.attacher.sync(&mut dp.ebpf, &present),
                     Err(e) => warn!("listing interfaces: {e}"),
                 }
+                sync_uplinks(&mut dp, &cfg, &telemetry);
             }
             _ = source.changed() => {}
             _ = monitor_tick.tick() => {
@@ -231,6 +244,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     drop(source);
     if cfg.unpin_on_exit {
         dp.attacher.detach_all();
+        if let Some((_, uplinks)) = &mut dp.uplinks {
+            uplinks.detach_all();
+        }
         drop(dp);
         unpin_maps(&cfg.bpffs);
         info!("detached and unpinned; bye");
@@ -272,8 +288,17 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
             );
         }
     }
-    let attacher = Attacher::new(&mut ebpf, cfg.xdp_mode, &cfg.bpffs)?;
+    let attacher = Attacher::new(&mut ebpf, ebpf::POD_INTERFACES, cfg.xdp_mode, &cfg.bpffs)?;
+    let uplinks = if cfg.node_interfaces.is_empty() {
+        None
+    } else {
+        let matcher = InterfaceMatcher::new(&cfg.node_interfaces)?;
+        let attacher = Attacher::new(&mut ebpf, ebpf::NODE_INTERFACES, cfg.xdp_mode, &cfg.bpffs)?;
+        Some((matcher, attacher))
+    };
     Ok(Datapath {
+        uplinks,
+        config: lb_common::NodeConfig::default(),
         ebpf,
         dataplane,
         monitor,
@@ -331,6 +356,50 @@ fn sync(
         backends.len() as u64,
     );
     ok
+}
+
+/// Attaches to the uplinks present and keeps the datapath's config (the
+/// SNAT source: the first uplink address) in line with their addresses.
+fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
+    let Some((matcher, attacher)) = &mut dp.uplinks else {
+        return;
+    };
+    let present = match matcher.present() {
+        Ok(p) => p,
+        Err(e) => {
+            warn!("listing interfaces: {e}");
+            return;
+        }
+    };
+    attacher.sync(&mut dp.ebpf, &present);
+    let names = present.keys().map(String::as_str).collect();
+    let addresses = match node_addresses::of_interfaces(&names) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!("listing the uplinks' addresses: {e}");
+            return;
+        }
+    };
+    let config = lb_common::NodeConfig {
+        snat_addr_be: node_addresses::snat_address(&addresses)
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .unwrap_or(0),
+        snat_port_first: cfg.snat_ports.0,
+        snat_port_last: cfg.snat_ports.1,
+    };
+    if config == dp.config {
+        return;
+    }
+    match dp.dataplane.set_config(config) {
+        Ok(()) => {
+            info!(snat_address = ?node_addresses::snat_address(&addresses), snat_ports = ?cfg.snat_ports, "datapath config written");
+            dp.config = config;
+        }
+        Err(e) => {
+            telemetry.error("map_write");
+            warn!("writing the datapath config: {e:#}");
+        }
+    }
 }
 
 /// Refreshes the datapath figures behind /metrics.
@@ -391,10 +460,12 @@ pub fn unpin_maps(dir: &std::path::Path) {
 /// under `dir` (links first, so no program runs on half-removed maps) and
 /// removes the maps, as `kube-proxy --cleanup` removes its rules.
 pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
-    let links = dir.join("links");
-    if links.exists() {
-        std::fs::remove_dir_all(&links)
-            .with_context(|| format!("removing the pinned links in {}", links.display()))?;
+    for role in [ebpf::POD_INTERFACES, ebpf::NODE_INTERFACES] {
+        let links = dir.join(role.links_subdir);
+        if links.exists() {
+            std::fs::remove_dir_all(&links)
+                .with_context(|| format!("removing the pinned links in {}", links.display()))?;
+        }
     }
     unpin_maps(dir);
     if dir.exists() {

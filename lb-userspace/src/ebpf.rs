@@ -9,7 +9,7 @@ mod link_pins;
 mod monitor;
 mod object;
 
-pub use attach::{Attacher, XdpModeArg};
+pub use attach::{Attacher, Role, XdpModeArg, NODE_INTERFACES, POD_INTERFACES};
 pub use dataplane::BpfDataplane;
 pub use monitor::{DatapathMonitor, ReasonTotals};
 pub use object::{load, EBPF_OBJECT};

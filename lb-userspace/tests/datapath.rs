@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
     stats, NodeConfig, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, IPPROTO_TCP, IPPROTO_UDP,
-    SVC_F_LOCAL_ONLY,
+    SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
 };
 use lb_userspace::{
     ebpf::fixture::{be_addr, DatapathFixture},
@@ -501,4 +501,44 @@ fn local_policy_without_local_endpoints_drops_and_counts() {
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    let lb_ip = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 200), 80);
+    let id = f
+        .add_frontend(
+            *lb_ip.ip(),
+            lb_ip.port(),
+            IPPROTO_TCP,
+            &[(*BACKEND.ip(), BACKEND.port(), 0)],
+            SVC_F_SOURCE_RANGES,
+        )
+        .unwrap();
+    f.allow_source(id, Ipv4Addr::new(192, 168, 50, 96), 30)
+        .unwrap();
+    // 192.168.50.100 is in 192.168.50.96/30? No: .96-.99. Refused, counted.
+    let (verdict, _) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 1);
+    // A client inside the range is balanced.
+    let inside = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 97), 50000);
+    let (verdict, out) = f
+        .run_xdp_node(&frame(L4::TcpSyn, inside, lb_ip, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpSyn, inside, BACKEND, &[], b""));
+    // Another frontend's ranges do not leak: widen id+1, still refused.
+    f.allow_source(id + 1, Ipv4Addr::new(192, 168, 50, 0), 24)
+        .unwrap();
+    let (verdict, _) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
 }

@@ -34,6 +34,17 @@ struct Args {
     /// as they appear.
     #[arg(long, value_delimiter = ',', required_unless_present = "cleanup")]
     pod_interfaces: Vec<String>,
+    /// The node's uplinks: comma-separated names or glob patterns (e.g.
+    /// `eth0,bond*`). Traffic from outside the node to NodePorts,
+    /// externalIPs and load-balancer IPs is balanced there. Empty: none.
+    #[arg(long, value_delimiter = ',')]
+    node_interfaces: Vec<String>,
+    /// Source ports of flows SNATed to the node (from outside the node to a
+    /// backend on another node), `FIRST-LAST`. Keep it outside the node's
+    /// ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by
+    /// default).
+    #[arg(long, default_value = "61000-65535", value_parser = port_range("snat-ports"))]
+    snat_ports: (u16, u16),
     /// bpffs directory where the maps and program links are pinned. Agents
     /// with different directories run side by side.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
@@ -93,6 +104,19 @@ fn cidr(flag: &'static str) -> impl Fn(&str) -> Result<IpNet, String> + Clone {
     move |s| parse_cidr(flag, s)
 }
 
+fn port_range(flag: &'static str) -> impl Fn(&str) -> Result<(u16, u16), String> + Clone {
+    move |s| {
+        let bad = || format!("--{flag}: {s:?} is not a port range FIRST-LAST (e.g. 61000-65535)");
+        let (first, last) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok((first, last))
+    }
+}
+
 fn bind(flag: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
     if value.is_empty() {
         return Ok(None);
@@ -131,6 +155,8 @@ async fn main() -> anyhow::Result<()> {
         },
         node_name,
         pod_interfaces: args.pod_interfaces,
+        node_interfaces: args.node_interfaces,
+        snat_ports: args.snat_ports,
         bpffs: args.bpffs,
         xdp_mode: args.xdp_mode,
         unpin_on_exit: args.unpin_on_exit,
@@ -196,6 +222,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("--service-cidr"), "{err}");
+        let err = Args::try_parse_from(["lb-agent", "--pod-interfaces=veth*", "--snat-ports=9-3"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--snat-ports"), "{err}");
+        let ok = Args::try_parse_from([
+            "lb-agent",
+            "--pod-interfaces=veth*",
+            "--snat-ports=61000-61999",
+        ])
+        .unwrap();
+        assert_eq!(ok.snat_ports, (61000, 61999));
         let err = bind("metrics-bind", "localhost").unwrap_err().to_string();
         assert!(err.contains("--metrics-bind"), "{err}");
     }

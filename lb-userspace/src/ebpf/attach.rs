@@ -18,7 +18,7 @@ use aya::{
     },
     Ebpf,
 };
-use lb_common::{PROG_TC_EGRESS, PROG_XDP_INGRESS};
+use lb_common::{PROG_TC_EGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE};
 use tracing::{info, warn};
 
 use super::link_pins::{self, InterfacePins};
@@ -34,6 +34,33 @@ pub enum XdpModeArg {
     Generic,
 }
 
+/// Which interfaces an [`Attacher`] serves, and with which programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Role {
+    /// For logs: "pod" or "node".
+    pub name: &'static str,
+    pub xdp: &'static str,
+    pub tc_egress: &'static str,
+    /// Directory of the links' pins, under the pin directory.
+    pub links_subdir: &'static str,
+}
+
+/// The node side of pod veths: ClusterIP DNAT and its reverse NAT.
+pub const POD_INTERFACES: Role = Role {
+    name: "pod",
+    xdp: PROG_XDP_INGRESS,
+    tc_egress: PROG_TC_EGRESS,
+    links_subdir: "links",
+};
+
+/// The node's uplinks: NodePort / external IPs, SNAT for remote backends.
+pub const NODE_INTERFACES: Role = Role {
+    name: "node",
+    xdp: PROG_XDP_NODE,
+    tc_egress: PROG_TC_NODE_EGRESS,
+    links_subdir: "node-links",
+};
+
 /// What is attached to one interface: the two links, pinned.
 struct Attached {
     pins: InterfacePins,
@@ -46,6 +73,7 @@ struct Attached {
 
 /// Owns the loaded programs and the pinned links per interface name.
 pub struct Attacher {
+    role: Role,
     mode: XdpModeArg,
     links_dir: PathBuf,
     attached: BTreeMap<String, Attached>,
@@ -56,17 +84,23 @@ pub struct Attacher {
 impl Attacher {
     /// Loads (verifies) both programs into the kernel. Links a previous
     /// agent pinned under `pin_dir` are adopted by [`Attacher::sync`].
-    pub fn new(ebpf: &mut Ebpf, mode: XdpModeArg, pin_dir: &Path) -> anyhow::Result<Self> {
-        xdp_prog(ebpf)?
+    pub fn new(
+        ebpf: &mut Ebpf,
+        role: Role,
+        mode: XdpModeArg,
+        pin_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        xdp_prog(ebpf, role)?
             .load()
-            .context("verifying the XDP program")?;
-        tc_prog(ebpf)?
+            .with_context(|| format!("verifying {}", role.xdp))?;
+        tc_prog(ebpf, role)?
             .load()
-            .context("verifying the TC egress program")?;
-        let links_dir = pin_dir.join("links");
+            .with_context(|| format!("verifying {}", role.tc_egress))?;
+        let links_dir = pin_dir.join(role.links_subdir);
         fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
         Ok(Self {
+            role,
             mode,
             inherited: link_pins::scan(&links_dir),
             links_dir,
@@ -91,7 +125,7 @@ impl Attacher {
                 remove_pins(&pins, "interface gone or no longer matching");
                 continue;
             }
-            match adopt(ebpf, &pins) {
+            match adopt(ebpf, self.role, &pins) {
                 Ok(a) => {
                     info!(interface = %pins.ifname, xdp_mode = %a.xdp_mode, "adopted pinned links (programs replaced in place)");
                     self.attached.insert(pins.ifname.clone(), a);
@@ -121,7 +155,7 @@ impl Attacher {
             let pins = InterfacePins::new(&self.links_dir, *ifindex, name);
             match self.attach_one(ebpf, &pins) {
                 Ok(a) => {
-                    info!(interface = %name, xdp_mode = %a.xdp_mode, "attached XDP ingress and TC egress");
+                    info!(role = self.role.name, interface = %name, xdp_mode = %a.xdp_mode, "attached XDP ingress and TC egress");
                     self.attached.insert(name.clone(), a);
                 }
                 Err(e) => {
@@ -141,7 +175,7 @@ impl Attacher {
     }
 
     fn attach_one(&self, ebpf: &mut Ebpf, pins: &InterfacePins) -> anyhow::Result<Attached> {
-        let xdp = xdp_prog(ebpf)?;
+        let xdp = xdp_prog(ebpf, self.role)?;
         let ifindex = pins.ifindex;
         let (id, xdp_mode) = match self.mode {
             XdpModeArg::Native => (xdp.attach_to_if_index(ifindex, XdpMode::Driver)?, "native"),
@@ -157,7 +191,7 @@ impl Attacher {
         // clsact is needed only for the netlink fallback on kernels < 6.6
         // (tcx otherwise); adding it is harmless when it already exists.
         let _ = tc::qdisc_add_clsact(&pins.ifname);
-        let tc = tc_prog(ebpf)?;
+        let tc = tc_prog(ebpf, self.role)?;
         let id = tc
             .attach(&pins.ifname, TcAttachType::Egress)
             .context("attaching TC egress")?;
@@ -179,7 +213,7 @@ impl Attacher {
 /// Takes over the links pinned for one interface, swapping the programs
 /// loaded by this agent into them (an atomic `BPF_LINK_UPDATE`: no packet
 /// goes unprocessed, and the maps are the same pinned ones).
-fn adopt(ebpf: &mut Ebpf, pins: &InterfacePins) -> anyhow::Result<Attached> {
+fn adopt(ebpf: &mut Ebpf, role: Role, pins: &InterfacePins) -> anyhow::Result<Attached> {
     let (xdp_path, xdp_mode) = pins
         .pinned_xdp()
         .ok_or_else(|| anyhow!("no XDP link pinned in {}", pins.dir.display()))?;
@@ -188,13 +222,13 @@ fn adopt(ebpf: &mut Ebpf, pins: &InterfacePins) -> anyhow::Result<Attached> {
             .with_context(|| format!("opening {}", path.display()))?
             .into())
     };
-    let xdp = xdp_prog(ebpf)?;
+    let xdp = xdp_prog(ebpf, role)?;
     let link = XdpLink::try_from(open(&xdp_path)?).context("not an XDP link")?;
     let id = xdp
         .attach_to_link(link)
         .context("replacing the XDP program")?;
     let xdp_link = FdLink::try_from(xdp.take_link(id)?)?;
-    let tc = tc_prog(ebpf)?;
+    let tc = tc_prog(ebpf, role)?;
     let link = SchedClassifierLink::try_from(open(&pins.tc())?).context("not a tcx link")?;
     let id = tc
         .attach_to_link(link)
@@ -222,16 +256,16 @@ fn remove_pins(pins: &InterfacePins, why: &str) {
     }
 }
 
-fn xdp_prog(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    ebpf.program_mut(PROG_XDP_INGRESS)
-        .ok_or_else(|| anyhow!("program {PROG_XDP_INGRESS} missing from the object"))?
+fn xdp_prog(ebpf: &mut Ebpf, role: Role) -> anyhow::Result<&mut Xdp> {
+    ebpf.program_mut(role.xdp)
+        .ok_or_else(|| anyhow!("program {} missing from the object", role.xdp))?
         .try_into()
-        .context(PROG_XDP_INGRESS)
+        .context(role.xdp)
 }
 
-fn tc_prog(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    ebpf.program_mut(PROG_TC_EGRESS)
-        .ok_or_else(|| anyhow!("program {PROG_TC_EGRESS} missing from the object"))?
+fn tc_prog(ebpf: &mut Ebpf, role: Role) -> anyhow::Result<&mut SchedClassifier> {
+    ebpf.program_mut(role.tc_egress)
+        .ok_or_else(|| anyhow!("program {} missing from the object", role.tc_egress))?
         .try_into()
-        .context(PROG_TC_EGRESS)
+        .context(role.tc_egress)
 }

@@ -2,11 +2,12 @@
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
     Ebpf,
 };
 use lb_common::{
-    Backend, RevNat, RevNatId, ServiceKey, ServiceValue, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES,
+    Backend, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, MAP_BACKENDS, MAP_CONFIG,
+    MAP_REVNAT, MAP_SERVICES,
 };
 
 use super::monitor::max_entries;
@@ -18,6 +19,7 @@ pub struct BpfDataplane {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     revnat: HashMap<MapData, RevNatId, RevNat>,
+    config: Array<MapData, NodeConfig>,
     /// Sizes of the three maps (services, backends, rev-NAT).
     max_entries: [u32; 3],
 }
@@ -40,8 +42,14 @@ impl BpfDataplane {
             services: HashMap::try_from(services).context(MAP_SERVICES)?,
             backends: HashMap::try_from(backends).context(MAP_BACKENDS)?,
             revnat: HashMap::try_from(revnat).context(MAP_REVNAT)?,
+            config: Array::try_from(take(MAP_CONFIG)?).context(MAP_CONFIG)?,
             max_entries,
         })
+    }
+
+    /// Writes the node's datapath settings.
+    pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
+        self.config.set(0, config, 0).context(MAP_CONFIG)
     }
 
     /// (map name, size) of the services, backends and rev-NAT maps.

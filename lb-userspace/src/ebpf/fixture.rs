@@ -11,14 +11,18 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, PerCpuArray,
+    },
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf,
 };
 use lb_common::{
     stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
-    StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
-    PROG_TC_EGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE,
+    SourceRange, StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES,
+    MAP_SOURCE_RANGES, MAP_STATS, PROG_TC_EGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS,
+    PROG_XDP_NODE,
 };
 
 use super::object;
@@ -88,7 +92,29 @@ impl DatapathFixture {
         backends: &[(Ipv4Addr, u16)],
     ) -> anyhow::Result<()> {
         let backends: Vec<_> = backends.iter().map(|&(a, p)| (a, p, 0)).collect();
-        self.add_frontend(vip, port, proto, &backends, 0)
+        self.add_frontend(vip, port, proto, &backends, 0)?;
+        Ok(())
+    }
+
+    /// Admits clients in `addr/prefix` to the frontend with `rev_nat_id`
+    /// (loadBalancerSourceRanges).
+    pub fn allow_source(
+        &mut self,
+        rev_nat_id: RevNatId,
+        addr: Ipv4Addr,
+        prefix: u32,
+    ) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_SOURCE_RANGES)
+            .ok_or_else(|| anyhow!("{MAP_SOURCE_RANGES} missing"))?;
+        let mut trie: LpmTrie<_, SourceRange, u32> = LpmTrie::try_from(map)?;
+        let data = SourceRange {
+            rev_nat_id_be: rev_nat_id.to_be(),
+            addr_be: be_addr(addr),
+        };
+        trie.insert(&Key::new(32 + prefix, data), 1, 0)?;
+        Ok(())
     }
 
     /// Adds a frontend whose backends carry `BACKEND_F_*` flags, with
@@ -100,7 +126,7 @@ impl DatapathFixture {
         proto: u8,
         backends: &[(Ipv4Addr, u16, u8)],
         flags: u16,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<RevNatId> {
         let rev_nat_id = self.next_rev_nat_id;
         self.next_rev_nat_id += 1;
         let vip_be = be_addr(vip);
@@ -161,7 +187,7 @@ impl DatapathFixture {
             },
             0,
         )?;
-        Ok(())
+        Ok(rev_nat_id)
     }
 
     /// Runs the XDP program once: (verdict, packet after the program).

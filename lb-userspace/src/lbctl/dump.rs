@@ -158,6 +158,18 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
+        MapKind::SourceRanges => snapshot
+            .source_ranges
+            .iter()
+            .map(|(prefix_len, r)| Entry {
+                key: vec![
+                    ("rev_nat_id", u32::from_be(r.rev_nat_id_be).into()),
+                    ("addr", Value::Ip(ip(r.addr_be))),
+                    ("prefix_len", prefix_len.saturating_sub(32).into()),
+                ],
+                value: vec![],
+            })
+            .collect(),
         MapKind::Config => snapshot
             .config
             .iter()

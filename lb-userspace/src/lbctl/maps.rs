@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray};
-use lb_common::{NodeConfig, StatsCounter};
+use lb_common::{NodeConfig, SourceRange, StatsCounter};
 
 use super::{
     maplist::{MapList, MapMeta, MapStatus},
@@ -209,6 +209,15 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
             let array = aya::maps::Array::<_, NodeConfig>::try_from(map)?;
             snapshot.config = Some(array.get(&0, 0)?);
             1
+        }
+        MapKind::SourceRanges => {
+            let trie = aya::maps::lpm_trie::LpmTrie::<_, SourceRange, u32>::try_from(map)?;
+            snapshot.source_ranges = trie
+                .keys()
+                .take(limit)
+                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()?;
+            snapshot.source_ranges.len()
         }
         MapKind::Stats => {
             snapshot.stats = read_stats(map)?;

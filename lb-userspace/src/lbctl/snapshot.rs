@@ -4,8 +4,9 @@
 use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
-    Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, StatsCounter,
-    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES, MAP_STATS,
+    Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange,
+    StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES,
+    MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -16,17 +17,19 @@ pub enum MapKind {
     RevNat,
     Conntrack,
     Config,
+    SourceRanges,
     Stats,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 6] = [
+    pub const ALL: [MapKind; 7] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
         MapKind::Conntrack,
         MapKind::Config,
+        MapKind::SourceRanges,
         MapKind::Stats,
     ];
 
@@ -37,6 +40,7 @@ impl MapKind {
             MapKind::RevNat => MAP_REVNAT,
             MapKind::Conntrack => MAP_CONNTRACK,
             MapKind::Config => MAP_CONFIG,
+            MapKind::SourceRanges => MAP_SOURCE_RANGES,
             MapKind::Stats => MAP_STATS,
         }
     }
@@ -73,7 +77,9 @@ pub struct Snapshot {
     pub ct: BTreeMap<CtKey, CtValue>,
     /// `lb_config_v1`'s one entry.
     pub config: Option<NodeConfig>,
-    /// `lb_stats_v2` by reason index, summed over CPUs.
+    /// `lb_srcrange_v1`: (LPM prefix length, data).
+    pub source_ranges: Vec<(u32, SourceRange)>,
+    /// `lb_stats_v3` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
