@@ -9,7 +9,7 @@ use super::params::{ListFrom, ListQuery};
 use super::resource::{ObjectKey, Resource};
 use super::selectors::ObjectFilter;
 use super::status::ApiError;
-use super::store::{Snapshot, Store};
+use super::store::{Page, Store};
 
 /// Where the next page starts: after `after` in the snapshot at `rv`.
 /// Encoded as `rv/namespace/name`, which no name can make ambiguous since
@@ -52,29 +52,18 @@ pub(crate) fn page(
         ListFrom::Exact(rv) => (Some(*rv), None),
         ListFrom::Continue(token) => (Some(token.rv), Some(&token.after)),
     };
-    let Snapshot { rv, objects } = store
-        .snapshot(resource, at)
+    let Page { rv, objects, more } = store
+        .page(resource, at, after, query.limit, |object| {
+            filter.matches(object)
+        })
         .map_err(|expired| match after {
             Some(_) => ApiError::continue_expired(),
             None => ApiError::expired(&expired),
         })?;
-
-    let mut selected = objects
-        .into_iter()
-        .filter(|(key, _)| after.is_none_or(|after| key > after))
-        .filter(|(_, object)| filter.matches(object))
-        .peekable();
-    let mut items = Vec::new();
-    let mut last = None;
-    while query.limit.is_none_or(|limit| items.len() < limit) {
-        let Some((key, object)) = selected.next() else {
-            break;
-        };
-        items.push(Value::clone(&object));
-        last = Some(key);
-    }
+    let last = objects.last().map(|(key, _)| key.clone());
+    let items: Vec<Value> = objects.into_iter().map(|(_, o)| Value::clone(&o)).collect();
     let mut metadata = json!({ "resourceVersion": rv.to_string() });
-    if let (Some(after), Some(_)) = (last, selected.peek()) {
+    if let (Some(after), true) = (last, more) {
         metadata["continue"] = ContinueToken { rv, after }.encode().into();
     }
 
