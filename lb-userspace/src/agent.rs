@@ -131,7 +131,7 @@ impl Source {
         }
     }
 
-    fn take_pending(&mut self) -> Option<Pending> {
+    fn take_pending(&mut self) -> Option<Pending<'_>> {
         match self {
             Source::Manifests(m) => m.take_pending(),
             Source::Kube(k) => k.take_pending(),
@@ -141,8 +141,16 @@ impl Source {
     fn done(&mut self, ok: bool, seen: Instant) {
         match self {
             Source::Manifests(m) => m.done(ok),
-            Source::Kube(k) if !ok => k.retry(seen),
-            Source::Kube(_) => {}
+            Source::Kube(k) => k.done(ok, seen),
+        }
+    }
+
+    /// Makes the next `take_pending` hand out the current state even if
+    /// nothing changed.
+    fn offer_again(&mut self) {
+        match self {
+            Source::Manifests(m) => m.offer_again(),
+            Source::Kube(k) => k.offer_again(Instant::now()),
         }
     }
 }
@@ -227,9 +235,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             _ = resync_tick.tick() => {
+                // The maps are read back and the current state programmed
+                // below (for Kubernetes, once the first lists are in).
                 reconciler.forget_maps();
-                let pending = Pending { desired: applier.programmed().clone(), load_errors: Vec::new(), seen: Instant::now() };
-                sync(pending, &mut applier, &mut reconciler, &mut dp, &telemetry);
+                source.offer_again();
             }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -324,7 +333,7 @@ async fn start_servers(
 
 /// Programs one desired state and records the outcome. Returns success.
 fn sync(
-    pending: Pending,
+    pending: Pending<'_>,
     applier: &mut Applier,
     reconciler: &mut Reconciler,
     dp: &mut Datapath,
@@ -332,7 +341,8 @@ fn sync(
 ) -> bool {
     let seen = pending.seen;
     telemetry.change_seen(seen);
-    for _ in pending.load_errors.iter().chain(&pending.desired.errors) {
+    let desired = pending.state.desired();
+    for _ in pending.load_errors.iter().chain(&desired.errors) {
         telemetry.error("config");
     }
     let started = Instant::now();
@@ -342,19 +352,16 @@ fn sync(
         telemetry.error("map_write");
     }
     telemetry.sync_done(started, started.elapsed(), ok, ok.then_some(seen));
-    let programmed = applier.programmed();
-    let services: std::collections::BTreeSet<_> =
-        programmed.frontends.values().map(|f| &f.service).collect();
-    let backends: std::collections::BTreeSet<_> = programmed
-        .frontends
-        .values()
-        .flat_map(|f| &f.backends)
-        .collect();
-    telemetry.set_programmed(
-        services.len() as u64,
-        programmed.frontends.len() as u64,
-        backends.len() as u64,
-    );
+    // Counts the index and the reconciler keep: counting distinct
+    // Services and backends over 100k frontends would cost more than the
+    // sync of a small change.
+    if let Some(maps) = ok.then(|| reconciler.programmed()).flatten() {
+        telemetry.set_programmed(
+            pending.state.serving_services() as u64,
+            desired.frontends.len() as u64,
+            maps.backends.len() as u64,
+        );
+    }
     ok
 }
 

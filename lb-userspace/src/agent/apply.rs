@@ -1,23 +1,24 @@
 //! Writes one desired state to the maps, and reports what it could not
 //! program, each problem once rather than on every change.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Instant,
-};
+use std::{collections::BTreeSet, time::Instant};
 
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    model::{ConfigError, Desired, ObjectRef},
+    model::{ConfigError, DesiredIndex, ObjectRef},
     reconcile::{Dataplane, DataplaneError, Reconciler, SyncReport},
 };
 
-/// A desired state waiting to be programmed.
-pub struct Pending {
-    pub desired: Desired,
-    /// Problems found before `desired` was built (unreadable manifests).
-    pub load_errors: Vec<ConfigError>,
+/// A desired state waiting to be programmed, lent by its source (a copy
+/// of 100k frontends would cost more than the change it carries).
+#[derive(Clone, Copy)]
+pub struct Pending<'a> {
+    /// The desired state, and the Services that changed since the last
+    /// successful sync.
+    pub state: &'a DesiredIndex,
+    /// Problems found before `state` was built (unreadable manifests).
+    pub load_errors: &'a [ConfigError],
     /// When the oldest change that led here was noticed.
     pub seen: Instant,
 }
@@ -26,27 +27,25 @@ pub struct Pending {
 /// level only (an initial sync of 100k Services would flood the log).
 const SERVICES_LOGGED_PER_SYNC: usize = 100;
 
-/// Remembers which problems were already logged, and what was programmed
-/// (to log the Services a sync changed).
+/// Remembers which problems were already logged.
 #[derive(Default)]
 pub struct Applier {
     reported: BTreeSet<String>,
     reported_ipv6: BTreeSet<ObjectRef>,
-    programmed: Desired,
 }
 
 impl Applier {
-    /// Programs `pending.desired`. On error the maps are consistent (see
+    /// Programs `pending.state`. On error the maps are consistent (see
     /// `Reconciler::sync`) and the caller retries.
     pub fn apply(
         &mut self,
-        pending: Pending,
+        pending: Pending<'_>,
         reconciler: &mut Reconciler,
         dp: &mut dyn Dataplane,
     ) -> Result<SyncReport, DataplaneError> {
         self.report_problems(&pending);
-        let desired = pending.desired;
-        match reconciler.sync(&desired, dp) {
+        let desired = pending.state.desired();
+        match reconciler.sync(desired, dp) {
             Ok(report) => {
                 if report.total() > 0 {
                     info!(
@@ -56,8 +55,7 @@ impl Applier {
                         "synced: {report}"
                     );
                 }
-                log_changed_services(&self.programmed, &desired);
-                self.programmed = desired;
+                log_changed_services(pending.state);
                 Ok(report)
             }
             Err(e) => {
@@ -69,55 +67,35 @@ impl Applier {
 
     /// Logs configuration problems and IPv6 skips that are new since the
     /// last call; a problem that persists is not repeated on every change.
-    fn report_problems(&mut self, pending: &Pending) {
+    fn report_problems(&mut self, pending: &Pending<'_>) {
+        let desired = pending.state.desired();
         let now: BTreeSet<String> = pending
             .load_errors
             .iter()
-            .chain(&pending.desired.errors)
+            .chain(&desired.errors)
             .map(|e| e.to_string())
             .collect();
         for e in now.difference(&self.reported) {
             error!("{e}");
         }
         self.reported = now;
-        let ipv6 = &pending.desired.ipv6_skipped;
+        let ipv6 = &desired.ipv6_skipped;
+        if *ipv6 == self.reported_ipv6 {
+            return;
+        }
         for service in ipv6.difference(&self.reported_ipv6) {
             warn!(service = %service, "IPv6 cluster IP not programmed: IPv6 is not yet supported (the IPv4 family of a dual-stack Service is)");
         }
         self.reported_ipv6 = ipv6.clone();
     }
-
-    /// What the last successful sync programmed.
-    pub fn programmed(&self) -> &Desired {
-        &self.programmed
-    }
 }
 
 /// Logs each Service whose frontends or backends changed, as kube-proxy
 /// logs the Service ports it adds, updates and removes.
-fn log_changed_services(before: &Desired, after: &Desired) {
-    let changed: BTreeSet<&ObjectRef> = before
-        .frontends
-        .iter()
-        .filter(|(fe, w)| after.frontends.get(*fe) != Some(*w))
-        .chain(
-            after
-                .frontends
-                .iter()
-                .filter(|(fe, w)| before.frontends.get(*fe) != Some(*w)),
-        )
-        .map(|(_, w)| &w.service)
-        .collect();
+fn log_changed_services(state: &DesiredIndex) {
+    let changed = state.changed_services();
     if changed.is_empty() {
         return;
-    }
-    let mut now: BTreeMap<&ObjectRef, Vec<String>> = BTreeMap::new();
-    for (fe, wanted) in &after.frontends {
-        if changed.contains(&wanted.service) {
-            now.entry(&wanted.service)
-                .or_default()
-                .push(format!("{fe} -> {} backends", wanted.backends.len()));
-        }
     }
     let quiet = changed.len() > SERVICES_LOGGED_PER_SYNC;
     if quiet {
@@ -125,15 +103,20 @@ fn log_changed_services(before: &Desired, after: &Desired) {
             services = changed.len(),
             "Services changed (listed at debug level)"
         );
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
     }
     for service in changed {
-        match now.get(service) {
-            Some(frontends) if quiet => {
-                debug!(service = %service, ?frontends, "Service programmed")
-            }
-            Some(frontends) => info!(service = %service, ?frontends, "Service programmed"),
-            None if quiet => debug!(service = %service, "Service removed"),
-            None => info!(service = %service, "Service removed"),
+        let frontends: Vec<String> = state
+            .frontends_of(service)
+            .map(|(fe, wanted)| format!("{fe} -> {} backends", wanted.backends.len()))
+            .collect();
+        match frontends.is_empty() {
+            false if quiet => debug!(service = %service, ?frontends, "Service programmed"),
+            false => info!(service = %service, ?frontends, "Service programmed"),
+            true if quiet => debug!(service = %service, "Service removed"),
+            true => info!(service = %service, "Service removed"),
         }
     }
 }

@@ -1,59 +1,46 @@
-//! Desired state from the Kubernetes API: kube-rs reflectors over Services
-//! and EndpointSlices, cluster-wide, and over this node's Node.
+//! Desired state from the Kubernetes API: watches over Services and
+//! EndpointSlices, cluster-wide, and a reflector over this node's Node.
 //!
-//! A reflector's store only swaps in a re-listed set once the whole list has
-//! arrived (kube-rs buffers `InitApply` events until `InitDone`), so the
-//! state read here is always a complete snapshot: a re-list after 410 Gone
-//! converges without ever showing the maps an empty cluster. While the API
-//! server is unreachable the stores keep their last contents and the
+//! Each Service or EndpointSlice change is applied to a [`DesiredIndex`],
+//! so handing out the desired state costs what the change touches, not the
+//! size of the cluster. A re-list (after 410 Gone) is applied as a whole once
+//! it is complete (see [`watch`]), so the maps never see an emptied cluster.
+//! While the API server is unreachable the index keeps its contents and the
 //! watchers retry with backoff, so the dataplane keeps serving.
+
+#[cfg(test)]
+mod tests;
+mod watch;
 
 use std::{
     net::IpAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc},
     time::Instant,
 };
 
-use futures::StreamExt as _;
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
-    runtime::{reflector, watcher, WatchStreamExt as _},
-    Api, Client, Resource,
+    runtime::{reflector, watcher},
+    Api, Client,
 };
-use tokio::{sync::Notify, task::JoinHandle};
-use tracing::{info, warn};
+use tokio::{
+    sync::mpsc::{unbounded_channel, UnboundedReceiver},
+    task::JoinHandle,
+};
+use tracing::info;
 
 use super::apply::Pending;
-use crate::model;
+use crate::model::{object_ref, DesiredIndex};
+use watch::{Signals, Update};
 
-/// What the watch tasks tell the run loop.
-#[derive(Default)]
-struct Signals {
-    /// When the oldest change not yet handed out was seen (`None`: none).
-    pending_since: Mutex<Option<Instant>>,
-    /// Wakes the run loop; a wake-up sent while it is busy is kept.
-    wake: Notify,
-    /// Per watch: its first list is complete.
-    listed: [AtomicBool; 3],
-    /// Watch failures since the last look (for metrics).
-    failures: std::sync::atomic::AtomicU64,
-}
-
-impl Signals {
-    fn changed_at(&self, at: Instant) {
-        let mut pending = self.pending_since.lock().expect("not poisoned");
-        if pending.is_none_or(|p| at < p) {
-            *pending = Some(at);
-        }
-        drop(pending);
-        self.wake.notify_one();
-    }
+/// A change handed from a watch task to the run loop (boxed: objects are
+/// large, and a re-list queues many changes).
+enum Change {
+    Service(Box<Update<Service>>),
+    Slice(Box<Update<EndpointSlice>>),
 }
 
 /// This node as the agent needs it.
@@ -67,8 +54,8 @@ pub struct NodeInfo {
 }
 
 pub struct KubeSource {
-    services: reflector::Store<Service>,
-    slices: reflector::Store<EndpointSlice>,
+    changes: UnboundedReceiver<Change>,
+    index: DesiredIndex,
     nodes: reflector::Store<Node>,
     signals: Arc<Signals>,
     /// All first lists are complete.
@@ -83,16 +70,24 @@ impl KubeSource {
         let signals = Arc::new(Signals::default());
         // Until the first lists are complete there is nothing to take.
         *signals.pending_since.lock().expect("fresh") = Some(Instant::now());
-        let all = watcher::Config::default();
-        let (services, svc_task) =
-            watch::<Service>(Api::all(client.clone()), all.clone(), signals.clone(), 0);
-        let (slices, slice_task) =
-            watch::<EndpointSlice>(Api::all(client.clone()), all, signals.clone(), 1);
+        let (tx, changes) = unbounded_channel();
+        let svc_task = watch::watch_objects(
+            Api::all(client.clone()),
+            signals.clone(),
+            0,
+            tx.clone(),
+            |update| Change::Service(Box::new(update)),
+        );
+        let slice_task =
+            watch::watch_objects(Api::all(client.clone()), signals.clone(), 1, tx, |update| {
+                Change::Slice(Box::new(update))
+            });
         let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-        let (nodes, node_task) = watch::<Node>(Api::all(client), this_node, signals.clone(), 2);
+        let (nodes, node_task) =
+            watch::reflect::<Node>(Api::all(client), this_node, signals.clone(), 2);
         Self {
-            services,
-            slices,
+            changes,
+            index: DesiredIndex::default(),
             nodes,
             signals,
             ready: false,
@@ -110,8 +105,9 @@ impl KubeSource {
     /// first lists are complete. Garbage (entries of Services that are gone)
     /// is only ever collected from such a complete state: a restarted agent
     /// leaves the adopted maps as they are until its first full list.
-    pub fn take_pending(&mut self) -> Option<Pending> {
+    pub fn take_pending(&mut self) -> Option<Pending<'_>> {
         if !self.ready {
+            self.apply_changes();
             if !self
                 .signals
                 .listed
@@ -122,33 +118,71 @@ impl KubeSource {
             }
             self.ready = true;
             info!(
-                services = self.services.len(),
-                endpointslices = self.slices.len(),
+                services = self.index.service_count(),
+                endpointslices = self.index.slice_count(),
                 node_found = self.nodes.len() == 1,
                 "initial list complete"
             );
         }
+        // The mark first: a change sent after the mark was taken leaves a
+        // new mark, so it is not left waiting in the channel unnoticed.
         let seen = self
             .signals
             .pending_since
             .lock()
             .expect("not poisoned")
             .take()?;
-        let services = self.services.state();
-        let slices = self.slices.state();
-        let desired = model::desired_state(
-            services.iter().map(|s| (s.as_ref(), None)),
-            slices.iter().map(|s| (s.as_ref(), None)),
-        );
+        self.apply_changes();
         Some(Pending {
-            desired,
-            load_errors: Vec::new(),
+            state: &self.index,
+            load_errors: &[],
             seen,
         })
     }
 
-    /// Programming the state from `take_pending` failed: offer it again.
-    pub fn retry(&self, seen: Instant) {
+    /// Applies the changes the watch tasks sent so far.
+    fn apply_changes(&mut self) {
+        while let Ok(change) = self.changes.try_recv() {
+            match change {
+                Change::Service(update) => match *update {
+                    Update::Apply(s) => self.index.apply_service(&s),
+                    Update::Delete(s) => {
+                        if let Some(oref) = object_ref(&s.metadata) {
+                            self.index.delete_service(&oref);
+                        }
+                    }
+                    Update::Relisted(all) => {
+                        self.index.replace_services(all.iter().map(|s| (s, None)))
+                    }
+                },
+                Change::Slice(update) => match *update {
+                    Update::Apply(s) => self.index.apply_slice(&s),
+                    Update::Delete(s) => {
+                        if let Some(oref) = object_ref(&s.metadata) {
+                            self.index.delete_slice(&oref);
+                        }
+                    }
+                    Update::Relisted(all) => {
+                        self.index.replace_slices(all.iter().map(|s| (s, None)))
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reports how programming the last pending state went. A failed one
+    /// is offered again (with the changes since).
+    pub fn done(&mut self, ok: bool, seen: Instant) {
+        if ok {
+            self.index.clear_changed();
+        } else {
+            self.offer_again(seen);
+        }
+    }
+
+    /// Makes the next `take_pending` hand out the current state even if
+    /// nothing changed: after a failed sync, or for a periodic resync.
+    pub fn offer_again(&self, seen: Instant) {
         self.signals.changed_at(seen);
     }
 
@@ -188,44 +222,4 @@ impl Drop for KubeSource {
             t.abort();
         }
     }
-}
-
-/// A reflector over `api` driven by a background task that signals changes.
-fn watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    signals: Arc<Signals>,
-    index: usize,
-) -> (reflector::Store<K>, JoinHandle<()>)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + serde::de::DeserializeOwned
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let kind = K::kind(&()).into_owned();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
-    let task = tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(event) => {
-                    if matches!(event, watcher::Event::InitDone) {
-                        signals.listed[index].store(true, Ordering::Release);
-                    }
-                    signals.changed_at(Instant::now());
-                }
-                // The backoff retries; the store keeps the last good state.
-                Err(e) => {
-                    signals.failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(kind = %kind, "watch failed, retrying with backoff: {e}");
-                }
-            }
-        }
-    });
-    (reader, task)
 }

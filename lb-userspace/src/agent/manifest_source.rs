@@ -6,6 +6,7 @@ use tracing::warn;
 
 use super::apply::Pending;
 use crate::manifest;
+use crate::model::{ConfigError, DesiredIndex};
 
 pub struct ManifestSource {
     dir: PathBuf,
@@ -13,6 +14,11 @@ pub struct ManifestSource {
     applied: Option<u64>,
     /// Fingerprint of the contents handed out by the last `take_pending`.
     offered: Option<u64>,
+    /// The objects of the last read; replacing them tells which Services
+    /// changed, for the log.
+    index: DesiredIndex,
+    /// Files that could not be read, from the last read.
+    load_errors: Vec<ConfigError>,
 }
 
 impl ManifestSource {
@@ -21,12 +27,14 @@ impl ManifestSource {
             dir,
             applied: None,
             offered: None,
+            index: DesiredIndex::default(),
+            load_errors: Vec::new(),
         }
     }
 
     /// The desired state if the files changed since the last successful
     /// sync (or the last one failed).
-    pub fn take_pending(&mut self) -> Option<Pending> {
+    pub fn take_pending(&mut self) -> Option<Pending<'_>> {
         let fingerprint = match manifest::fingerprint_dir(&self.dir) {
             Ok(f) => f,
             Err(e) => {
@@ -42,10 +50,17 @@ impl ManifestSource {
         }
         let seen = Instant::now();
         let loaded = manifest::load_dir(&self.dir);
+        let slices = loaded.slices.iter();
+        self.index
+            .replace_slices(slices.map(|s| (&s.object, Some(s.source.as_path()))));
+        let services = loaded.services.iter();
+        self.index
+            .replace_services(services.map(|s| (&s.object, Some(s.source.as_path()))));
+        self.load_errors = loaded.errors;
         self.offered = Some(fingerprint);
         Some(Pending {
-            desired: loaded.desired_state(),
-            load_errors: loaded.errors,
+            state: &self.index,
+            load_errors: &self.load_errors,
             seen,
         })
     }
@@ -54,6 +69,13 @@ impl ManifestSource {
     pub fn done(&mut self, ok: bool) {
         if ok {
             self.applied = self.offered;
+            self.index.clear_changed();
         }
+    }
+
+    /// Makes the next `take_pending` read the files and hand out their
+    /// state even if they did not change (a periodic resync).
+    pub fn offer_again(&mut self) {
+        self.applied = None;
     }
 }

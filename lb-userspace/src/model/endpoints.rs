@@ -1,29 +1,25 @@
-//! EndpointSlices grouped by the Service they belong to, reduced to what the
-//! load balancer needs: the addresses of ready endpoints and the named ports.
+//! EndpointSlices reduced to what the load balancer needs: the Service they
+//! belong to, the addresses of ready endpoints and the named ports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 
 use super::{
-    is_usable_unicast, named_objects, port_number, BackendAddr, ConfigError, Named, ObjectRef,
-    Proto, LABEL_SERVICE_NAME,
+    is_usable_unicast, port_number, BackendAddr, ConfigError, Named, ObjectRef, Proto,
+    LABEL_SERVICE_NAME,
 };
 
-/// The endpoints of every Service that has EndpointSlices.
-pub(super) struct ServiceEndpoints {
-    by_service: BTreeMap<ObjectRef, Vec<SliceEndpoints>>,
-}
-
-/// What one EndpointSlice contributes.
-struct SliceEndpoints {
+/// What one EndpointSlice contributes to its Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SliceEndpoints {
     ports: Vec<SlicePort>,
     /// Ready endpoints' addresses.
     addrs: Vec<Ipv4Addr>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct SlicePort {
     /// Empty for the unnamed port of a single-port Service.
     name: String,
@@ -31,62 +27,52 @@ struct SlicePort {
     port: u16,
 }
 
-impl ServiceEndpoints {
-    /// Groups `slices` by Service. A slice without the service-name label,
-    /// or with non-IPv4 addresses, is skipped (kube-proxy ignores the
-    /// former; the datapath is IPv4-only).
-    pub(super) fn collect<'a>(
-        slices: impl IntoIterator<Item = (&'a EndpointSlice, Option<&'a Path>)>,
-        errors: &mut Vec<ConfigError>,
-    ) -> Self {
-        let mut by_service: BTreeMap<ObjectRef, Vec<SliceEndpoints>> = BTreeMap::new();
-        for slice in named_objects(slices, errors) {
-            let labels = slice.object.metadata.labels.as_ref();
-            let Some(service) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
-                tracing::debug!(slice = %slice.oref, "EndpointSlice without {LABEL_SERVICE_NAME} label ignored");
-                continue;
-            };
-            if slice.object.address_type != "IPv4" {
-                tracing::debug!(slice = %slice.oref, address_type = slice.object.address_type, "non-IPv4 EndpointSlice ignored");
-                continue;
-            }
-            let service = ObjectRef {
-                namespace: slice.oref.namespace.clone(),
-                name: service.clone(),
-            };
-            by_service
-                .entry(service)
-                .or_default()
-                .push(SliceEndpoints::parse(&slice, errors));
-        }
-        ServiceEndpoints { by_service }
+/// The Service a slice belongs to and what it contributes, or `None` for a
+/// slice without the service-name label or with non-IPv4 addresses
+/// (kube-proxy ignores the former; the datapath is IPv4-only).
+pub(super) fn read_slice(
+    slice: &Named<'_, EndpointSlice>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(ObjectRef, SliceEndpoints)> {
+    let labels = slice.object.metadata.labels.as_ref();
+    let Some(service) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) else {
+        tracing::debug!(slice = %slice.oref, "EndpointSlice without {LABEL_SERVICE_NAME} label ignored");
+        return None;
+    };
+    if slice.object.address_type != "IPv4" {
+        tracing::debug!(slice = %slice.oref, address_type = slice.object.address_type, "non-IPv4 EndpointSlice ignored");
+        return None;
     }
+    let service = ObjectRef {
+        namespace: slice.oref.namespace.clone(),
+        name: service.clone(),
+    };
+    Some((service, SliceEndpoints::parse(slice, errors)))
+}
 
-    /// Backends of the Service port named `port_name` with protocol `proto`.
-    /// As in kube-proxy, each slice having a port with that name and
-    /// protocol contributes its ready addresses at that port's number; a
-    /// slice without such a port contributes nothing.
-    pub(super) fn backends(
-        &self,
-        service: &ObjectRef,
-        port_name: &str,
-        proto: Proto,
-    ) -> BTreeSet<BackendAddr> {
-        let slices = self.by_service.get(service).into_iter().flatten();
-        slices
-            .filter_map(|slice| {
-                let port = slice
-                    .ports
-                    .iter()
-                    .find(|p| p.name == port_name && p.proto == proto)?;
-                Some(slice.addrs.iter().map(move |&ip| BackendAddr {
-                    ip,
-                    port: port.port,
-                }))
-            })
-            .flatten()
-            .collect()
-    }
+/// Backends of the Service port named `port_name` with protocol `proto`,
+/// from that Service's slices. As in kube-proxy, each slice having a port
+/// with that name and protocol contributes its ready addresses at that
+/// port's number; a slice without such a port contributes nothing.
+pub(super) fn backends<'a>(
+    slices: impl IntoIterator<Item = &'a SliceEndpoints>,
+    port_name: &str,
+    proto: Proto,
+) -> BTreeSet<BackendAddr> {
+    slices
+        .into_iter()
+        .filter_map(|slice| {
+            let port = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port_name && p.proto == proto)?;
+            Some(slice.addrs.iter().map(move |&ip| BackendAddr {
+                ip,
+                port: port.port,
+            }))
+        })
+        .flatten()
+        .collect()
 }
 
 impl SliceEndpoints {

@@ -42,25 +42,7 @@ impl Dataplane for FakeDataplane {
         if self.fail_at == Some(self.applied.len()) {
             return Err(fail("injected failure"));
         }
-        let state = &mut self.state;
-        let found = match *op {
-            MapOp::UpsertBackend(id, backend) => {
-                state.backends.insert(id, backend);
-                true
-            }
-            MapOp::UpsertRevNat(id, rev_nat) => {
-                state.revnat.insert(id, rev_nat);
-                true
-            }
-            MapOp::UpsertService(key, value) => {
-                state.services.insert(key, value);
-                true
-            }
-            MapOp::DeleteService(key) => state.services.remove(&key).is_some(),
-            MapOp::DeleteRevNat(id) => state.revnat.remove(&id).is_some(),
-            MapOp::DeleteBackend(id) => state.backends.remove(&id).is_some(),
-        };
-        if !found {
+        if !self.state.apply(op) {
             return Err(fail("no such entry"));
         }
         self.applied.push(op.clone());

@@ -612,3 +612,5 @@ fn forgetting_the_maps_repairs_drift() {
     assert_eq!(repaired.len(), 1, "{repaired:?}");
     assert_eq!(decode(&dp.state), expected(&desired));
 }
+
+mod incremental;

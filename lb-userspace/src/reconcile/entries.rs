@@ -1,0 +1,110 @@
+//! One frontend's map entries, derived from the ids it was given.
+
+use std::net::Ipv4Addr;
+
+use lb_common::{Backend, RevNat, RevNatId, ServiceKey, ServiceValue};
+
+use super::ids::Ids;
+use super::index::BackendRefs;
+use super::MapState;
+use crate::model::{BackendAddr, DesiredFrontend, Frontend};
+
+/// The count is a u16: more backends than that cannot be addressed.
+const MAX_SLOTS: usize = u16::MAX as usize;
+
+/// The ids a programmed frontend uses. Its map entries follow from them
+/// alone, so this is all a sync needs to remember per frontend to write
+/// (or delete) them again.
+#[derive(Debug)]
+pub(super) struct FrontendIds {
+    pub rev_nat_id: RevNatId,
+    /// Backends in slot order (slot 1 first), with their ids.
+    pub backends: Vec<(BackendAddr, u32)>,
+}
+
+impl FrontendIds {
+    /// Ids for `wanted`'s backends: those `refs` knows, new ones for the
+    /// others; each counts as one more use in `refs`.
+    pub(super) fn assign(
+        frontend: &Frontend,
+        wanted: &DesiredFrontend,
+        rev_nat_id: RevNatId,
+        refs: &mut BackendRefs,
+        ids: &mut Ids,
+    ) -> Self {
+        if wanted.backends.len() > MAX_SLOTS {
+            tracing::warn!(%frontend, backends = wanted.backends.len(), "too many backends; using the first {MAX_SLOTS}");
+        }
+        let backends = wanted
+            .backends
+            .iter()
+            .take(MAX_SLOTS)
+            .map(|&addr| (addr, refs.acquire(&backend(frontend, addr), ids)))
+            .collect();
+        FrontendIds {
+            rev_nat_id,
+            backends,
+        }
+    }
+
+    /// Whether these entries already serve what `wanted` asks for. Runs
+    /// for every frontend on every sync, so the lengths go first.
+    pub(super) fn serves(&self, wanted: &DesiredFrontend) -> bool {
+        // `zip` stops after the programmed backends, at most MAX_SLOTS.
+        wanted.backends.len().min(MAX_SLOTS) == self.backends.len()
+            && (wanted.backends.iter().zip(&self.backends)).all(|(new, (old, _))| new == old)
+    }
+
+    /// Adds the frontend's entries to `maps`: its rev-NAT target, its
+    /// backends, its slots and its master.
+    pub(super) fn write(&self, frontend: &Frontend, maps: &mut MapState) {
+        maps.revnat.insert(self.rev_nat_id, rev_nat(frontend));
+        let entry = |backend_id, count| ServiceValue {
+            backend_id,
+            count,
+            rev_nat_id: self.rev_nat_id,
+            flags: 0,
+        };
+        for (slot, &(addr, id)) in (1..).zip(&self.backends) {
+            maps.backends.insert(id, backend(frontend, addr));
+            maps.services
+                .insert(service_key(frontend, slot), entry(id, 0));
+        }
+        // At most MAX_SLOTS backends.
+        let count = self.backends.len() as u16;
+        maps.services
+            .insert(service_key(frontend, 0), entry(0, count));
+    }
+}
+
+pub(super) fn service_key(frontend: &Frontend, slot: u16) -> ServiceKey {
+    ServiceKey {
+        vip_be: ip_be(frontend.vip),
+        port_be: frontend.port.to_be(),
+        slot,
+        proto: frontend.proto.number(),
+        _pad: [0; 3],
+    }
+}
+
+pub(super) fn backend(frontend: &Frontend, addr: BackendAddr) -> Backend {
+    Backend {
+        addr_be: ip_be(addr.ip),
+        port_be: addr.port.to_be(),
+        proto: frontend.proto.number(),
+        flags: 0,
+    }
+}
+
+fn rev_nat(frontend: &Frontend) -> RevNat {
+    RevNat {
+        addr_be: ip_be(frontend.vip),
+        port_be: frontend.port.to_be(),
+        _pad: 0,
+    }
+}
+
+/// `a.b.c.d` as the `u32` whose bytes in memory are `[a, b, c, d]`, as in packets.
+fn ip_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
