@@ -75,7 +75,13 @@ impl fmt::Display for Proto {
     }
 }
 
-/// What clients connect to: a cluster IP, a port and a protocol.
+/// The address of NodePort frontends: they answer on every address of the
+/// node that `--nodeport-addresses` selects (the datapath checks the
+/// destination against the node's addresses, then looks up this wildcard).
+pub const NODE_PORT_VIP: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+/// What clients connect to: a cluster IP (or an external IP, a load
+/// balancer IP, [`NODE_PORT_VIP`] for a NodePort), a port and a protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
     pub vip: Ipv4Addr,
@@ -107,6 +113,9 @@ impl fmt::Display for ObjectRef {
 pub struct BackendAddr {
     pub ip: Ipv4Addr,
     pub port: u16,
+    /// The endpoint is not on this node (its `nodeName` is another node's,
+    /// or unknown): traffic from outside to it is SNATed.
+    pub remote: bool,
 }
 
 impl fmt::Display for BackendAddr {
@@ -123,6 +132,24 @@ pub struct DesiredFrontend {
     /// Ready endpoints. May be empty: the frontend still exists, so the
     /// datapath can reject connections instead of letting them leak out.
     pub backends: BTreeSet<BackendAddr>,
+    /// Reached from outside the node (NodePort, externalIP, load-balancer
+    /// IP): served on the uplinks.
+    pub external: bool,
+    /// externalTrafficPolicy Local (external frontends only): `backends`
+    /// are this node's endpoints only, and none means drop.
+    pub local_only: bool,
+    /// loadBalancerSourceRanges (load-balancer IP frontends); empty: any
+    /// client.
+    pub source_ranges: Vec<ipnet::Ipv4Net>,
+}
+
+/// A Service's health check node port (externalTrafficPolicy Local), as
+/// kube-proxy serves it for cloud load balancers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: ObjectRef,
+    /// Ready endpoints of the Service on this node.
+    pub local_endpoints: usize,
 }
 
 /// Everything the load balancer should serve, and what could not be served.
@@ -133,6 +160,8 @@ pub struct Desired {
     /// Services with an IPv6 cluster IP, which is not programmed (the
     /// datapath is IPv4-only for now); their IPv4 family, if any, is.
     pub ipv6_skipped: BTreeSet<ObjectRef>,
+    /// healthCheckNodePort -> its Service and local endpoint count.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
 }
 
 /// Computes the frontends for `services` and their backends from `slices`.

@@ -46,6 +46,7 @@ fn example_loads_as_multi_document_file() {
             .map(|n| BackendAddr {
                 ip: Ipv4Addr::new(10, 244, n, 2),
                 port,
+                remote: false,
             })
             .into_iter()
             .collect()

@@ -69,6 +69,7 @@ pub(super) fn backends<'a>(
             Some(slice.addrs.iter().map(move |&ip| BackendAddr {
                 ip,
                 port: port.port,
+                remote: false,
             }))
         })
         .flatten()

@@ -79,6 +79,9 @@ impl ServiceShape {
                     service: service.clone(),
                     port_name: claim.port_name.clone(),
                     backends: backends(slices.clone(), name, claim.frontend.proto),
+                    external: false,
+                    local_only: false,
+                    source_ranges: Vec::new(),
                 };
                 (claim.frontend, wanted)
             })

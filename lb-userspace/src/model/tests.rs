@@ -35,6 +35,7 @@ fn backends(addrs: &[([u8; 4], u16)]) -> BTreeSet<BackendAddr> {
         .map(|&(ip, port)| BackendAddr {
             ip: Ipv4Addr::from(ip),
             port,
+            remote: false,
         })
         .collect()
 }

@@ -92,7 +92,11 @@ pub(super) fn backend(frontend: &Frontend, addr: BackendAddr) -> Backend {
         addr_be: ip_be(addr.ip),
         port_be: addr.port.to_be(),
         proto: frontend.proto.number(),
-        flags: 0,
+        flags: if addr.remote {
+            lb_common::BACKEND_F_REMOTE
+        } else {
+            0
+        },
     }
 }
 

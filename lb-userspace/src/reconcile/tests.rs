@@ -28,6 +28,7 @@ fn pod(n: u8, port: u16) -> BackendAddr {
     BackendAddr {
         ip: Ipv4Addr::new(10, 244, n, 2),
         port,
+        remote: false,
     }
 }
 
@@ -39,6 +40,9 @@ fn wanted(backends: impl IntoIterator<Item = BackendAddr>) -> DesiredFrontend {
         },
         port_name: None,
         backends: backends.into_iter().collect(),
+        external: false,
+        local_only: false,
+        source_ranges: Vec::new(),
     }
 }
 
@@ -146,6 +150,7 @@ fn decode(state: &MapState) -> BTreeMap<Frontend, Vec<BackendAddr>> {
                 BackendAddr {
                     ip: Ipv4Addr::from(backend.addr_be.to_ne_bytes()),
                     port: u16::from_be(backend.port_be),
+                    remote: backend.flags & lb_common::BACKEND_F_REMOTE != 0,
                 }
             })
             .collect();
