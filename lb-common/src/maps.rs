@@ -22,17 +22,22 @@ pub const MAP_CONFIG: &str = "lb_config_v1";
 /// Allowed client ranges of frontends with loadBalancerSourceRanges (LPM
 /// trie). Key `lpm_trie::Key<SourceRange>`, value `u32` (1).
 pub const MAP_SOURCE_RANGES: &str = "lb_srcrange_v1";
+/// The node's addresses where NodePorts answer (`--nodeport-addresses`).
+/// Key `u32` address (network byte order), value `u32` (1).
+pub const MAP_NODE_ADDRS: &str = "lb_nodeaddr_v1";
+pub const NODE_ADDRS_MAX_ENTRIES: u32 = 256;
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
 pub const MAP_STATS: &str = "lb_stats_v3";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 8] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
     MAP_CONNTRACK,
     MAP_CONFIG,
     MAP_SOURCE_RANGES,
+    MAP_NODE_ADDRS,
     MAP_STATS,
 ];
 

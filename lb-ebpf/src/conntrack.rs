@@ -76,21 +76,9 @@ pub fn new_value(
     }
 }
 
-/// Records a new flow client -> frontend balanced to backend `(baddr, bport)`:
-/// the forward entry and the reply entry. `Err` if either insert failed.
-#[inline(always)]
-pub fn create(
-    fwd: &CtKey,
-    baddr_be: u32,
-    bport_be: u16,
-    backend_id: u32,
-    rev_nat_id: lb_common::RevNatId,
-) -> Result<(), ()> {
-    let value = new_value(baddr_be, bport_be, backend_id, rev_nat_id);
-    create_with(fwd, baddr_be, bport_be, &value)
-}
-
-/// [`create`] with a prepared value.
+/// Records a new flow client -> frontend balanced to backend `(baddr,
+/// bport)` with `value`: the forward entry and the reply entry. `Err` if
+/// either insert failed.
 #[inline(always)]
 pub fn create_with(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) -> Result<(), ()> {
     let fwd_ok = CONNTRACK.insert(fwd, value, 0).is_ok();

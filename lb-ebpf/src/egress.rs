@@ -65,6 +65,13 @@ pub fn reverse_nat(ctx: &TcContext, h: &Headers) -> Result<Option<u32>, u32> {
     let Some(frontend) = (unsafe { REVNAT.get(&entry.rev_nat_id).copied() }) else {
         return Ok(Some(stats::TC_PASS_REVNAT_MISSING));
     };
-    nat::snat_tc(ctx, h, frontend.addr_be, frontend.port_be)?;
+    // A NodePort's rev-NAT target is 0.0.0.0:nodePort: the address is the
+    // one the client used, kept in the entry.
+    let addr_be = if frontend.addr_be == 0 {
+        entry.nat_addr_be
+    } else {
+        frontend.addr_be
+    };
+    nat::snat_tc(ctx, h, addr_be, frontend.port_be)?;
     Ok(Some(stats::REVNAT))
 }

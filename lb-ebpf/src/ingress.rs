@@ -14,8 +14,10 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         Ok(h) => h,
         Err(reason) => return Ok(reason),
     };
-    // One lookup decides for all traffic that is not for a Service.
-    let Some(master) = select::frontend(h.daddr_be, h.dport_be, h.proto) else {
+    // One lookup decides for most traffic that is not for a Service (a
+    // second only for traffic to the node's own NodePort addresses).
+    let Some((master, wildcard)) = select::external_frontend(h.daddr_be, h.dport_be, h.proto)
+    else {
         return Ok(stats::PASS_NO_SERVICE);
     };
 
@@ -46,16 +48,19 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         }
     }
 
-    let (backend_id, backend) = select::pick_backend(h.daddr_be, h.dport_be, h.proto, &master)?;
-    if conntrack::create(
-        &fwd,
+    let vip_be = if wildcard { 0 } else { h.daddr_be };
+    let (backend_id, backend) = select::pick_backend(vip_be, h.dport_be, h.proto, &master)?;
+    let mut value = conntrack::new_value(
         backend.addr_be,
         backend.port_be,
         backend_id,
         master.rev_nat_id,
-    )
-    .is_err()
-    {
+    );
+    if wildcard {
+        // A NodePort: the reply must come from the node address used.
+        value.nat_addr_be = h.daddr_be;
+    }
+    if conntrack::create_with(&fwd, backend.addr_be, backend.port_be, &value).is_err() {
         // Still forwarded: the flow works until its next packet re-picks.
         crate::stats::count(stats::CT_INSERT_FAILED, 0);
     }

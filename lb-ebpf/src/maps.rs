@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
-    SourceRange, StatsCounter, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
-    SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    SourceRange, StatsCounter, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES,
+    REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
 #[map(name = "lb_svc_v2")]
@@ -28,6 +28,10 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_
 /// Allowed client ranges per frontend (loadBalancerSourceRanges).
 #[map(name = "lb_srcrange_v1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX_ENTRIES, 0);
+
+/// The node's NodePort addresses.
+#[map(name = "lb_nodeaddr_v1")]
+pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(NODE_ADDRS_MAX_ENTRIES, 0);
 
 #[map(name = "lb_config_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);

@@ -68,7 +68,8 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         }
     }
 
-    let Some(master) = select::frontend(h.daddr_be, h.dport_be, h.proto) else {
+    let Some((master, wildcard)) = select::external_frontend(h.daddr_be, h.dport_be, h.proto)
+    else {
         return Ok(stats::PASS_NO_SERVICE);
     };
     let fwd = conntrack::key(
@@ -99,13 +100,19 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
         return Err(stats::DROP_NO_LOCAL_BACKENDS);
     }
-    let (backend_id, backend) = select::pick_backend(h.daddr_be, h.dport_be, h.proto, &master)?;
-    let value = conntrack::new_value(
+    let vip_be = if wildcard { 0 } else { h.daddr_be };
+    let (backend_id, backend) = select::pick_backend(vip_be, h.dport_be, h.proto, &master)?;
+    let mut value = conntrack::new_value(
         backend.addr_be,
         backend.port_be,
         backend_id,
         master.rev_nat_id,
     );
+    if wildcard {
+        // The reply must come from the node address the client used; the
+        // rev-NAT target of a NodePort only knows the port.
+        value.nat_addr_be = h.daddr_be;
+    }
     let remote = backend.flags & BACKEND_F_REMOTE != 0 && master.flags & SVC_F_LOCAL_ONLY == 0;
     if remote {
         conntrack::create_snat(

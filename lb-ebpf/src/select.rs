@@ -3,7 +3,7 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{stats, Backend, ServiceKey, ServiceValue};
 
-use crate::maps::{BACKENDS, SERVICES};
+use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES};
 
 /// The master entry of the frontend `(vip, port, proto)`, if it is one.
 #[inline(always)]
@@ -17,6 +17,20 @@ pub fn frontend(vip_be: u32, port_be: u16, proto: u8) -> Option<ServiceValue> {
     };
     // SAFETY: the value is copied out at once.
     unsafe { SERVICES.get(&key).copied() }
+}
+
+/// The frontend a packet from outside the node is for: an exact match
+/// (external IP, load-balancer IP), else, when it is addressed to one of
+/// the node's NodePort addresses, the NodePort wildcard `0.0.0.0:port`.
+/// Returns the master and whether it is the wildcard.
+#[inline(always)]
+pub fn external_frontend(daddr_be: u32, port_be: u16, proto: u8) -> Option<(ServiceValue, bool)> {
+    if let Some(master) = frontend(daddr_be, port_be, proto) {
+        return Some((master, false));
+    }
+    // SAFETY: presence check only.
+    unsafe { NODE_ADDRS.get(&daddr_be) }?;
+    frontend(0, port_be, proto).map(|m| (m, true))
 }
 
 /// Picks a backend uniformly at random among the frontend's slots. `Err` is

@@ -29,6 +29,7 @@ use crate::{
     reconcile::Reconciler,
 };
 use apply::{Applier, Pending};
+use health_check_ports::HealthCheckPorts;
 use interfaces::InterfaceMatcher;
 use kube_source::{KubeSource, NodeInfo};
 use manifest_source::ManifestSource;
@@ -114,7 +115,9 @@ enum Source {
 impl Source {
     async fn start(cfg: &AgentConfig) -> anyhow::Result<Self> {
         Ok(match &cfg.source {
-            SourceConfig::Manifests(dir) => Source::Manifests(ManifestSource::new(dir.clone())),
+            SourceConfig::Manifests(dir) => {
+                Source::Manifests(ManifestSource::new(dir.clone(), cfg.node_name.clone()))
+            }
             SourceConfig::Kube { kubeconfig } => Source::Kube(KubeSource::start(
                 kube_client(kubeconfig.as_deref()).await?,
                 &cfg.node_name,
@@ -181,7 +184,17 @@ struct Datapath {
     uplinks: Option<(InterfaceMatcher, Attacher)>,
     /// What the config map holds.
     config: lb_common::NodeConfig,
+    node_addrs: ebpf::NodeAddrMap,
+    /// What the node address map holds.
+    nodeport_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
+    /// Health check node ports the last sync asked for, until served.
+    health_checks_wanted: Option<HealthCheckWanted>,
+    /// What the health check servers serve.
+    health_checks_served: HealthCheckWanted,
 }
+
+/// healthCheckNodePort -> (namespace, name, local endpoints).
+type HealthCheckWanted = std::collections::BTreeMap<u16, (String, String, usize)>;
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -215,6 +228,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut resync_tick = interval(FULL_RESYNC_PERIOD);
     resync_tick.reset(); // the first sync reads the maps anyway
     let mut node: Option<NodeInfo> = None;
+    let healthy = telemetry.clone();
+    let mut health_check_ports = HealthCheckPorts::new(Vec::new(), move || healthy.healthy());
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -247,6 +262,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             let seen = pending.seen;
             let ok = sync(pending, &mut applier, &mut reconciler, &mut dp, &telemetry);
             source.done(ok, seen);
+        }
+        if let Some(wanted) = dp.health_checks_wanted.take() {
+            let errors = health_check_ports.sync(wanted.clone()).await;
+            for e in &errors {
+                telemetry.error("health_check_port");
+                warn!("{e:#}");
+            }
+            if errors.is_empty() {
+                dp.health_checks_served = wanted;
+            }
         }
     }
 
@@ -305,7 +330,12 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         let attacher = Attacher::new(&mut ebpf, ebpf::NODE_INTERFACES, cfg.xdp_mode, &cfg.bpffs)?;
         Some((matcher, attacher))
     };
+    let node_addrs = ebpf::NodeAddrMap::from_ebpf(&mut ebpf)?;
     Ok(Datapath {
+        health_checks_wanted: None,
+        health_checks_served: Default::default(),
+        node_addrs,
+        nodeport_addresses: Default::default(),
         uplinks,
         config: lb_common::NodeConfig::default(),
         ebpf,
@@ -352,6 +382,20 @@ fn sync(
         telemetry.error("map_write");
     }
     telemetry.sync_done(started, started.elapsed(), ok, ok.then_some(seen));
+    let wanted: HealthCheckWanted = desired
+        .health_checks
+        .iter()
+        .map(|(port, hc)| {
+            let s = &hc.service;
+            (
+                *port,
+                (s.namespace.clone(), s.name.clone(), hc.local_endpoints),
+            )
+        })
+        .collect();
+    if wanted != dp.health_checks_served {
+        dp.health_checks_wanted = Some(wanted);
+    }
     // Counts the index and the reconciler keep: counting distinct
     // Services and backends over 100k frontends would cost more than the
     // sync of a small change.
@@ -387,6 +431,19 @@ fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
             return;
         }
     };
+    let nodeport = node_addresses::nodeport_addresses(&addresses, &cfg.net.nodeport_addresses);
+    if nodeport != dp.nodeport_addresses {
+        match dp.node_addrs.sync(&nodeport) {
+            Ok(()) => {
+                info!(addresses = ?nodeport, "NodePort addresses");
+                dp.nodeport_addresses = nodeport;
+            }
+            Err(e) => {
+                telemetry.error("map_write");
+                warn!("writing the NodePort addresses: {e:#}");
+            }
+        }
+    }
     let config = lb_common::NodeConfig {
         snat_addr_be: node_addresses::snat_address(&addresses)
             .map(|a| u32::from_ne_bytes(a.octets()))

@@ -7,9 +7,11 @@ mod dataplane;
 pub mod fixture;
 mod link_pins;
 mod monitor;
+mod node_addrs;
 mod object;
 
 pub use attach::{Attacher, Role, XdpModeArg, NODE_INTERFACES, POD_INTERFACES};
 pub use dataplane::BpfDataplane;
 pub use monitor::{DatapathMonitor, ReasonTotals};
+pub use node_addrs::NodeAddrMap;
 pub use object::{load, EBPF_OBJECT};

@@ -40,10 +40,12 @@ pub struct LoadedManifests {
 }
 
 impl LoadedManifests {
-    /// The frontends these objects ask for. Its `errors` are the model's
-    /// only; loading errors stay in `self.errors`.
-    pub fn desired_state(&self) -> Desired {
+    /// The frontends these objects ask for on the node named `node_name`.
+    /// Its `errors` are the model's only; loading errors stay in
+    /// `self.errors`.
+    pub fn desired_state(&self, node_name: Option<&str>) -> Desired {
         model::desired_state(
+            node_name,
             self.services
                 .iter()
                 .map(|s| (&s.object, Some(s.source.as_path()))),

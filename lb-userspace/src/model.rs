@@ -3,18 +3,22 @@
 //! [`desired_state`] is a pure function of the Services and EndpointSlices
 //! (from manifest files or from the API server's watches); [`DesiredIndex`]
 //! gives the same result kept up to date one object change at a time, at a
-//! cost that does not grow with the cluster. Both follow kube-proxy's
-//! semantics, so that replacing kube-proxy changes no Service's behaviour.
+//! cost that does not grow with the cluster. Both compute for one node
+//! (which endpoints are local to it) and follow kube-proxy's semantics, so
+//! that replacing kube-proxy changes no Service's behaviour.
 //! Anything wrong with one object or one port becomes a [`ConfigError`] and
 //! affects only that object or port.
 
 mod claims;
 mod endpoints;
 mod error;
+mod health_checks;
 mod index;
 mod service;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_external;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -129,8 +133,9 @@ impl fmt::Display for BackendAddr {
 pub struct DesiredFrontend {
     pub service: ObjectRef,
     pub port_name: Option<String>,
-    /// Ready endpoints. May be empty: the frontend still exists, so the
-    /// datapath can reject connections instead of letting them leak out.
+    /// Ready endpoints (this node's only, if `local_only`). May be empty:
+    /// the frontend still exists, so the datapath can reject connections
+    /// instead of letting them leak out.
     pub backends: BTreeSet<BackendAddr>,
     /// Reached from outside the node (NodePort, externalIP, load-balancer
     /// IP): served on the uplinks.
@@ -148,7 +153,8 @@ pub struct DesiredFrontend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub service: ObjectRef,
-    /// Ready endpoints of the Service on this node.
+    /// Ready endpoints of the Service on this node (distinct addresses:
+    /// one pod serving several ports is one endpoint, as in kube-proxy).
     pub local_endpoints: usize,
 }
 
@@ -157,24 +163,27 @@ pub struct HealthCheck {
 pub struct Desired {
     pub frontends: BTreeMap<Frontend, DesiredFrontend>,
     pub errors: Vec<ConfigError>,
-    /// Services with an IPv6 cluster IP, which is not programmed (the
-    /// datapath is IPv4-only for now); their IPv4 family, if any, is.
+    /// Services with an IPv6 cluster IP, external IP or load-balancer IP,
+    /// which is not programmed (the datapath is IPv4-only for now); their
+    /// IPv4 addresses, if any, are.
     pub ipv6_skipped: BTreeSet<ObjectRef>,
     /// healthCheckNodePort -> its Service and local endpoint count.
     pub health_checks: BTreeMap<u16, HealthCheck>,
 }
 
-/// Computes the frontends for `services` and their backends from `slices`.
+/// Computes the frontends for `services` and their backends from `slices`,
+/// as seen from the node named `node_name` (see [`DesiredIndex::new`]).
 /// Each object comes with the file it was read from, if any (objects from
 /// the API server have none). Input order does not matter.
 ///
 /// This is [`DesiredIndex`] filled from scratch, so a full computation and
 /// the index kept up to date event by event can never disagree.
 pub fn desired_state<'a>(
+    node_name: Option<&str>,
     services: impl IntoIterator<Item = (&'a Service, Option<&'a Path>)>,
     slices: impl IntoIterator<Item = (&'a EndpointSlice, Option<&'a Path>)>,
 ) -> Desired {
-    let mut index = DesiredIndex::default();
+    let mut index = DesiredIndex::new(node_name.map(str::to_owned));
     // Slices first: each Service then finds its endpoints when it arrives.
     index.replace_slices(slices);
     index.replace_services(services);

@@ -8,8 +8,13 @@
 //! reads the master, picks a slot below its count and follows the backend
 //! id, so the invariant kept after *every single write* is: each master's
 //! slots exist and point to existing backends, and every rev-NAT id in use
-//! exists. [`Reconciler::plan`] orders writes to keep it, which also makes
-//! a sync that fails halfway safe: the next sync carries on from there.
+//! exists. A master flagged `SVC_F_SOURCE_RANGES` admits new flows only
+//! from the client ranges under its rev-NAT id, so it must also find, after
+//! every write, either all of its ranges from before the sync or all of
+//! those after it: a flag never shows up before its ranges, and a client
+//! allowed both before and after a change of ranges is never dropped.
+//! [`Reconciler::plan`] orders writes to keep all this, which also makes a
+//! sync that fails halfway safe: the next sync carries on from there.
 //!
 //! A sync costs the size of the change, not of the cluster: after a
 //! complete sync the reconciler remembers what it programmed per frontend
@@ -28,8 +33,9 @@ mod target;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use ipnet::Ipv4Net;
 use lb_common::{Backend, RevNat, RevNatId, ServiceKey, ServiceValue};
 
 use crate::model::Desired;
@@ -37,12 +43,16 @@ pub use fake::FakeDataplane;
 use ids::Ids;
 use index::Programmed;
 
-/// Contents of the service, backend and rev-NAT maps.
+/// Contents of the service, backend, rev-NAT and source-range maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MapState {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
     pub revnat: BTreeMap<RevNatId, RevNat>,
+    /// The trie's entries: a frontend (by rev-NAT id) and a client network
+    /// with its host bits cleared (the trie ignores them, so this is the
+    /// one spelling of each entry). Every value is 1.
+    pub source_ranges: BTreeSet<(RevNatId, Ipv4Net)>,
 }
 
 impl MapState {
@@ -62,7 +72,12 @@ impl MapState {
                 self.services.insert(key, value);
                 true
             }
+            MapOp::UpsertSourceRange(id, net) => {
+                self.source_ranges.insert((id, net));
+                true
+            }
             MapOp::DeleteService(key) => self.services.remove(&key).is_some(),
+            MapOp::DeleteSourceRange(id, net) => self.source_ranges.remove(&(id, net)),
             MapOp::DeleteRevNat(id) => self.revnat.remove(&id).is_some(),
             MapOp::DeleteBackend(id) => self.backends.remove(&id).is_some(),
         }
@@ -74,8 +89,12 @@ impl MapState {
 pub enum MapOp {
     UpsertBackend(u32, Backend),
     UpsertRevNat(RevNatId, RevNat),
+    /// Admits clients in the network (host bits cleared) to the frontend
+    /// with this rev-NAT id.
+    UpsertSourceRange(RevNatId, Ipv4Net),
     UpsertService(ServiceKey, ServiceValue),
     DeleteService(ServiceKey),
+    DeleteSourceRange(RevNatId, Ipv4Net),
     DeleteRevNat(RevNatId),
     DeleteBackend(u32),
 }
@@ -91,7 +110,8 @@ pub struct DataplaneError {
 
 /// Where map writes go: the pinned BPF maps, or [`FakeDataplane`] in tests.
 pub trait Dataplane {
-    /// Reads what the maps hold now (services, backends, revnat).
+    /// Reads what the maps hold now (services, backends, revnat, source
+    /// ranges).
     fn read_state(&self) -> Result<MapState, DataplaneError>;
     /// Applies one write.
     fn apply(&mut self, op: &MapOp) -> Result<(), DataplaneError>;
@@ -102,8 +122,10 @@ pub trait Dataplane {
 pub struct SyncReport {
     pub upserted_backends: usize,
     pub upserted_revnat: usize,
+    pub upserted_source_ranges: usize,
     pub upserted_services: usize,
     pub deleted_services: usize,
+    pub deleted_source_ranges: usize,
     pub deleted_revnat: usize,
     pub deleted_backends: usize,
 }
@@ -113,8 +135,10 @@ impl SyncReport {
     pub fn total(&self) -> usize {
         self.upserted_backends
             + self.upserted_revnat
+            + self.upserted_source_ranges
             + self.upserted_services
             + self.deleted_services
+            + self.deleted_source_ranges
             + self.deleted_revnat
             + self.deleted_backends
     }
@@ -123,8 +147,10 @@ impl SyncReport {
         *match op {
             MapOp::UpsertBackend(..) => &mut self.upserted_backends,
             MapOp::UpsertRevNat(..) => &mut self.upserted_revnat,
+            MapOp::UpsertSourceRange(..) => &mut self.upserted_source_ranges,
             MapOp::UpsertService(..) => &mut self.upserted_services,
             MapOp::DeleteService(..) => &mut self.deleted_services,
+            MapOp::DeleteSourceRange(..) => &mut self.deleted_source_ranges,
             MapOp::DeleteRevNat(..) => &mut self.deleted_revnat,
             MapOp::DeleteBackend(..) => &mut self.deleted_backends,
         } += 1;

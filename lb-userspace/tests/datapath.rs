@@ -542,3 +542,46 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
 }
+
+#[test]
+fn nodeport_answers_on_every_node_address_and_replies_from_the_one_used() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    // The NodePort wildcard frontend, 0.0.0.0:30080.
+    f.add_service(
+        Ipv4Addr::UNSPECIFIED,
+        30080,
+        IPPROTO_TCP,
+        &[(*BACKEND.ip(), 8080)],
+    )
+    .unwrap();
+    let second = Ipv4Addr::new(172, 16, 0, 10);
+    f.add_node_address(NODE).unwrap();
+    f.add_node_address(second).unwrap();
+    for node in [NODE, second] {
+        let frontend = SocketAddrV4::new(node, 30080);
+        let client = SocketAddrV4::new(*EXTERNAL.ip(), node.octets()[3].into());
+        let (verdict, out) = f
+            .run_xdp_node(&frame(L4::TcpSyn, client, frontend, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, frame(L4::TcpSyn, client, BACKEND, &[], b""));
+        let (_, out) = f
+            .run_tc_node(&frame(L4::TcpAck, BACKEND, client, &[], b"hi"))
+            .unwrap();
+        assert_eq!(
+            out,
+            frame(L4::TcpAck, frontend, client, &[], b"hi"),
+            "reply from {node}"
+        );
+    }
+    // Not a node address: not a NodePort.
+    let elsewhere = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 99), 30080);
+    let (_, out) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, elsewhere, &[], b""))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, elsewhere, &[], b""));
+    assert_eq!(f.count(stats::PASS_NO_SERVICE).unwrap(), 1);
+}

@@ -87,7 +87,7 @@ impl KubeSource {
             watch::reflect::<Node>(Api::all(client), this_node, signals.clone(), 2);
         Self {
             changes,
-            index: DesiredIndex::default(),
+            index: DesiredIndex::new(Some(node_name.to_owned())),
             nodes,
             signals,
             ready: false,

@@ -22,12 +22,13 @@ pub struct ManifestSource {
 }
 
 impl ManifestSource {
-    pub fn new(dir: PathBuf) -> Self {
+    /// Reads `dir` for the node named `node_name` (its endpoints are local).
+    pub fn new(dir: PathBuf, node_name: String) -> Self {
         Self {
             dir,
             applied: None,
             offered: None,
-            index: DesiredIndex::default(),
+            index: DesiredIndex::new(Some(node_name)),
             load_errors: Vec::new(),
         }
     }

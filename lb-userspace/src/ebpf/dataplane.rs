@@ -1,24 +1,31 @@
 //! `Dataplane` over the pinned BPF maps.
 
+use std::net::Ipv4Addr;
+
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData,
+    },
     Ebpf,
 };
+use ipnet::Ipv4Net;
 use lb_common::{
-    Backend, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, MAP_BACKENDS, MAP_CONFIG,
-    MAP_REVNAT, MAP_SERVICES,
+    Backend, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange, MAP_BACKENDS,
+    MAP_CONFIG, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
 };
 
 use super::monitor::max_entries;
 use crate::reconcile::{Dataplane, DataplaneError, MapOp, MapState};
 
-/// The three maps the reconciler writes (conntrack and stats are the
-/// datapath's own).
+/// The maps the reconciler writes (conntrack and stats are the datapath's
+/// own), and the node's settings.
 pub struct BpfDataplane {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, Backend>,
     revnat: HashMap<MapData, RevNatId, RevNat>,
+    source_ranges: LpmTrie<MapData, SourceRange, u32>,
     config: Array<MapData, NodeConfig>,
     /// Sizes of the three maps (services, backends, rev-NAT).
     max_entries: [u32; 3],
@@ -42,6 +49,8 @@ impl BpfDataplane {
             services: HashMap::try_from(services).context(MAP_SERVICES)?,
             backends: HashMap::try_from(backends).context(MAP_BACKENDS)?,
             revnat: HashMap::try_from(revnat).context(MAP_REVNAT)?,
+            source_ranges: LpmTrie::try_from(take(MAP_SOURCE_RANGES)?)
+                .context(MAP_SOURCE_RANGES)?,
             config: Array::try_from(take(MAP_CONFIG)?).context(MAP_CONFIG)?,
             max_entries,
         })
@@ -81,6 +90,22 @@ impl Dataplane for BpfDataplane {
             let (k, v) = kv.map_err(|e| err(format!("reading {MAP_REVNAT}"), e))?;
             state.revnat.insert(k, v);
         }
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(|e| err(format!("reading {MAP_SOURCE_RANGES}"), e))?;
+            match source_range(&key) {
+                Some(entry) => state.source_ranges.insert(entry),
+                // Only a hand-written key can cover several frontends; it
+                // cannot be told to a frontend, so it is left alone.
+                None => {
+                    let prefix_len = key.prefix_len();
+                    tracing::warn!(
+                        prefix_len,
+                        "{MAP_SOURCE_RANGES}: ignoring a key shorter than a rev-NAT id"
+                    );
+                    false
+                }
+            };
+        }
         Ok(state)
     }
 
@@ -88,11 +113,36 @@ impl Dataplane for BpfDataplane {
         let res = match op {
             MapOp::UpsertBackend(id, b) => self.backends.insert(id, b, 0),
             MapOp::UpsertRevNat(id, r) => self.revnat.insert(id, r, 0),
+            MapOp::UpsertSourceRange(id, net) => {
+                (self.source_ranges).insert(&trie_key(*id, *net), 1, 0)
+            }
             MapOp::UpsertService(k, v) => self.services.insert(k, v, 0),
             MapOp::DeleteService(k) => self.services.remove(k),
+            MapOp::DeleteSourceRange(id, net) => self.source_ranges.remove(&trie_key(*id, *net)),
             MapOp::DeleteRevNat(id) => self.revnat.remove(id),
             MapOp::DeleteBackend(id) => self.backends.remove(id),
         };
         res.map_err(|e| err(format!("{op:?}"), e))
     }
+}
+
+/// The trie key of a frontend's client network: the rev-NAT id's 32 bits
+/// are always matched, then the network's.
+fn trie_key(rev_nat_id: RevNatId, net: Ipv4Net) -> Key<SourceRange> {
+    let data = SourceRange {
+        rev_nat_id_be: rev_nat_id.to_be(),
+        addr_be: u32::from_ne_bytes(net.network().octets()),
+    };
+    Key::new(32 + u32::from(net.prefix_len()), data)
+}
+
+/// The frontend and client network of a trie key, host bits cleared as
+/// the trie ignores them (as [`MapState::source_ranges`] holds them).
+/// `None` for a key that does not match a whole rev-NAT id.
+fn source_range(key: &Key<SourceRange>) -> Option<(RevNatId, Ipv4Net)> {
+    let data = key.data();
+    let bits = key.prefix_len().checked_sub(32)?;
+    let addr = Ipv4Addr::from(data.addr_be.to_ne_bytes());
+    let net = Ipv4Net::new(addr, u8::try_from(bits).ok()?).ok()?;
+    Some((u32::from_be(data.rev_nat_id_be), net.trunc()))
 }

@@ -20,9 +20,9 @@ use aya::{
 };
 use lb_common::{
     stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
-    SourceRange, StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES,
-    MAP_SOURCE_RANGES, MAP_STATS, PROG_TC_EGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS,
-    PROG_XDP_NODE,
+    SourceRange, StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_REVNAT,
+    MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS, PROG_TC_EGRESS, PROG_TC_NODE_EGRESS,
+    PROG_XDP_INGRESS, PROG_XDP_NODE,
 };
 
 use super::object;
@@ -93,6 +93,13 @@ impl DatapathFixture {
     ) -> anyhow::Result<()> {
         let backends: Vec<_> = backends.iter().map(|&(a, p)| (a, p, 0)).collect();
         self.add_frontend(vip, port, proto, &backends, 0)?;
+        Ok(())
+    }
+
+    /// Makes `addr` one of the node's NodePort addresses.
+    pub fn add_node_address(&mut self, addr: Ipv4Addr) -> anyhow::Result<()> {
+        let mut map: HashMap<_, u32, u32> = self.map(MAP_NODE_ADDRS)?;
+        map.insert(be_addr(addr), 1, 0)?;
         Ok(())
     }
 

@@ -170,6 +170,14 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 value: vec![],
             })
             .collect(),
+        MapKind::NodeAddrs => snapshot
+            .node_addrs
+            .keys()
+            .map(|&addr| Entry {
+                key: vec![("addr", Value::Ip(ip(addr)))],
+                value: vec![],
+            })
+            .collect(),
         MapKind::Config => snapshot
             .config
             .iter()

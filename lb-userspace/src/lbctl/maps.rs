@@ -219,6 +219,10 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
                 .collect::<Result<_, _>>()?;
             snapshot.source_ranges.len()
         }
+        MapKind::NodeAddrs => {
+            snapshot.node_addrs = read_hash(map, limit)?;
+            snapshot.node_addrs.len()
+        }
         MapKind::Stats => {
             snapshot.stats = read_stats(map)?;
             snapshot.stats.len()

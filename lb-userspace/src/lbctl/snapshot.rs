@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
     Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange,
-    StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_REVNAT, MAP_SERVICES,
-    MAP_SOURCE_RANGES, MAP_STATS,
+    StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_REVNAT,
+    MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -18,18 +18,20 @@ pub enum MapKind {
     Conntrack,
     Config,
     SourceRanges,
+    NodeAddrs,
     Stats,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 7] = [
+    pub const ALL: [MapKind; 8] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
         MapKind::Conntrack,
         MapKind::Config,
         MapKind::SourceRanges,
+        MapKind::NodeAddrs,
         MapKind::Stats,
     ];
 
@@ -41,6 +43,7 @@ impl MapKind {
             MapKind::Conntrack => MAP_CONNTRACK,
             MapKind::Config => MAP_CONFIG,
             MapKind::SourceRanges => MAP_SOURCE_RANGES,
+            MapKind::NodeAddrs => MAP_NODE_ADDRS,
             MapKind::Stats => MAP_STATS,
         }
     }
@@ -79,6 +82,8 @@ pub struct Snapshot {
     pub config: Option<NodeConfig>,
     /// `lb_srcrange_v1`: (LPM prefix length, data).
     pub source_ranges: Vec<(u32, SourceRange)>,
+    /// `lb_nodeaddr_v1`: the node's NodePort addresses.
+    pub node_addrs: BTreeMap<u32, u32>,
     /// `lb_stats_v3` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of

@@ -38,7 +38,8 @@ fn example_loads_as_multi_document_file() {
     );
     assert_eq!(loaded.slices[0].source, dir.path().join("web.yaml"));
 
-    let desired = loaded.desired_state();
+    // The example's pods run on node-a.
+    let desired = loaded.desired_state(Some("node-a"));
     assert!(desired.errors.is_empty(), "{:?}", desired.errors);
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let pods = |port| {

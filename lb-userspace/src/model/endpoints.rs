@@ -1,7 +1,8 @@
 //! EndpointSlices reduced to what the load balancer needs: the Service they
-//! belong to, the addresses of ready endpoints and the named ports.
+//! belong to, the addresses of ready endpoints (and whether each is on this
+//! node) and the named ports.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
@@ -15,8 +16,15 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SliceEndpoints {
     ports: Vec<SlicePort>,
-    /// Ready endpoints' addresses.
-    addrs: Vec<Ipv4Addr>,
+    /// Ready endpoints.
+    endpoints: Vec<ReadyEndpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReadyEndpoint {
+    ip: Ipv4Addr,
+    /// Its `nodeName` is this node's name.
+    local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,9 +37,11 @@ struct SlicePort {
 
 /// The Service a slice belongs to and what it contributes, or `None` for a
 /// slice without the service-name label or with non-IPv4 addresses
-/// (kube-proxy ignores the former; the datapath is IPv4-only).
+/// (kube-proxy ignores the former; the datapath is IPv4-only). `node_name`
+/// is this node's, if known: without it no endpoint is local.
 pub(super) fn read_slice(
     slice: &Named<'_, EndpointSlice>,
+    node_name: Option<&str>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<(ObjectRef, SliceEndpoints)> {
     let labels = slice.object.metadata.labels.as_ref();
@@ -47,39 +57,73 @@ pub(super) fn read_slice(
         namespace: slice.oref.namespace.clone(),
         name: service.clone(),
     };
-    Some((service, SliceEndpoints::parse(slice, errors)))
+    Some((service, SliceEndpoints::parse(slice, node_name, errors)))
 }
 
 /// Backends of the Service port named `port_name` with protocol `proto`,
-/// from that Service's slices. As in kube-proxy, each slice having a port
-/// with that name and protocol contributes its ready addresses at that
-/// port's number; a slice without such a port contributes nothing.
+/// from that Service's slices; with `local_only`, this node's endpoints
+/// only. As in kube-proxy, each slice having a port with that name and
+/// protocol contributes its ready addresses at that port's number; a slice
+/// without such a port contributes nothing. An address:port listed by
+/// several slices with different nodes counts as local if any says so
+/// (kube-proxy's choice; the slices are briefly inconsistent while a pod
+/// moves between them).
 pub(super) fn backends<'a>(
     slices: impl IntoIterator<Item = &'a SliceEndpoints>,
     port_name: &str,
     proto: Proto,
+    local_only: bool,
 ) -> BTreeSet<BackendAddr> {
-    slices
+    let mut remote_by_addr: BTreeMap<(Ipv4Addr, u16), bool> = BTreeMap::new();
+    for slice in slices {
+        let Some(port) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port_name && p.proto == proto)
+        else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            if local_only && !endpoint.local {
+                continue;
+            }
+            let remote = remote_by_addr
+                .entry((endpoint.ip, port.port))
+                .or_insert(true);
+            *remote &= !endpoint.local;
+        }
+    }
+    remote_by_addr
         .into_iter()
-        .filter_map(|slice| {
-            let port = slice
-                .ports
-                .iter()
-                .find(|p| p.name == port_name && p.proto == proto)?;
-            Some(slice.addrs.iter().map(move |&ip| BackendAddr {
-                ip,
-                port: port.port,
-                remote: false,
-            }))
-        })
-        .flatten()
+        .map(|((ip, port), remote)| BackendAddr { ip, port, remote })
         .collect()
+}
+
+/// How many distinct addresses of this node's ready endpoints the slices
+/// list, which kube-proxy's health check server reports for a Service
+/// (one pod serving several ports is one endpoint). Like kube-proxy, it
+/// counts slices with at least one port, whether or not the Service has
+/// that port; ports this load balancer cannot serve (SCTP) are not counted,
+/// so a node does not attract traffic it would not balance.
+pub(super) fn local_ready_count<'a>(slices: impl IntoIterator<Item = &'a SliceEndpoints>) -> usize {
+    let local: BTreeSet<Ipv4Addr> = slices
+        .into_iter()
+        .filter(|slice| !slice.ports.is_empty())
+        .flat_map(|slice| slice.endpoints.iter())
+        .filter(|endpoint| endpoint.local)
+        .map(|endpoint| endpoint.ip)
+        .collect();
+    local.len()
 }
 
 impl SliceEndpoints {
     /// Reads one slice, reporting bad ports and addresses; everything else
     /// in the slice is still used.
-    fn parse(slice: &Named<'_, EndpointSlice>, errors: &mut Vec<ConfigError>) -> Self {
+    fn parse(
+        slice: &Named<'_, EndpointSlice>,
+        node_name: Option<&str>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Self {
         let mut ports = Vec::new();
         for (k, port) in slice.object.ports.iter().flatten().enumerate() {
             // An unsupported protocol (SCTP) cannot match a port we program.
@@ -100,15 +144,18 @@ impl SliceEndpoints {
                 )),
             }
         }
-        let mut addrs = Vec::new();
+        let mut endpoints = Vec::new();
         for (i, endpoint) in slice.object.endpoints.iter().enumerate() {
             match endpoint_addr(i, endpoint) {
-                Ok(addr) if is_ready(endpoint) => addrs.push(addr),
+                Ok(ip) if is_ready(endpoint) => endpoints.push(ReadyEndpoint {
+                    ip,
+                    local: is_local(endpoint, node_name),
+                }),
                 Ok(_) => {}
                 Err((field, message)) => errors.push(slice.error(field, message)),
             }
         }
-        SliceEndpoints { ports, addrs }
+        SliceEndpoints { ports, endpoints }
     }
 }
 
@@ -116,6 +163,14 @@ impl SliceEndpoints {
 /// only unset by controllers that do not track readiness).
 fn is_ready(endpoint: &Endpoint) -> bool {
     endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+}
+
+/// kube-proxy's rule: the endpoint is on this node iff its `nodeName` is
+/// this node's name. An endpoint without one (or an agent that does not
+/// know its node) counts as remote: SNATing traffic to a local pod costs
+/// the client address, while not SNATing traffic to a remote one breaks it.
+fn is_local(endpoint: &Endpoint, node_name: Option<&str>) -> bool {
+    node_name.is_some_and(|this| endpoint.node_name.as_deref() == Some(this))
 }
 
 /// The endpoint's address. Like kube-proxy, only the first of `addresses`

@@ -4,10 +4,10 @@
 //! [`desired_state`](super::desired_state) over a whole cluster for it costs
 //! time proportional to the cluster (about a second at 100k Services). The
 //! index keeps each Service's reading, each slice's endpoints grouped by
-//! Service, and every claim on a contested frontend, so a change only
-//! recomputes the Services it touches, and the result is always what
-//! `desired_state` over the current objects would give (which is, in fact,
-//! this index filled from scratch).
+//! Service, and every claim on a contested frontend or health check port,
+//! so a change only recomputes the Services it touches, and the result is
+//! always what `desired_state` over the current objects would give (which
+//! is, in fact, this index filled from scratch).
 
 #[cfg(test)]
 mod tests;
@@ -21,15 +21,20 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::Metadata;
 
 use super::claims::{Claims, Outcome};
-use super::endpoints::{read_slice, SliceEndpoints};
+use super::endpoints::{local_ready_count, read_slice, SliceEndpoints};
+use super::health_checks::HealthClaims;
 use super::service::ServiceShape;
 use super::{
     named_objects, object_ref, ConfigError, Desired, DesiredFrontend, Frontend, Named, ObjectRef,
 };
 
-/// Services and EndpointSlices, and the [`Desired`] state they give.
-#[derive(Debug, Default)]
+/// Services and EndpointSlices, and the [`Desired`] state they give on one
+/// node.
+#[derive(Debug)]
 pub struct DesiredIndex {
+    /// This node's name: endpoints on it are local. Fixed for the index's
+    /// life, since every slice's endpoints are read with it.
+    node_name: Option<String>,
     services: BTreeMap<ObjectRef, Entry>,
     /// Each Service's problems (only Services that have some).
     service_errors: BTreeMap<ObjectRef, Vec<ConfigError>>,
@@ -43,6 +48,7 @@ pub struct DesiredIndex {
     /// Unnamed and repeated objects of the last `replace_*` of each kind.
     naming_errors: NamingErrors,
     claims: Claims,
+    health: HealthClaims,
     /// How many Services serve at least one frontend.
     serving: usize,
     /// Services whose frontends changed since `clear_changed`.
@@ -66,7 +72,31 @@ struct NamingErrors {
 }
 
 impl DesiredIndex {
-    /// The frontends, errors and IPv6 skips of the current objects.
+    /// An empty index for the node named `node_name`, whose endpoints are
+    /// local (`BackendAddr::remote` false, served by externalTrafficPolicy
+    /// Local frontends, counted by health checks). Without a name (or with
+    /// an empty one, which no endpoint can match in kube-proxy either)
+    /// every endpoint is remote.
+    pub fn new(node_name: Option<String>) -> Self {
+        DesiredIndex {
+            node_name: node_name.filter(|n| !n.is_empty()),
+            services: BTreeMap::new(),
+            service_errors: BTreeMap::new(),
+            slice_owners: BTreeMap::new(),
+            slice_errors: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            naming_errors: NamingErrors::default(),
+            claims: Claims::default(),
+            health: HealthClaims::default(),
+            serving: 0,
+            changed: BTreeSet::new(),
+            desired: Desired::default(),
+            errors_stale: false,
+        }
+    }
+
+    /// The frontends, health checks, errors and IPv6 skips of the current
+    /// objects.
     pub fn desired(&self) -> &Desired {
         &self.desired
     }
@@ -215,7 +245,7 @@ impl DesiredIndex {
 
     fn upsert_slice(&mut self, slice: &Named<'_, EndpointSlice>) {
         let mut errors = Vec::new();
-        let read = read_slice(slice, &mut errors);
+        let read = read_slice(slice, self.node_name.as_deref(), &mut errors);
         let oref = &slice.oref;
         let owner = self.slice_owners.get(oref);
         let same_endpoints = match (&read, owner) {
@@ -289,7 +319,10 @@ impl DesiredIndex {
             .get(service)
             .into_iter()
             .flat_map(|s| s.values());
-        let wanted = shape.map_or_else(Vec::new, |s| s.frontends(service, slices));
+        let wanted = shape.map_or_else(Vec::new, |s| s.frontends(service, slices.clone()));
+        let health_check = shape
+            .and_then(|s| s.health_check)
+            .map(|port| (port, local_ready_count(slices)));
         if shape.is_some_and(|s| s.ipv6) {
             self.desired.ipv6_skipped.insert(service.clone());
         } else {
@@ -297,6 +330,9 @@ impl DesiredIndex {
         }
         // Other Services whose errors may change (rarely any).
         let mut others = Vec::new();
+        let checks = &mut self.desired.health_checks;
+        self.health.set(checks, service, health_check, &mut others);
+        others.retain(|other| other != service);
         for frontend in before {
             if wanted.iter().all(|(f, _)| *f != frontend) {
                 let frontends = &mut self.desired.frontends;
@@ -371,9 +407,13 @@ impl DesiredIndex {
 
     fn recheck_errors(&mut self, service: &ObjectRef) {
         let winners = &self.desired.frontends;
+        let checks = &self.desired.health_checks;
         let errors = self.services.get(service).map_or_else(Vec::new, |entry| {
             let winner = |f: &Frontend| winners.get(f).map(|w| &w.service);
-            entry.shape.errors(service, winner)
+            let health = entry.shape.health_check.and_then(|port| checks.get(&port));
+            entry
+                .shape
+                .errors(service, winner, health.map(|h| &h.service))
         });
         let stale = if errors.is_empty() {
             self.service_errors.remove(service).is_some()

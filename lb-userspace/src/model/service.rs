@@ -3,15 +3,18 @@
 //! [`ServiceShape::errors`]), so an EndpointSlice change or a conflicting
 //! Service does not require reading the Service object again.
 
+mod external;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 
 use super::endpoints::{backends, SliceEndpoints};
 use super::{
     is_usable_unicast, object_error, port_number, ConfigError, DesiredFrontend, Frontend, Named,
-    ObjectRef, Proto, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME,
+    ObjectRef, Proto, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, NODE_PORT_VIP,
 };
 
 /// Service types that have a cluster IP (NodePort and LoadBalancer build on ClusterIP).
@@ -25,21 +28,60 @@ pub(super) struct ServiceShape {
     /// Problems and frontend claims, in the order the Service's fields are
     /// read, so that errors keep that order once conflicts are known.
     items: Vec<Item>,
-    /// It has an IPv6 cluster IP (not programmed).
+    /// It has an IPv6 cluster IP, external IP or load-balancer IP (not
+    /// programmed).
     pub(super) ipv6: bool,
+    /// externalTrafficPolicy Local: external frontends serve this node's
+    /// endpoints only.
+    local: bool,
+    /// loadBalancerSourceRanges (IPv4), for the load-balancer IP frontends.
+    source_ranges: Vec<Ipv4Net>,
+    /// The healthCheckNodePort this node must serve (LoadBalancer with
+    /// externalTrafficPolicy Local).
+    pub(super) health_check: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Item {
     Error(ConfigError),
-    /// `spec.ports[port]` at one cluster IP wants `frontend`.
+    /// `spec.ports[port]`, reached `via` one address, wants `frontend`.
     Claim {
         port: usize,
+        via: Via,
         frontend: Frontend,
         port_name: Option<String>,
-        /// No earlier port of this Service claims the same frontend.
+        /// No earlier claim of this Service is for the same frontend.
         first: bool,
     },
+}
+
+/// Which address of the Service a frontend comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    ClusterIp,
+    NodePort,
+    /// `spec.externalIPs[i]`.
+    ExternalIp(usize),
+    /// `status.loadBalancer.ingress[i].ip`.
+    LoadBalancer(usize),
+}
+
+impl Via {
+    /// Reached from outside the node, through its uplinks.
+    fn external(self) -> bool {
+        self != Via::ClusterIp
+    }
+
+    /// The field to fix when the frontend of `spec.ports[port]` reached
+    /// this way is taken.
+    fn field(self, port: usize) -> String {
+        match self {
+            Via::ClusterIp => format!("spec.ports[{port}]"),
+            Via::NodePort => format!("spec.ports[{port}].nodePort"),
+            Via::ExternalIp(i) => format!("spec.externalIPs[{i}]"),
+            Via::LoadBalancer(i) => format!("status.loadBalancer.ingress[{i}].ip"),
+        }
+    }
 }
 
 impl ServiceShape {
@@ -50,11 +92,14 @@ impl ServiceShape {
             items: Vec::new(),
             ipv6: false,
         };
-        reader.read();
+        let external = reader.read().unwrap_or_default();
         ServiceShape {
             file: service.file.map(Path::to_path_buf),
             items: reader.items,
             ipv6: reader.ipv6,
+            local: external.local,
+            source_ranges: external.source_ranges,
+            health_check: external.health_check,
         }
     }
 
@@ -75,13 +120,20 @@ impl ServiceShape {
             .filter(|c| c.first)
             .map(|claim| {
                 let name = claim.port_name.as_deref().unwrap_or("");
+                let external = claim.via.external();
+                let local_only = external && self.local;
+                let source_ranges = match claim.via {
+                    Via::LoadBalancer(_) => self.source_ranges.clone(),
+                    _ => Vec::new(),
+                };
+                let proto = claim.frontend.proto;
                 let wanted = DesiredFrontend {
                     service: service.clone(),
                     port_name: claim.port_name.clone(),
-                    backends: backends(slices.clone(), name, claim.frontend.proto),
-                    external: false,
-                    local_only: false,
-                    source_ranges: Vec::new(),
+                    backends: backends(slices.clone(), name, proto, local_only),
+                    external,
+                    local_only,
+                    source_ranges,
                 };
                 (claim.frontend, wanted)
             })
@@ -89,18 +141,24 @@ impl ServiceShape {
     }
 
     /// The Service's problems, including the ports that lost their frontend
-    /// to `winner(frontend)` (another Service, or an earlier port of this one).
+    /// to `winner(frontend)` (another Service, or an earlier claim of this
+    /// one) and a health check port served for `health_winner` instead.
     pub(super) fn errors<'w>(
         &self,
         service: &ObjectRef,
         winner: impl Fn(&Frontend) -> Option<&'w ObjectRef>,
+        health_winner: Option<&ObjectRef>,
     ) -> Vec<ConfigError> {
+        let error = |field: String, message: String| {
+            object_error::<Service>(service, self.file.as_deref(), field, message)
+        };
         let mut errors = Vec::new();
         for item in &self.items {
             match item {
                 Item::Error(e) => errors.push(e.clone()),
                 Item::Claim {
                     port,
+                    via,
                     frontend,
                     first,
                     ..
@@ -111,17 +169,19 @@ impl ServiceShape {
                         }
                         _ if *first => continue,
                         _ => format!(
-                            "{frontend} duplicates another port of this Service; port ignored"
+                            "{frontend} duplicates another port or address of this Service; ignored"
                         ),
                     };
-                    let field = format!("spec.ports[{port}]");
-                    errors.push(object_error::<Service>(
-                        service,
-                        self.file.as_deref(),
-                        field,
-                        message,
-                    ));
+                    errors.push(error(via.field(*port), message));
                 }
+            }
+        }
+        if let (Some(port), Some(w)) = (self.health_check, health_winner) {
+            if w != service {
+                let message = format!(
+                    "health check node port {port} is already served for Service {w}; ignored"
+                );
+                errors.push(error("spec.healthCheckNodePort".into(), message));
             }
         }
         errors
@@ -130,11 +190,13 @@ impl ServiceShape {
     fn claims(&self) -> impl Iterator<Item = Claim<'_>> {
         self.items.iter().filter_map(|item| match item {
             Item::Claim {
+                via,
                 frontend,
                 port_name,
                 first,
                 ..
             } => Some(Claim {
+                via: *via,
                 frontend: *frontend,
                 port_name,
                 first: *first,
@@ -145,6 +207,7 @@ impl ServiceShape {
 }
 
 struct Claim<'a> {
+    via: Via,
     frontend: Frontend,
     port_name: &'a Option<String>,
     first: bool,
@@ -158,42 +221,61 @@ struct Reader<'r, 'a> {
 }
 
 impl Reader<'_, '_> {
-    fn read(&mut self) {
-        let Some(spec) = &self.object.object.spec else {
-            return;
-        };
+    /// Records the frontend claims and problems; returns what external
+    /// frontends need besides, or `None` if the Service asks for nothing.
+    fn read(&mut self) -> Option<external::Settings> {
+        let spec = self.object.object.spec.as_ref()?;
         if let Some(reason) = self.not_ours(spec) {
             tracing::debug!(service = %self.object.oref, reason, "not proxied");
-            return;
+            return None;
         }
-        if let Some(other) = spec.type_.as_deref().filter(|t| !PROXIED_TYPES.contains(t)) {
-            self.report("spec.type", format!("unsupported Service type {other:?}"));
-            return;
+        let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if !PROXIED_TYPES.contains(&type_) {
+            self.report("spec.type", format!("unsupported Service type {type_:?}"));
+            return None;
         }
         let vips = self.cluster_ips(spec);
+        let external_ips = self.external_ips(spec);
+        let (settings, lb_ips) = self.external_settings(spec, type_);
         for (i, port) in spec.ports.iter().flatten().enumerate() {
             let Some((number, proto)) = self.service_port(i, port) else {
                 continue;
             };
             let port_name = port.name.clone().filter(|n| !n.is_empty());
-            for &vip in &vips {
-                let frontend = Frontend {
-                    vip,
-                    port: number,
-                    proto,
-                };
-                let first = !self
-                    .items
-                    .iter()
-                    .any(|item| matches!(item, Item::Claim { frontend: f, .. } if *f == frontend));
-                self.items.push(Item::Claim {
-                    port: i,
-                    frontend,
-                    port_name: port_name.clone(),
-                    first,
-                });
+            let node_port = self.node_port(i, port, type_);
+            let addresses = vips.iter().map(|&vip| (Via::ClusterIp, vip, number));
+            let addresses = addresses
+                .chain(node_port.map(|n| (Via::NodePort, NODE_PORT_VIP, n)))
+                .chain(
+                    external_ips
+                        .iter()
+                        .map(|&(j, ip)| (Via::ExternalIp(j), ip, number)),
+                )
+                .chain(
+                    lb_ips
+                        .iter()
+                        .map(|&(k, ip)| (Via::LoadBalancer(k), ip, number)),
+                );
+            for (via, vip, port) in addresses {
+                let frontend = Frontend { vip, port, proto };
+                self.claim(i, via, frontend, port_name.clone());
             }
         }
+        Some(settings)
+    }
+
+    fn claim(&mut self, port: usize, via: Via, frontend: Frontend, port_name: Option<String>) {
+        let first = !self
+            .items
+            .iter()
+            .any(|item| matches!(item, Item::Claim { frontend: f, .. } if *f == frontend));
+        self.items.push(Item::Claim {
+            port,
+            via,
+            frontend,
+            port_name,
+            first,
+        });
     }
 
     /// Why kube-proxy would leave this Service alone (debug log only: these
@@ -237,17 +319,32 @@ impl Reader<'_, '_> {
         let fields = primary.chain(all.map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip)));
         let mut vips = Vec::new();
         for (field, text) in fields {
-            match text.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) if !is_usable_unicast(ip) => {
-                    self.report(field, format!("{ip} cannot be a cluster IP"));
-                }
-                Ok(IpAddr::V4(ip)) if !vips.contains(&ip) => vips.push(ip),
-                Ok(IpAddr::V6(_)) => self.ipv6 = true,
-                Ok(_) => {}
-                Err(_) => self.report(field, format!("invalid IP address {text:?}")),
+            let ip = self.address(field, text, "a cluster IP");
+            if let Some(ip) = ip.filter(|ip| !vips.contains(ip)) {
+                vips.push(ip);
             }
         }
         vips
+    }
+
+    /// The IPv4 address in `field` (`what` it is, for errors), or `None`:
+    /// reported if unusable, noted in `ipv6` if IPv6.
+    fn address(&mut self, field: String, text: &str, what: &str) -> Option<Ipv4Addr> {
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) if is_usable_unicast(ip) => Some(ip),
+            Ok(IpAddr::V4(ip)) => {
+                self.report(field, format!("{ip} cannot be {what}"));
+                None
+            }
+            Ok(IpAddr::V6(_)) => {
+                self.ipv6 = true;
+                None
+            }
+            Err(_) => {
+                self.report(field, format!("invalid IP address {text:?}"));
+                None
+            }
+        }
     }
 
     /// Port number and protocol of `spec.ports[i]`, or `None` (reported) if

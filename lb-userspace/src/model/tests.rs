@@ -14,8 +14,12 @@ fn slice(yaml: &str) -> EndpointSlice {
     serde_yaml::from_str(yaml).unwrap()
 }
 
+/// The node the tests compute for.
+const NODE: &str = "node-a";
+
 fn desired(services: &[Service], slices: &[EndpointSlice]) -> Desired {
     desired_state(
+        Some(NODE),
         services.iter().map(|s| (s, None)),
         slices.iter().map(|s| (s, None)),
     )
@@ -29,13 +33,14 @@ fn frontend(vip: [u8; 4], port: u16, proto: Proto) -> Frontend {
     }
 }
 
+/// Backends of endpoints without a `nodeName`, which are remote.
 fn backends(addrs: &[([u8; 4], u16)]) -> BTreeSet<BackendAddr> {
     addrs
         .iter()
         .map(|&(ip, port)| BackendAddr {
             ip: Ipv4Addr::from(ip),
             port,
-            remote: false,
+            remote: true,
         })
         .collect()
 }
@@ -197,7 +202,7 @@ fn services_not_for_us_are_skipped_silently() {
 }
 
 #[test]
-fn dual_stack_programs_the_ipv4_address_and_node_port_programs_the_cluster_ip() {
+fn dual_stack_programs_the_ipv4_address_and_the_node_port() {
     let svc = service(
         "{apiVersion: v1, kind: Service, metadata: {name: ds}, spec: {type: NodePort, clusterIP: 'fd00::10', clusterIPs: ['fd00::10', 10.96.0.40], ports: [{port: 80, nodePort: 30080}]}}",
     );
@@ -205,7 +210,14 @@ fn dual_stack_programs_the_ipv4_address_and_node_port_programs_the_cluster_ip() 
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     assert_eq!(
         d.frontends.keys().copied().collect::<Vec<_>>(),
-        vec![frontend([10, 96, 0, 40], 80, Proto::Tcp)]
+        vec![
+            Frontend {
+                vip: NODE_PORT_VIP,
+                port: 30080,
+                proto: Proto::Tcp
+            },
+            frontend([10, 96, 0, 40], 80, Proto::Tcp)
+        ]
     );
     assert_eq!(d.ipv6_skipped.len(), 1);
 }
@@ -228,7 +240,7 @@ spec:
     );
     let services = [svc];
     let file = Path::new("examples/web.yaml");
-    let d = desired_state(services.iter().map(|s| (s, Some(file))), []);
+    let d = desired_state(Some(NODE), services.iter().map(|s| (s, Some(file))), []);
     let messages: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
     assert_eq!(
         messages,
@@ -326,7 +338,7 @@ fn conflicting_frontend_and_duplicate_object_reported_first_kept() {
         (&service(WEB), Some(a)),
         (&duplicate, Some(b)),
     ];
-    let d = desired_state(inputs.iter().map(|&(s, f)| (s, f)), []);
+    let d = desired_state(Some(NODE), inputs.iter().map(|&(s, f)| (s, f)), []);
     let messages: Vec<String> = d.errors.iter().map(ToString::to_string).collect();
     assert_eq!(
         messages,
@@ -359,6 +371,7 @@ fn output_does_not_depend_on_input_order() {
     let slices = [slice(WEB_SLICE), slice(&second)];
     let forward = desired(&services, &slices);
     let reversed = desired_state(
+        Some(NODE),
         services.iter().rev().map(|s| (s, None)),
         slices.iter().rev().map(|s| (s, None)),
     );

@@ -1,8 +1,13 @@
 //! One frontend's map entries, derived from the ids it was given.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use lb_common::{Backend, RevNat, RevNatId, ServiceKey, ServiceValue};
+use ipnet::Ipv4Net;
+use lb_common::{
+    Backend, RevNat, RevNatId, ServiceKey, ServiceValue, BACKEND_F_REMOTE, SVC_F_LOCAL_ONLY,
+    SVC_F_SOURCE_RANGES,
+};
 
 use super::ids::Ids;
 use super::index::BackendRefs;
@@ -12,14 +17,18 @@ use crate::model::{BackendAddr, DesiredFrontend, Frontend};
 /// The count is a u16: more backends than that cannot be addressed.
 const MAX_SLOTS: usize = u16::MAX as usize;
 
-/// The ids a programmed frontend uses. Its map entries follow from them
-/// alone, so this is all a sync needs to remember per frontend to write
-/// (or delete) them again.
+/// The ids a programmed frontend uses, and its master's settings. Its map
+/// entries follow from these alone, so this is all a sync needs to
+/// remember per frontend to write (or delete) them again.
 #[derive(Debug)]
 pub(super) struct FrontendIds {
     pub rev_nat_id: RevNatId,
     /// Backends in slot order (slot 1 first), with their ids.
     pub backends: Vec<(BackendAddr, u32)>,
+    /// `SVC_F_*` bits of the master entry.
+    pub flags: u16,
+    /// Client networks admitted (see [`source_ranges`]); empty: any client.
+    pub source_ranges: BTreeSet<Ipv4Net>,
 }
 
 impl FrontendIds {
@@ -44,37 +53,64 @@ impl FrontendIds {
         FrontendIds {
             rev_nat_id,
             backends,
+            flags: flags(wanted),
+            source_ranges: source_ranges(wanted),
         }
     }
 
     /// Whether these entries already serve what `wanted` asks for. Runs
-    /// for every frontend on every sync, so the lengths go first.
+    /// for every frontend on every sync, so the cheap comparisons go first.
     pub(super) fn serves(&self, wanted: &DesiredFrontend) -> bool {
         // `zip` stops after the programmed backends, at most MAX_SLOTS.
         wanted.backends.len().min(MAX_SLOTS) == self.backends.len()
+            && self.flags == flags(wanted)
             && (wanted.backends.iter().zip(&self.backends)).all(|(new, (old, _))| new == old)
+            // Equal flags: both have ranges or neither, so only frontends
+            // with ranges pay for collecting them.
+            && (self.source_ranges.is_empty() || self.source_ranges == source_ranges(wanted))
     }
 
     /// Adds the frontend's entries to `maps`: its rev-NAT target, its
-    /// backends, its slots and its master.
+    /// source ranges, its backends, its slots and its master.
     pub(super) fn write(&self, frontend: &Frontend, maps: &mut MapState) {
         maps.revnat.insert(self.rev_nat_id, rev_nat(frontend));
-        let entry = |backend_id, count| ServiceValue {
+        maps.source_ranges
+            .extend((self.source_ranges.iter()).map(|&net| (self.rev_nat_id, net)));
+        let entry = |backend_id, count, flags| ServiceValue {
             backend_id,
             count,
             rev_nat_id: self.rev_nat_id,
-            flags: 0,
+            flags,
         };
         for (slot, &(addr, id)) in (1..).zip(&self.backends) {
             maps.backends.insert(id, backend(frontend, addr));
             maps.services
-                .insert(service_key(frontend, slot), entry(id, 0));
+                .insert(service_key(frontend, slot), entry(id, 0, 0));
         }
         // At most MAX_SLOTS backends.
         let count = self.backends.len() as u16;
         maps.services
-            .insert(service_key(frontend, 0), entry(0, count));
+            .insert(service_key(frontend, 0), entry(0, count, self.flags));
     }
+}
+
+/// The master's `SVC_F_*` bits for what `wanted` asks.
+fn flags(wanted: &DesiredFrontend) -> u16 {
+    let mut flags = 0;
+    if wanted.local_only {
+        flags |= SVC_F_LOCAL_ONLY;
+    }
+    if !wanted.source_ranges.is_empty() {
+        flags |= SVC_F_SOURCE_RANGES;
+    }
+    flags
+}
+
+/// `wanted`'s client networks as the trie holds them: host bits cleared
+/// (the trie ignores them, so `10.1.2.3/8` and `10.0.0.0/8` are one entry)
+/// and each once.
+fn source_ranges(wanted: &DesiredFrontend) -> BTreeSet<Ipv4Net> {
+    wanted.source_ranges.iter().map(Ipv4Net::trunc).collect()
 }
 
 pub(super) fn service_key(frontend: &Frontend, slot: u16) -> ServiceKey {
@@ -92,11 +128,7 @@ pub(super) fn backend(frontend: &Frontend, addr: BackendAddr) -> Backend {
         addr_be: ip_be(addr.ip),
         port_be: addr.port.to_be(),
         proto: frontend.proto.number(),
-        flags: if addr.remote {
-            lb_common::BACKEND_F_REMOTE
-        } else {
-            0
-        },
+        flags: if addr.remote { BACKEND_F_REMOTE } else { 0 },
     }
 }
 

@@ -1,5 +1,6 @@
 //! Backend and rev-NAT id allocation.
 
+use ipnet::Ipv4Net;
 use lb_common::RevNatId;
 
 use super::MapState;
@@ -45,15 +46,28 @@ impl Ids {
 
     /// A rev-NAT id neither in the maps (`current`) nor already handed out
     /// for `target`, searching from the cursor (never 0, which the datapath
-    /// reads as "none").
+    /// reads as "none"). Nor one that source ranges in the maps name
+    /// without a rev-NAT entry (left by hand): they go only after the new
+    /// frontend's master is written, and would admit their clients to it
+    /// meanwhile.
     pub(super) fn rev_nat(&mut self, current: &MapState, target: &MapState) -> Option<RevNatId> {
         let start = self.next_rev_nat.unwrap_or(1);
         let free = (0..=RevNatId::MAX)
             .map(|offset| start.wrapping_add(offset))
-            .find(|id| {
-                *id != 0 && !current.revnat.contains_key(id) && !target.revnat.contains_key(id)
+            .find(|&id| {
+                id != 0
+                    && !current.revnat.contains_key(&id)
+                    && !target.revnat.contains_key(&id)
+                    && !has_source_ranges(current, id)
             })?;
         self.next_rev_nat = Some(free.wrapping_add(1));
         Some(free)
     }
+}
+
+fn has_source_ranges(maps: &MapState, id: RevNatId) -> bool {
+    let first = (id, Ipv4Net::default());
+    (maps.source_ranges.range(first..))
+        .next()
+        .is_some_and(|&(of, _)| of == id)
 }

@@ -12,17 +12,15 @@ use super::ids::Ids;
 use super::{MapOp, MapState};
 use crate::model::{Desired, DesiredFrontend, Frontend};
 
-/// What makes two backends the same one; flags are not part of it.
-type BackendIdentity = (u32, u16, u8);
-
-fn identity(backend: &Backend) -> BackendIdentity {
-    (backend.addr_be, backend.port_be, backend.proto)
-}
-
-/// Backend ids by identity, with the number of slots using each, so that a
+/// Backend ids by backend, with the number of slots using each, so that a
 /// backend is deleted exactly when its last slot goes.
+///
+/// The whole entry is the key, flags included: an endpoint that moves to or
+/// from this node is another backend, with a new id. An id thus never
+/// changes meaning (conntrack entries carry it), and frontends that
+/// disagree on a backend's locality each get the backend they asked for.
 #[derive(Debug)]
-pub(super) struct BackendRefs(HashMap<BackendIdentity, BackendRef>);
+pub(super) struct BackendRefs(HashMap<Backend, BackendRef>);
 
 #[derive(Debug)]
 struct BackendRef {
@@ -36,20 +34,17 @@ impl BackendRefs {
     pub(super) fn adopt(maps: &MapState) -> Self {
         let mut refs = HashMap::with_capacity(maps.backends.len());
         for (&id, backend) in maps.backends.iter().rev() {
-            refs.insert(identity(backend), BackendRef { id, uses: 0 });
+            refs.insert(*backend, BackendRef { id, uses: 0 });
         }
         BackendRefs(refs)
     }
 
     /// The backend's id, a new one if it has none; counts one more use.
     pub(super) fn acquire(&mut self, backend: &Backend, ids: &mut Ids) -> u32 {
-        let entry = self
-            .0
-            .entry(identity(backend))
-            .or_insert_with(|| BackendRef {
-                id: ids.backend(),
-                uses: 0,
-            });
+        let entry = self.0.entry(*backend).or_insert_with(|| BackendRef {
+            id: ids.backend(),
+            uses: 0,
+        });
         entry.uses += 1;
         entry.id
     }
@@ -58,11 +53,10 @@ impl BackendRefs {
     /// back, it gets a new id, as it would from a full target (its entry is
     /// deleted meanwhile).
     pub(super) fn release(&mut self, backend: &Backend) {
-        let key = identity(backend);
-        if let Some(entry) = self.0.get_mut(&key) {
+        if let Some(entry) = self.0.get_mut(backend) {
             entry.uses -= 1;
             if entry.uses == 0 {
-                self.0.remove(&key);
+                self.0.remove(backend);
             }
         }
     }
@@ -70,7 +64,7 @@ impl BackendRefs {
     /// Whether a frontend uses the backend: a backend goes with its last
     /// use, and [`Self::forget_unused`] drops the adopted ones none took.
     pub(super) fn is_used(&self, backend: &Backend) -> bool {
-        self.0.contains_key(&identity(backend))
+        self.0.contains_key(backend)
     }
 
     /// Forgets the adopted backends no frontend uses (their entries go).
@@ -94,8 +88,9 @@ pub(super) struct Programmed {
 pub(super) type Change<'d> = (Frontend, Option<&'d DesiredFrontend>);
 
 impl Programmed {
-    /// The frontends of `desired` that are new or serve other backends
-    /// now, and the programmed ones `desired` lacks, in frontend order.
+    /// The frontends of `desired` that are new or serve other backends or
+    /// flags or ranges now, and the programmed ones `desired` lacks, in
+    /// frontend order.
     /// Both maps are sorted, so one merge walk finds them.
     pub(super) fn changes<'d>(&self, desired: &'d Desired) -> Vec<Change<'d>> {
         let mut programmed = self.frontends.iter().peekable();

@@ -9,10 +9,19 @@ use super::{MapOp, MapState, Reconciler};
 impl Reconciler {
     /// Ordered ops turning `current` into `target`:
     /// 1. upsert new or changed backends, 2. upsert new rev-NAT entries,
-    /// 3. per frontend: changed slots, then the master (new count), then
-    ///    slots beyond the new count; a removed frontend loses its master
-    ///    before its slots,
-    /// 4. delete unused rev-NAT entries, 5. delete unused backends.
+    /// 3. add new source ranges,
+    /// 4. per frontend: changed slots, then the master (new count and
+    ///    flags), then slots beyond the new count; a removed frontend loses
+    ///    its master before its slots,
+    /// 5. delete old source ranges, 6. delete unused rev-NAT entries,
+    /// 7. delete unused backends.
+    ///
+    /// Ranges around the masters: a master gets `SVC_F_SOURCE_RANGES`
+    /// only once its ranges are in, and loses it before they go; ranges
+    /// replaced by others are all added before any is deleted, so a client
+    /// in both the old and the new ranges is admitted throughout. They go
+    /// before the rev-NAT entries, so that a range never outlives the id
+    /// it names (which a new frontend could get).
     ///
     /// Unchanged entries are not written.
     pub fn plan(current: &MapState, target: &MapState) -> Vec<MapOp> {
@@ -21,6 +30,10 @@ impl Reconciler {
             .collect();
         ops.extend(
             changed(&current.revnat, &target.revnat).map(|(id, r)| MapOp::UpsertRevNat(id, r)),
+        );
+        ops.extend(
+            (target.source_ranges.difference(&current.source_ranges))
+                .map(|&(id, net)| MapOp::UpsertSourceRange(id, net)),
         );
         let current_frontends = by_frontend(&current.services);
         let target_frontends = by_frontend(&target.services);
@@ -35,6 +48,10 @@ impl Reconciler {
             let target_slots = target_frontends.get(&master).unwrap_or(&empty);
             frontend_ops(master, current_slots, target_slots, &mut ops);
         }
+        ops.extend(
+            (current.source_ranges.difference(&target.source_ranges))
+                .map(|&(id, net)| MapOp::DeleteSourceRange(id, net)),
+        );
         ops.extend(removed(&current.revnat, &target.revnat).map(MapOp::DeleteRevNat));
         ops.extend(removed(&current.backends, &target.backends).map(MapOp::DeleteBackend));
         ops

@@ -1,10 +1,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
 use lb_common::{Backend, RevNat, ServiceKey, ServiceValue};
 
 use super::*;
 use crate::model::{BackendAddr, Desired, DesiredFrontend, Frontend, ObjectRef, Proto};
+use check::{assert_consistent, assert_ranges_kept, decode, expected};
+use random::{random_desired, Rng};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -73,7 +76,11 @@ fn backend_id(state: &MapState, addr: BackendAddr, proto: Proto) -> u32 {
         addr_be: u32::from_ne_bytes(addr.ip.octets()),
         port_be: addr.port.to_be(),
         proto: proto.number(),
-        flags: 0,
+        flags: if addr.remote {
+            lb_common::BACKEND_F_REMOTE
+        } else {
+            0
+        },
     };
     *state
         .backends
@@ -90,81 +97,6 @@ fn sync(reconciler: &mut Reconciler, desired: &Desired, dp: &mut FakeDataplane) 
     let ops = dp.applied[before..].to_vec();
     assert_eq!(report.total(), ops.len());
     ops
-}
-
-/// The "no half-written Service" invariant: every master's slots exist
-/// and point to existing backends, and every rev-NAT id used exists.
-fn assert_consistent(state: &MapState, context: &str) {
-    for (master, value) in state.services.iter().filter(|(k, _)| k.slot == 0) {
-        assert!(
-            state.revnat.contains_key(&value.rev_nat_id),
-            "{context}: master {master:?} rev-nat missing"
-        );
-        for slot in 1..=value.count {
-            let entry = state.services.get(&ServiceKey { slot, ..*master });
-            let entry =
-                entry.unwrap_or_else(|| panic!("{context}: {master:?} slot {slot} missing"));
-            assert!(
-                state.backends.contains_key(&entry.backend_id),
-                "{context}: {master:?} slot {slot} backend missing"
-            );
-            assert!(
-                state.revnat.contains_key(&entry.rev_nat_id),
-                "{context}: {master:?} slot {slot} rev-nat missing"
-            );
-        }
-    }
-}
-
-/// Reads the maps back as frontends with their backends in slot order.
-fn decode(state: &MapState) -> BTreeMap<Frontend, Vec<BackendAddr>> {
-    let mut frontends = BTreeMap::new();
-    for (master, value) in state.services.iter().filter(|(k, _)| k.slot == 0) {
-        let proto = if master.proto == 6 {
-            Proto::Tcp
-        } else {
-            Proto::Udp
-        };
-        let frontend = Frontend {
-            vip: Ipv4Addr::from(master.vip_be.to_ne_bytes()),
-            port: u16::from_be(master.port_be),
-            proto,
-        };
-        assert_eq!(
-            state.revnat[&value.rev_nat_id],
-            RevNat {
-                addr_be: master.vip_be,
-                port_be: master.port_be,
-                _pad: 0
-            }
-        );
-        let backends = (1..=value.count)
-            .map(|slot| {
-                let slot_value = state.services[&ServiceKey { slot, ..*master }];
-                assert_eq!(
-                    (slot_value.count, slot_value.rev_nat_id),
-                    (0, value.rev_nat_id)
-                );
-                let backend = state.backends[&slot_value.backend_id];
-                assert_eq!(backend.proto, master.proto);
-                BackendAddr {
-                    ip: Ipv4Addr::from(backend.addr_be.to_ne_bytes()),
-                    port: u16::from_be(backend.port_be),
-                    remote: backend.flags & lb_common::BACKEND_F_REMOTE != 0,
-                }
-            })
-            .collect();
-        frontends.insert(frontend, backends);
-    }
-    frontends
-}
-
-fn expected(desired: &Desired) -> BTreeMap<Frontend, Vec<BackendAddr>> {
-    desired
-        .frontends
-        .iter()
-        .map(|(f, d)| (*f, d.backends.iter().copied().collect()))
-        .collect()
 }
 
 #[test]
@@ -488,44 +420,6 @@ fn map_op_display_is_readable() {
     );
 }
 
-/// xorshift64: a deterministic pseudo-random sequence without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn one_in(&mut self, n: u64) -> bool {
-        self.next().is_multiple_of(n)
-    }
-}
-
-fn random_desired(rng: &mut Rng) -> Desired {
-    let mut desired = Desired::default();
-    for vip in 1..=3 {
-        for port in [53, 80] {
-            for proto in [Proto::Tcp, Proto::Udp] {
-                if rng.one_in(2) {
-                    continue;
-                }
-                let pool = (1..=6).flat_map(|n| [pod(n, 8080), pod(n, 9090)]);
-                let backends: Vec<BackendAddr> = pool.filter(|_| rng.one_in(3)).collect();
-                let frontend = Frontend {
-                    vip: Ipv4Addr::new(10, 96, 0, vip),
-                    port,
-                    proto,
-                };
-                desired.frontends.insert(frontend, wanted(backends));
-            }
-        }
-    }
-    desired
-}
-
 #[test]
 fn every_prefix_of_every_plan_keeps_services_whole() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -562,7 +456,9 @@ fn every_prefix_of_every_plan_keeps_services_whole() {
         let ops = Reconciler::plan(&current, &target);
         for (i, op) in ops.iter().enumerate() {
             dp.apply(op).unwrap();
-            assert_consistent(&dp.state, &format!("step {step}, after op {i} ({op})"));
+            let context = format!("step {step}, after op {i} ({op})");
+            assert_consistent(&dp.state, &context);
+            assert_ranges_kept(&current, &target, &dp.state, &context);
         }
         assert_eq!(dp.state, target, "step {step}");
         assert_eq!(decode(&dp.state), expected(&desired), "step {step}");
@@ -618,4 +514,7 @@ fn forgetting_the_maps_repairs_drift() {
     assert_eq!(decode(&dp.state), expected(&desired));
 }
 
+mod check;
+mod flags;
 mod incremental;
+mod random;

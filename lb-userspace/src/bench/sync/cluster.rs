@@ -182,6 +182,7 @@ mod tests {
     #[test]
     fn objects_pass_the_agent_model() {
         let desired = crate::model::desired_state(
+            None,
             [(&service(3), None)],
             [(&slice(3, &initial_endpoints(3)), None)],
         );

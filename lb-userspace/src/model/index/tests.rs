@@ -10,12 +10,16 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use super::*;
-use crate::model::{desired_state, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME};
+use crate::model::{
+    desired_state, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, NODE_PORT_VIP,
+};
 
 const NAMESPACES: [&str; 2] = ["default", "prod"];
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const SLICE_NAMES: [&str; 4] = ["a-1", "a-2", "x-1", "x-2"];
 const FILE: &str = "objects.yaml";
+/// This node; endpoints name it, another node or none.
+const NODE: &str = "node-a";
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
     &items[rng.random_range(0..items.len())]
@@ -48,8 +52,15 @@ fn random_service(rng: &mut StdRng, name: &str, namespace: &str) -> Service {
     if rng.random_bool(0.3) {
         spec["clusterIPs"] = json!([primary, pick(rng, &ips)]);
     }
-    let types = ["ClusterIP", "NodePort", "ExternalName", "Weird"];
-    if rng.random_bool(0.2) {
+    let types = [
+        "ClusterIP",
+        "NodePort",
+        "LoadBalancer",
+        "LoadBalancer",
+        "ExternalName",
+        "Weird",
+    ];
+    if rng.random_bool(0.6) {
         spec["type"] = json!(pick(rng, &types));
     }
     let ports: Vec<Value> = (0..rng.random_range(0..4))
@@ -61,10 +72,48 @@ fn random_service(rng: &mut StdRng, name: &str, namespace: &str) -> Service {
             if set(rng) {
                 port["protocol"] = json!(pick(rng, &["TCP", "UDP", "SCTP"]));
             }
+            if rng.random_bool(0.5) {
+                // Few node ports, so that Services collide on them.
+                port["nodePort"] = json!(pick(rng, &[30080, 30081, 30080, 0, 70000]));
+            }
             port
         })
         .collect();
     spec["ports"] = json!(ports);
+    // External IPs that collide with each other and with cluster IPs.
+    let external = [
+        "192.0.2.1",
+        "192.0.2.2",
+        "10.96.0.1",
+        "fd00::2",
+        "0.0.0.0",
+        "bad",
+    ];
+    if rng.random_bool(0.3) {
+        let ips: Vec<&str> = (0..rng.random_range(1..3))
+            .map(|_| *pick(rng, &external))
+            .collect();
+        spec["externalIPs"] = json!(ips);
+    }
+    let ranges = [
+        "10.0.0.0/8",
+        " 192.168.1.7/24",
+        "fd00::/8",
+        "10.0.0.0/33",
+        "10.1.0.0/16",
+    ];
+    if rng.random_bool(0.3) {
+        let texts: Vec<&str> = (0..rng.random_range(1..3))
+            .map(|_| *pick(rng, &ranges))
+            .collect();
+        spec["loadBalancerSourceRanges"] = json!(texts);
+    }
+    if set(rng) {
+        spec["externalTrafficPolicy"] = json!(pick(rng, &["Local", "Local", "Cluster"]));
+    }
+    if rng.random_bool(0.5) {
+        spec["healthCheckNodePort"] = json!(pick(rng, &[32000, 32001, 32000, 0, -1]));
+    }
     let mut metadata = json!({"name": name, "namespace": namespace});
     if rng.random_bool(0.1) {
         metadata["labels"] = {
@@ -76,7 +125,34 @@ fn random_service(rng: &mut StdRng, name: &str, namespace: &str) -> Service {
     if rng.random_bool(0.95) {
         service["spec"] = spec;
     }
+    if rng.random_bool(0.4) {
+        service["status"] = json!({"loadBalancer": {"ingress": random_ingress(rng)}});
+    }
     serde_json::from_value(service).unwrap()
+}
+
+/// Load-balancer ingress entries: addresses shared with external IPs and
+/// other Services, IPv6, broken, hostname-only and proxy-mode ones.
+fn random_ingress(rng: &mut StdRng) -> Vec<Value> {
+    let ips = [
+        "198.51.100.1",
+        "198.51.100.2",
+        "192.0.2.1",
+        "fd00::3",
+        "300.1.1.1",
+    ];
+    (0..rng.random_range(0..3))
+        .map(|_| {
+            if rng.random_bool(0.1) {
+                return json!({"hostname": "lb.example.com"});
+            }
+            let mut ingress = json!({"ip": pick(rng, &ips)});
+            if rng.random_bool(0.2) {
+                ingress["ipMode"] = json!(pick(rng, &["VIP", "Proxy"]));
+            }
+            ingress
+        })
+        .collect()
 }
 
 fn random_slice(rng: &mut StdRng, name: &str, namespace: &str) -> EndpointSlice {
@@ -84,11 +160,11 @@ fn random_slice(rng: &mut StdRng, name: &str, namespace: &str) -> EndpointSlice 
     if set(rng) {
         metadata["labels"] = json!({LABEL_SERVICE_NAME: pick(rng, &NAMES)});
     }
-    let ports: Vec<Value> = (0..rng.random_range(0..3))
+    let ports: Vec<Value> = (0..rng.random_range(0..4))
         .map(|_| {
             let mut port = json!({});
-            if set(rng) {
-                port["port"] = json!(pick(rng, &[8080, 5353, 0]));
+            if rng.random_bool(0.9) {
+                port["port"] = json!(pick(rng, &[8080, 5353, 8080, 0]));
             }
             if set(rng) {
                 port["name"] = json!(pick(rng, &["http", "dns"]));
@@ -100,11 +176,14 @@ fn random_slice(rng: &mut StdRng, name: &str, namespace: &str) -> EndpointSlice 
         })
         .collect();
     let addrs = ["10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.300"];
-    let endpoints: Vec<Value> = (0..rng.random_range(0..4))
+    let endpoints: Vec<Value> = (0..rng.random_range(0..6))
         .map(|_| {
             let mut endpoint = json!({"addresses": [pick(rng, &addrs)]});
             if set(rng) {
                 endpoint["conditions"] = json!({"ready": rng.random_bool(0.8)});
+            }
+            if set(rng) {
+                endpoint["nodeName"] = json!(pick(rng, &[NODE, NODE, "node-b"]));
             }
             endpoint
         })
@@ -141,7 +220,11 @@ impl World {
             .unnamed_slices
             .iter()
             .map(|s| (s, Some(Path::new(FILE))));
-        desired_state(services.chain(unnamed), slices.chain(unnamed_slices))
+        desired_state(
+            Some(NODE),
+            services.chain(unnamed),
+            slices.chain(unnamed_slices),
+        )
     }
 }
 
@@ -251,10 +334,11 @@ fn services_changed(before: &Desired, after: &Desired) -> BTreeSet<ObjectRef> {
 #[test]
 fn index_equals_full_computation_after_every_change() {
     let mut takeovers = 0;
+    let mut seen = Seen::default();
     for seed in 0..300 {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut world = World::default();
-        let mut index = DesiredIndex::default();
+        let mut index = DesiredIndex::new(Some(NODE.into()));
         let mut before = Desired::default();
         for n in 0..60 {
             let relist = step(&mut rng, &mut world, &mut index);
@@ -295,9 +379,53 @@ fn index_equals_full_computation_after_every_change() {
                         .is_some_and(|b| b.service != w.service)
                 })
                 .count();
+            seen.note(&expected);
             before = expected;
         }
     }
     // The world is small enough for Services to fight over frontends.
     assert!(takeovers > 100, "only {takeovers} takeovers exercised");
+    seen.assert_exercised();
+}
+
+/// How often the generated states show each kind of external frontend, so
+/// that a generator change cannot quietly stop exercising them.
+#[derive(Debug, Default)]
+struct Seen {
+    node_ports: usize,
+    local_only_with_backends: usize,
+    mixed_locality: usize,
+    source_ranges: usize,
+    health_checks: usize,
+    health_check_conflicts: usize,
+}
+
+impl Seen {
+    fn note(&mut self, desired: &Desired) {
+        for (frontend, wanted) in &desired.frontends {
+            self.node_ports += usize::from(frontend.vip == NODE_PORT_VIP);
+            let local_only = wanted.local_only && !wanted.backends.is_empty();
+            self.local_only_with_backends += usize::from(local_only);
+            let remote = wanted.backends.iter().filter(|b| b.remote).count();
+            let mixed = remote > 0 && remote < wanted.backends.len();
+            self.mixed_locality += usize::from(mixed);
+            self.source_ranges += usize::from(!wanted.source_ranges.is_empty());
+        }
+        self.health_checks += desired.health_checks.len();
+        let conflicts = desired.errors.iter();
+        let conflicts = conflicts.filter(|e| e.field == "spec.healthCheckNodePort");
+        self.health_check_conflicts += conflicts.count();
+    }
+
+    fn assert_exercised(&self) {
+        let counts = [
+            self.node_ports,
+            self.local_only_with_backends,
+            self.mixed_locality,
+            self.source_ranges,
+            self.health_checks,
+            self.health_check_conflicts,
+        ];
+        assert!(counts.iter().all(|&n| n > 40), "{self:?}");
+    }
 }

@@ -1,19 +1,13 @@
 //! Syncs after a complete one plan only the changed frontends: they must
 //! write exactly what a sync from the maps read back would.
 
+use super::check::assert_every_prefix_consistent;
+use super::random::some_ranges;
 use super::*;
 
-/// Applies `ops` to `before` one at a time, checking the invariant after each.
-fn assert_every_prefix_consistent(before: &MapState, ops: &[MapOp], context: &str) {
-    let mut state = before.clone();
-    for (i, op) in ops.iter().enumerate() {
-        assert!(state.apply(op), "{context}: op {i} ({op}) finds no entry");
-        assert_consistent(&state, &format!("{context}, after op {i} ({op})"));
-    }
-}
-
 /// A few small edits of `desired`, like endpoints coming and going: a
-/// backend toggled, moved to another frontend, a frontend added or removed.
+/// backend toggled, moved to another frontend, a pod found on another node,
+/// a frontend added or removed, made Local or not, given other ranges.
 fn edit(rng: &mut Rng, desired: &Desired) -> Desired {
     let mut desired = desired.clone();
     for _ in 0..=rng.next() % 3 {
@@ -25,7 +19,7 @@ fn edit(rng: &mut Rng, desired: &Desired) -> Desired {
                 [8080, 9090][(rng.next() % 2) as usize],
             )
         };
-        match rng.next() % 4 {
+        match rng.next() % 7 {
             _ if frontends.is_empty() => {
                 desired.frontends.insert(http(), wanted([some_pod(rng)]));
             }
@@ -56,6 +50,26 @@ fn edit(rng: &mut Rng, desired: &Desired) -> Desired {
             }
             2 => {
                 desired.frontends.remove(&pick(rng));
+            }
+            3 => {
+                let wanted = desired.frontends.get_mut(&pick(rng)).unwrap();
+                wanted.local_only = !wanted.local_only;
+            }
+            4 => {
+                desired.frontends.get_mut(&pick(rng)).unwrap().source_ranges = some_ranges(rng);
+            }
+            5 => {
+                // The pod's node changes (e.g. its nodeName becomes known):
+                // every frontend sees it move.
+                let ip = some_pod(rng).ip;
+                for wanted in desired.frontends.values_mut() {
+                    wanted.backends = (wanted.backends.iter())
+                        .map(|&addr| BackendAddr {
+                            remote: addr.remote != (addr.ip == ip),
+                            ..addr
+                        })
+                        .collect();
+                }
             }
             _ => {
                 let frontend = Frontend {
