@@ -21,11 +21,11 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use lb_common::IPPROTO_TCP;
+use lb_common::{NodeConfig, BACKEND_F_REMOTE, IPPROTO_TCP};
 
 use super::stats::Spread;
 use crate::{
-    ebpf::fixture::DatapathFixture,
+    ebpf::fixture::{be_addr, DatapathFixture},
     packets::{frame, L4},
 };
 
@@ -133,6 +133,7 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
             ns: timed(Box::new(|| f.time_tc(&reply, p.repeat)))?,
         },
     ];
+    cases.extend(nodeport_cases(&mut f, p, &timed)?);
     let mut port = 1024u16;
     let new_flow = timed(Box::new(|| {
         let mut total = Duration::ZERO;
@@ -171,6 +172,73 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
         },
     );
     Ok(cases)
+}
+
+/// The uplink path: NodePort established flows to a local and a remote
+/// backend (the remote one SNATed at the uplink's TC egress), and the
+/// un-SNAT of the remote backend's reply.
+///
+/// BPF_PROG_TEST_RUN repeats a program on one buffer, so a rewrite would
+/// change the input of the next repetition: as for the ClusterIP cases,
+/// every rewrite here is an identity (backend = the NodePort address
+/// itself, SNAT source = the client itself), which costs the same lookups
+/// and checksum updates as a real one.
+fn nodeport_cases(
+    f: &mut DatapathFixture,
+    p: &Params,
+    timed: &dyn Fn(Box<dyn FnMut() -> anyhow::Result<Duration> + '_>) -> anyhow::Result<Spread>,
+) -> anyhow::Result<Vec<Case>> {
+    let node = Ipv4Addr::new(192, 168, 50, 10);
+    let external = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 100), 50000);
+    let local = SocketAddrV4::new(node, 30080);
+    let remote = SocketAddrV4::new(node, 30081);
+    f.add_node_address(node)?;
+    f.set_config(NodeConfig {
+        snat_addr_be: be_addr(*external.ip()),
+        snat_port_first: external.port(),
+        snat_port_last: external.port(),
+    })?;
+    f.add_frontend(
+        Ipv4Addr::UNSPECIFIED,
+        local.port(),
+        IPPROTO_TCP,
+        &[(*local.ip(), local.port(), 0)],
+        0,
+    )?;
+    f.add_frontend(
+        Ipv4Addr::UNSPECIFIED,
+        remote.port(),
+        IPPROTO_TCP,
+        &[(*remote.ip(), remote.port(), BACKEND_F_REMOTE)],
+        0,
+    )?;
+    let payload = [0u8; 64];
+    let local_hit = frame(L4::TcpAck, external, local, &[], &payload);
+    let remote_hit = frame(L4::TcpAck, external, remote, &[], &payload);
+    f.run_xdp_node(&frame(L4::TcpSyn, external, local, &[], &[]))?;
+    f.run_xdp_node(&frame(L4::TcpSyn, external, remote, &[], &[]))?;
+    // Leaving for the remote backend; its reply, addressed to the SNAT
+    // source (the client itself here).
+    let leaving = frame(L4::TcpAck, external, remote, &[], &payload);
+    let reply = frame(L4::TcpAck, remote, external, &[], &payload);
+    Ok(vec![
+        Case {
+            name: "XDP uplink NodePort established, local backend (DNAT)",
+            ns: timed(Box::new(|| f.time_xdp_node(&local_hit, p.repeat)))?,
+        },
+        Case {
+            name: "XDP uplink NodePort established, remote backend (DNAT)",
+            ns: timed(Box::new(|| f.time_xdp_node(&remote_hit, p.repeat)))?,
+        },
+        Case {
+            name: "TC uplink egress SNAT to the node (remote backend)",
+            ns: timed(Box::new(|| f.time_tc_node(&leaving, p.repeat)))?,
+        },
+        Case {
+            name: "XDP uplink un-SNAT of the remote backend's reply",
+            ns: timed(Box::new(|| f.time_xdp_node(&reply, p.repeat)))?,
+        },
+    ])
 }
 
 /// A markdown table of the cases, each also as a ratio to the XDP_PASS anchor.
