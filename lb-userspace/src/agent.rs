@@ -89,6 +89,8 @@ pub struct AgentConfig {
     /// Source ports for SNATed flows (inclusive), outside the node's
     /// ephemeral port range.
     pub snat_ports: (u16, u16),
+    /// The cluster's NodePort range, for reporting NodePorts outside it.
+    pub nodeport_range: (u16, u16),
     /// Where the maps and links are pinned.
     pub bpffs: PathBuf,
     pub xdp_mode: XdpModeArg,
@@ -191,6 +193,9 @@ struct Datapath {
     health_checks_wanted: Option<HealthCheckWanted>,
     /// What the health check servers serve.
     health_checks_served: HealthCheckWanted,
+    /// NodePort frontends outside `--nodeport-range` already reported.
+    reported_out_of_range: std::collections::BTreeSet<crate::model::Frontend>,
+    nodeport_range: (u16, u16),
 }
 
 /// healthCheckNodePort -> (namespace, name, local endpoints).
@@ -334,6 +339,8 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
     Ok(Datapath {
         health_checks_wanted: None,
         health_checks_served: Default::default(),
+        reported_out_of_range: Default::default(),
+        nodeport_range: cfg.nodeport_range,
         node_addrs,
         nodeport_addresses: Default::default(),
         uplinks,
@@ -382,6 +389,7 @@ fn sync(
         telemetry.error("map_write");
     }
     telemetry.sync_done(started, started.elapsed(), ok, ok.then_some(seen));
+    report_nodeports_out_of_range(desired, dp);
     let wanted: HealthCheckWanted = desired
         .health_checks
         .iter()
@@ -407,6 +415,26 @@ fn sync(
         );
     }
     ok
+}
+
+/// Reports, once each, NodePorts outside `--nodeport-range`: served anyway
+/// (the Service asks for them), but the API server and this agent disagree
+/// on the range, which an operator should fix.
+fn report_nodeports_out_of_range(desired: &crate::model::Desired, dp: &mut Datapath) {
+    let (first, last) = dp.nodeport_range;
+    let outside: std::collections::BTreeSet<_> = desired
+        .frontends
+        .iter()
+        .filter(|(fe, _)| {
+            fe.vip == crate::model::NODE_PORT_VIP && !(first..=last).contains(&fe.port)
+        })
+        .map(|(fe, _)| *fe)
+        .collect();
+    for fe in outside.difference(&dp.reported_out_of_range) {
+        let service = &desired.frontends[fe].service;
+        warn!(service = %service, node_port = fe.port, range = ?dp.nodeport_range, "NodePort outside --nodeport-range; served anyway");
+    }
+    dp.reported_out_of_range = outside;
 }
 
 /// Attaches to the uplinks present and keeps the datapath's config (the

@@ -45,6 +45,12 @@ struct Args {
     /// default).
     #[arg(long, default_value = "61000-65535", value_parser = port_range("snat-ports"))]
     snat_ports: (u16, u16),
+    /// The cluster's NodePort range (kube-apiserver
+    /// --service-node-port-range), `FIRST-LAST`. NodePorts outside it are
+    /// still served, and reported once each: the API server should not
+    /// have allocated them, so the two disagree.
+    #[arg(long, default_value = "30000-32767", value_parser = port_range("nodeport-range"))]
+    nodeport_range: (u16, u16),
     /// bpffs directory where the maps and program links are pinned. Agents
     /// with different directories run side by side.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
@@ -157,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         pod_interfaces: args.pod_interfaces,
         node_interfaces: args.node_interfaces,
         snat_ports: args.snat_ports,
+        nodeport_range: args.nodeport_range,
         bpffs: args.bpffs,
         xdp_mode: args.xdp_mode,
         unpin_on_exit: args.unpin_on_exit,
