@@ -23,6 +23,7 @@
 
 mod conntrack;
 mod egress;
+mod flow;
 mod ingress;
 mod maps;
 mod nat;
@@ -40,62 +41,46 @@ use aya_ebpf::{
 
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    match ingress::try_ingress(&ctx) {
-        Ok(reason) => {
-            stats::count(reason, len);
-            xdp_action::XDP_PASS
-        }
-        Err(reason) => {
-            stats::count(reason, len);
-            xdp_action::XDP_DROP
-        }
-    }
+    xdp_verdict(&ctx, ingress::try_ingress)
 }
 
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    let len = ctx.len() as u64;
-    match egress::try_egress(&ctx) {
-        Ok(reason) => {
-            stats::count(reason, len);
-            TC_ACT_OK as i32
-        }
-        Err(reason) => {
-            stats::count(reason, len);
-            TC_ACT_SHOT as i32
-        }
-    }
+    tc_verdict(&ctx, egress::try_egress)
 }
 
 #[xdp]
 pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    match node::try_node_ingress(&ctx) {
-        Ok(reason) => {
-            stats::count(reason, len);
-            xdp_action::XDP_PASS
-        }
-        Err(reason) => {
-            stats::count(reason, len);
-            xdp_action::XDP_DROP
-        }
-    }
+    xdp_verdict(&ctx, node::try_node_ingress)
 }
 
 #[classifier]
 pub fn lb_tc_node_egress(ctx: TcContext) -> i32 {
+    tc_verdict(&ctx, node_egress::try_node_egress)
+}
+
+/// Counts the reason and turns it into an XDP verdict.
+#[inline(always)]
+fn xdp_verdict(ctx: &XdpContext, program: fn(&XdpContext) -> Result<u32, u32>) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (reason, action) = match program(ctx) {
+        Ok(reason) => (reason, xdp_action::XDP_PASS),
+        Err(reason) => (reason, xdp_action::XDP_DROP),
+    };
+    stats::count(reason, len);
+    action
+}
+
+/// Counts the reason and turns it into a TC verdict.
+#[inline(always)]
+fn tc_verdict(ctx: &TcContext, program: fn(&TcContext) -> Result<u32, u32>) -> i32 {
     let len = ctx.len() as u64;
-    match node_egress::try_node_egress(&ctx) {
-        Ok(reason) => {
-            stats::count(reason, len);
-            TC_ACT_OK as i32
-        }
-        Err(reason) => {
-            stats::count(reason, len);
-            TC_ACT_SHOT as i32
-        }
-    }
+    let (reason, action) = match program(ctx) {
+        Ok(reason) => (reason, TC_ACT_OK as i32),
+        Err(reason) => (reason, TC_ACT_SHOT as i32),
+    };
+    stats::count(reason, len);
+    action
 }
 
 #[cfg(not(test))]

@@ -13,14 +13,13 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    stats, SourceRange, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_SNAT_IN, IPPROTO_TCP,
-    SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
+    stats, SourceRange, BACKEND_F_REMOTE, CT_DIR_SNAT_IN, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
 };
 
 use aya_ebpf::maps::lpm_trie::Key;
 
 use crate::{
-    conntrack,
+    conntrack, flow,
     maps::{CONFIG, SOURCE_RANGES},
     nat, parse, select,
 };
@@ -72,26 +71,10 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     else {
         return Ok(stats::PASS_NO_SERVICE);
     };
-    let fwd = conntrack::key(
-        h.saddr_be,
-        h.daddr_be,
-        h.sport_be,
-        h.dport_be,
-        h.proto,
-        CT_DIR_FORWARD,
-    );
-    if let Some((entry, refreshed)) = conntrack::lookup(&fwd) {
-        // Same rule as for pod traffic (see ingress.rs).
-        let (addr_be, port_be) = (entry.backend_addr_be, entry.backend_port_be);
-        let keep = (h.proto == IPPROTO_TCP && !h.is_tcp_syn())
-            || select::backend(entry.backend_id).is_some();
-        if keep {
-            if refreshed {
-                let _ = conntrack::insert_reply(&fwd, addr_be, port_be, &entry);
-            }
-            nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
-            return Ok(stats::DNAT_ESTABLISHED);
-        }
+    let fwd = flow::forward_key(&h);
+    if let Some((addr_be, port_be)) = flow::tracked(&h, &fwd) {
+        nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
+        return Ok(stats::DNAT_ESTABLISHED);
     }
 
     if master.flags & SVC_F_SOURCE_RANGES != 0 && !source_allowed(master.rev_nat_id, h.saddr_be) {
@@ -100,19 +83,7 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
         return Err(stats::DROP_NO_LOCAL_BACKENDS);
     }
-    let vip_be = if wildcard { 0 } else { h.daddr_be };
-    let (backend_id, backend) = select::pick_backend(vip_be, h.dport_be, h.proto, &master)?;
-    let mut value = conntrack::new_value(
-        backend.addr_be,
-        backend.port_be,
-        backend_id,
-        master.rev_nat_id,
-    );
-    if wildcard {
-        // The reply must come from the node address the client used; the
-        // rev-NAT target of a NodePort only knows the port.
-        value.nat_addr_be = h.daddr_be;
-    }
+    let (backend, value) = flow::pick(&h, &master, wildcard)?;
     let remote = backend.flags & BACKEND_F_REMOTE != 0 && master.flags & SVC_F_LOCAL_ONLY == 0;
     if remote {
         conntrack::create_snat(
@@ -126,9 +97,7 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         )
         .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
     }
-    if conntrack::create_with(&fwd, backend.addr_be, backend.port_be, &value).is_err() {
-        crate::stats::count(stats::CT_INSERT_FAILED, 0);
-    }
+    flow::record(&fwd, &backend, &value);
     nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;
     Ok(if remote {
         stats::DNAT_SNAT_NEW_FLOW

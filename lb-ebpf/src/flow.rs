@@ -1,0 +1,71 @@
+//! The two steps every frontend packet goes through, wherever it entered:
+//! stay with the flow's backend, or balance a new flow.
+
+use lb_common::{stats, Backend, CtKey, CtValue, ServiceValue, CT_DIR_FORWARD, IPPROTO_TCP};
+
+use crate::{conntrack, parse::Headers, select};
+
+/// The forward conntrack key of the packet.
+#[inline(always)]
+pub fn forward_key(h: &Headers) -> CtKey {
+    conntrack::key(
+        h.saddr_be,
+        h.daddr_be,
+        h.sport_be,
+        h.dport_be,
+        h.proto,
+        CT_DIR_FORWARD,
+    )
+}
+
+/// The backend `(addr, port)` of the packet's tracked flow, if it stays
+/// with it. A TCP connection stays with its backend even after the backend
+/// left the Service: it is the pod's to finish (kube-proxy keeps it too). A
+/// UDP flow, or a new TCP connection (SYN) reusing the tuple, whose backend
+/// is gone falls through to a new pick, so that the next datagram (a DNS
+/// retry) reaches a live backend.
+#[inline(always)]
+pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16)> {
+    let (entry, refreshed) = conntrack::lookup(fwd)?;
+    let (addr_be, port_be) = (entry.backend_addr_be, entry.backend_port_be);
+    let keep =
+        (h.proto == IPPROTO_TCP && !h.is_tcp_syn()) || select::backend(entry.backend_id).is_some();
+    if !keep {
+        return None;
+    }
+    if refreshed {
+        // Keeps the reply entry alive should the LRU have evicted it.
+        let _ = conntrack::insert_reply(fwd, addr_be, port_be, &entry);
+    }
+    Some((addr_be, port_be))
+}
+
+/// Balances a new flow: picks a backend of `master` and prepares its
+/// conntrack value. `wildcard`: the frontend is a NodePort, whose replies
+/// must come from the node address the client used (the rev-NAT target
+/// only knows the port).
+#[inline(always)]
+pub fn pick(h: &Headers, master: &ServiceValue, wildcard: bool) -> Result<(Backend, CtValue), u32> {
+    let vip_be = if wildcard { 0 } else { h.daddr_be };
+    let (backend_id, backend) = select::pick_backend(vip_be, h.dport_be, h.proto, master)?;
+    let mut value = conntrack::new_value(
+        backend.addr_be,
+        backend.port_be,
+        backend_id,
+        master.rev_nat_id,
+    );
+    if wildcard {
+        value.nat_addr_be = h.daddr_be;
+    }
+    Ok((backend, value))
+}
+
+/// Records the new flow (forward and reply entries). A failed insert is
+/// counted; the packet is still forwarded and the flow works until its
+/// next packet re-picks.
+#[inline(always)]
+pub fn record(fwd: &CtKey, backend: &Backend, value: &CtValue) {
+    if conntrack::create_with(fwd, backend.addr_be, backend.port_be, value).is_err() {
+        crate::stats::count(stats::CT_INSERT_FAILED, 0);
+    }
+}
