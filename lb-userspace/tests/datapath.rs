@@ -583,5 +583,12 @@ fn nodeport_answers_on_every_node_address_and_replies_from_the_one_used() {
         .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, elsewhere, &[], b""))
         .unwrap();
     assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, elsewhere, &[], b""));
-    assert_eq!(f.count(stats::PASS_NO_SERVICE).unwrap(), 1);
+    // A node address, but a port no Service has: left to the stack.
+    let unused = SocketAddrV4::new(NODE, 30999);
+    let (verdict, out) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, unused, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, unused, &[], b""));
+    assert_eq!(f.count(stats::PASS_NO_SERVICE).unwrap(), 2);
 }

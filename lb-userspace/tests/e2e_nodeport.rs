@@ -72,6 +72,19 @@ fn manifests(topo: &MultiNodeTopology) -> String {
             "10.0.0.0/8",
             &endpoints,
         )
+        + &external_ip("ext", "10.96.0.24", EXTERNAL_IP, &endpoints)
+}
+
+/// An externalIP routed to the nodes by the network (here: a route on the
+/// client).
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 202);
+
+/// A ClusterIP Service that is also served on `external_ip`:81.
+fn external_ip(name: &str, ip: &str, external_ip: Ipv4Addr, endpoints: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {ip}\n  externalIPs: [\"{external_ip}\"]\n  ports:\n  - {{name: http, port: 81, protocol: TCP}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports:\n  - {{name: http, port: {TCP_PORT}, protocol: TCP}}\nendpoints:\n{endpoints}---\n"
+    )
 }
 
 /// Load-balancer IPs, as a cloud controller writes them into the status.
@@ -222,7 +235,7 @@ fn nodeport_external_traffic_on_two_nodes() {
     // loadBalancerSourceRanges: the cloud load balancer (here: a route on
     // the client) sends its IPs' traffic to node-b; a client inside the
     // range is served, one outside is refused.
-    for lb in [LB_OPEN, LB_CLOSED] {
+    for lb in [LB_OPEN, LB_CLOSED, EXTERNAL_IP] {
         topo.external_client()
             .ns
             .ip([
@@ -261,6 +274,17 @@ fn nodeport_external_traffic_on_two_nodes() {
         })
     });
     assert!(counted, "no drop_source_range counted on node-b");
+
+    // externalIPs: served like a load-balancer IP, without source ranges.
+    let results = external
+        .tcp_requests(EXTERNAL_IP, 81, 50, DEFAULT_TIMEOUT)
+        .unwrap();
+    assert_eq!(
+        tally(&results).0,
+        50,
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
 
     // A pod on node-a reaches node-b's NodePort.
     let pod = Client::new(topo.client_pod(0));
