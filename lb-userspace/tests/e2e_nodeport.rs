@@ -297,4 +297,17 @@ fn nodeport_external_traffic_on_two_nodes() {
         "{:?}",
         results.iter().find(|r| r.is_err())
     );
+
+    // ... and a pod on node-b its own node's NodePort (balanced by the
+    // pod-side program).
+    let pod = Client::new(topo.client_pod(1));
+    let results = pod
+        .tcp_requests(node_b, CLUSTER_POLICY_PORT, 50, DEFAULT_TIMEOUT)
+        .unwrap();
+    assert_eq!(
+        tally(&results).0,
+        50,
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
 }
