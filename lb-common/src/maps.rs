@@ -10,7 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Frontends and their backend slots. Key [`ServiceKey`], value [`ServiceValue`].
-pub const MAP_SERVICES: &str = "lb_svc_v2";
+pub const MAP_SERVICES: &str = "lb_svc_v3";
 /// Backends by id. Key `u32` backend id, value [`Backend`].
 pub const MAP_BACKENDS: &str = "lb_backend_v1";
 /// Reverse-NAT targets by id. Key [`RevNatId`], value [`RevNat`].
@@ -26,11 +26,15 @@ pub const MAP_SOURCE_RANGES: &str = "lb_srcrange_v1";
 /// Key `u32` address (network byte order), value `u32` (1).
 pub const MAP_NODE_ADDRS: &str = "lb_nodeaddr_v1";
 pub const NODE_ADDRS_MAX_ENTRIES: u32 = 256;
+/// sessionAffinity ClientIP: the backend each client last got, per
+/// frontend (LRU). Key [`AffinityKey`], value [`AffinityValue`].
+pub const MAP_AFFINITY: &str = "lb_affinity_v1";
+pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
 pub const MAP_STATS: &str = "lb_stats_v3";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -38,6 +42,7 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_SOURCE_RANGES,
     MAP_NODE_ADDRS,
+    MAP_AFFINITY,
     MAP_STATS,
 ];
 
@@ -96,8 +101,12 @@ pub struct ServiceValue {
     pub count: u16,
     /// `SVC_F_*` bits (master entry only).
     pub flags: u16,
+    /// Master entry: sessionAffinity ClientIP timeout in seconds (0: no
+    /// affinity). A new flow from a client that had one to this frontend
+    /// less than this long ago goes to the same backend.
+    pub affinity_timeout_s: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 
 /// Value of [`MAP_BACKENDS`], keyed by a `u32` backend id (never reused while
 /// the agent runs, so a stale conntrack entry cannot reach a new pod).
@@ -210,6 +219,28 @@ pub struct SourceRange {
 }
 const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
 
+/// Key of [`MAP_AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct AffinityKey {
+    /// The frontend.
+    pub rev_nat_id: RevNatId,
+    /// The client, network byte order.
+    pub client_addr_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+
+/// Value of [`MAP_AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC_COARSE of the client's last new flow.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
 /// Value of [`MAP_CONFIG`] (index 0), written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -247,4 +278,6 @@ mod user {
     unsafe impl aya::Pod for super::StatsCounter {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::SourceRange {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 }

@@ -3,7 +3,7 @@
 
 use lb_common::{stats, Backend, CtKey, CtValue, ServiceValue, CT_DIR_FORWARD, IPPROTO_TCP};
 
-use crate::{conntrack, parse::Headers, select};
+use crate::{affinity, conntrack, parse::Headers, select};
 
 /// The forward conntrack key of the packet.
 #[inline(always)]
@@ -47,7 +47,11 @@ pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16)> {
 #[inline(always)]
 pub fn pick(h: &Headers, master: &ServiceValue, wildcard: bool) -> Result<(Backend, CtValue), u32> {
     let vip_be = if wildcard { 0 } else { h.daddr_be };
-    let (backend_id, backend) = select::pick_backend(vip_be, h.dport_be, h.proto, master)?;
+    let (backend_id, backend) = match affinity::recall(master, h.saddr_be) {
+        Some(chosen) => chosen,
+        None => select::pick_backend(vip_be, h.dport_be, h.proto, master)?,
+    };
+    affinity::remember(master, h.saddr_be, backend_id);
     let mut value = conntrack::new_value(
         backend.addr_be,
         backend.port_be,

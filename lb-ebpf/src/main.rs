@@ -21,6 +21,7 @@
 #![no_std]
 #![no_main]
 
+mod affinity;
 mod conntrack;
 mod egress;
 mod flow;

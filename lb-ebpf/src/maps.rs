@@ -7,12 +7,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
-    SourceRange, StatsCounter, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES,
-    REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    stats, AffinityKey, AffinityValue, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId,
+    ServiceKey, ServiceValue, SourceRange, StatsCounter, AFFINITY_MAX_ENTRIES,
+    BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
+    SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
-#[map(name = "lb_svc_v2")]
+#[map(name = "lb_svc_v3")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
 
 #[map(name = "lb_backend_v1")]
@@ -32,6 +33,11 @@ pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(SOURCE_RAN
 /// The node's NodePort addresses.
 #[map(name = "lb_nodeaddr_v1")]
 pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(NODE_ADDRS_MAX_ENTRIES, 0);
+
+/// sessionAffinity ClientIP: the last backend per (frontend, client).
+#[map(name = "lb_affinity_v1")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
 
 #[map(name = "lb_config_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);

@@ -146,6 +146,10 @@ pub struct DesiredFrontend {
     /// loadBalancerSourceRanges (load-balancer IP frontends); empty: any
     /// client.
     pub source_ranges: Vec<ipnet::Ipv4Net>,
+    /// sessionAffinity ClientIP: a client's new flows stick to its last
+    /// backend while its previous flow is less than this many seconds old
+    /// (0: no affinity).
+    pub affinity_timeout_s: u32,
 }
 
 /// A Service's health check node port (externalTrafficPolicy Local), as

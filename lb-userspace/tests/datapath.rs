@@ -592,3 +592,36 @@ fn nodeport_answers_on_every_node_address_and_replies_from_the_one_used() {
     assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, unused, &[], b""));
     assert_eq!(f.count(stats::PASS_NO_SERVICE).unwrap(), 2);
 }
+
+#[test]
+fn client_ip_affinity_sticks_new_flows_and_can_be_switched_off() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    let backends: Vec<_> = (1..=4)
+        .map(|i| (Ipv4Addr::new(10, 244, i, 2), 8080))
+        .collect();
+    f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
+    let backend_of = |f: &DatapathFixture, client: SocketAddrV4| {
+        let (_, out) = f
+            .run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b""))
+            .unwrap();
+        decode(&out).unwrap().dst
+    };
+    let from = |port| SocketAddrV4::new(*CLIENT.ip(), port);
+    f.set_affinity(VIP, 80, IPPROTO_TCP, 10).unwrap();
+    let first = backend_of(&f, from(30000));
+    for port in 30001..30040 {
+        assert_eq!(
+            backend_of(&f, from(port)),
+            first,
+            "new flow from port {port}"
+        );
+    }
+    // Affinity off: new flows from the same client spread again.
+    f.set_affinity(VIP, 80, IPPROTO_TCP, 0).unwrap();
+    let seen: std::collections::BTreeSet<_> =
+        (31000..31040).map(|p| backend_of(&f, from(p))).collect();
+    assert!(seen.len() > 1, "still sticky with affinity off: {seen:?}");
+}

@@ -96,6 +96,28 @@ impl DatapathFixture {
         Ok(())
     }
 
+    /// Sets the sessionAffinity ClientIP timeout of a frontend (0: off).
+    pub fn set_affinity(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        timeout_s: u32,
+    ) -> anyhow::Result<()> {
+        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
+        let key = ServiceKey {
+            vip_be: be_addr(vip),
+            port_be: port.to_be(),
+            slot: 0,
+            proto,
+            _pad: [0; 3],
+        };
+        let mut master = services.get(&key, 0)?;
+        master.affinity_timeout_s = timeout_s;
+        services.insert(key, master, 0)?;
+        Ok(())
+    }
+
     /// Makes `addr` one of the node's NodePort addresses.
     pub fn add_node_address(&mut self, addr: Ipv4Addr) -> anyhow::Result<()> {
         let mut map: HashMap<_, u32, u32> = self.map(MAP_NODE_ADDRS)?;

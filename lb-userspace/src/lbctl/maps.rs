@@ -219,6 +219,10 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
                 .collect::<Result<_, _>>()?;
             snapshot.source_ranges.len()
         }
+        MapKind::Affinity => {
+            snapshot.affinity = read_hash(map, limit)?;
+            snapshot.affinity.len()
+        }
         MapKind::NodeAddrs => {
             snapshot.node_addrs = read_hash(map, limit)?;
             snapshot.node_addrs.len()
@@ -301,7 +305,7 @@ mod tests {
         );
         assert!(err
             .to_string()
-            .contains(&*dir.path().join("lb_svc_v2").to_string_lossy()));
+            .contains(&*dir.path().join("lb_svc_v3").to_string_lossy()));
         let list = list_maps(dir.path()).unwrap();
         assert_eq!(list.maps.len(), lb_common::ALL_MAPS.len());
         assert!(list

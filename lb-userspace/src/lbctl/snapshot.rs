@@ -4,9 +4,9 @@
 use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
-    Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange,
-    StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_REVNAT,
-    MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey,
+    ServiceValue, SourceRange, StatsCounter, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK,
+    MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -19,12 +19,13 @@ pub enum MapKind {
     Config,
     SourceRanges,
     NodeAddrs,
+    Affinity,
     Stats,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 8] = [
+    pub const ALL: [MapKind; 9] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
@@ -32,6 +33,7 @@ impl MapKind {
         MapKind::Config,
         MapKind::SourceRanges,
         MapKind::NodeAddrs,
+        MapKind::Affinity,
         MapKind::Stats,
     ];
 
@@ -44,6 +46,7 @@ impl MapKind {
             MapKind::Config => MAP_CONFIG,
             MapKind::SourceRanges => MAP_SOURCE_RANGES,
             MapKind::NodeAddrs => MAP_NODE_ADDRS,
+            MapKind::Affinity => MAP_AFFINITY,
             MapKind::Stats => MAP_STATS,
         }
     }
@@ -70,7 +73,7 @@ impl FromStr for MapKind {
 /// build a snapshot exactly as the datapath would see the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `lb_svc_v2`: master entries (slot 0) and backend slots.
+    /// `lb_svc_v3`: master entries (slot 0) and backend slots.
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     /// `lb_backend_v1` by backend id.
     pub backends: BTreeMap<u32, Backend>,
@@ -84,6 +87,8 @@ pub struct Snapshot {
     pub source_ranges: Vec<(u32, SourceRange)>,
     /// `lb_nodeaddr_v1`: the node's NodePort addresses.
     pub node_addrs: BTreeMap<u32, u32>,
+    /// `lb_affinity_v1`: sessionAffinity ClientIP memory.
+    pub affinity: BTreeMap<AffinityKey, AffinityValue>,
     /// `lb_stats_v3` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
@@ -104,6 +109,6 @@ mod tests {
         assert!("lb_svc_v0"
             .parse::<MapKind>()
             .unwrap_err()
-            .contains("lb_svc_v2"));
+            .contains("lb_svc_v3"));
     }
 }

@@ -39,6 +39,8 @@ pub(super) struct ServiceShape {
     /// The healthCheckNodePort this node must serve (LoadBalancer with
     /// externalTrafficPolicy Local).
     pub(super) health_check: Option<u16>,
+    /// sessionAffinity ClientIP timeout (0: none), for all its frontends.
+    affinity_timeout_s: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +86,26 @@ impl Via {
     }
 }
 
+/// kube-proxy's default ClientIP affinity timeout (3 hours).
+pub(super) const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
+
+/// sessionAffinity ClientIP's timeout in seconds, 0 without affinity. The
+/// API server bounds it to 1..=86400; anything else falls back to the
+/// default rather than disabling affinity a workload asked for.
+fn affinity_timeout(service: &Service) -> u32 {
+    let Some(spec) = &service.spec else { return 0 };
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
+        return 0;
+    }
+    spec.session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|t| (1..=86_400).contains(t))
+        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_S)
+}
+
 impl ServiceShape {
     /// Reads a Service. A Service kube-proxy leaves alone asks for nothing.
     pub(super) fn read(service: &Named<'_, Service>) -> Self {
@@ -100,6 +122,7 @@ impl ServiceShape {
             local: external.local,
             source_ranges: external.source_ranges,
             health_check: external.health_check,
+            affinity_timeout_s: affinity_timeout(service.object),
         }
     }
 
@@ -134,6 +157,7 @@ impl ServiceShape {
                     external,
                     local_only,
                     source_ranges,
+                    affinity_timeout_s: self.affinity_timeout_s,
                 };
                 (claim.frontend, wanted)
             })

@@ -404,3 +404,36 @@ spec:
     assert!(!d.frontends[&tcp([10, 96, 0, 10], 80)].external);
     assert_eq!(d.frontends[&tcp([10, 96, 0, 20], 80)].service.name, "other");
 }
+
+#[test]
+fn client_ip_affinity_applies_to_every_frontend_with_kube_proxys_default_timeout() {
+    let svc = |extra: &str| {
+        service(&format!(
+            "{{apiVersion: v1, kind: Service, metadata: {{name: s, namespace: default}}, spec: {{type: NodePort, clusterIP: 10.96.0.50, {extra} ports: [{{port: 80, nodePort: 30050}}]}}}}"
+        ))
+    };
+    let timeouts =
+        |d: &Desired| -> Vec<u32> { d.frontends.values().map(|f| f.affinity_timeout_s).collect() };
+    let none = desired(&[svc("")], &[]);
+    assert_eq!(timeouts(&none), [0, 0]);
+    let default = desired(&[svc("sessionAffinity: ClientIP,")], &[]);
+    assert_eq!(
+        timeouts(&default),
+        [10_800, 10_800],
+        "ClusterIP and NodePort"
+    );
+    let explicit = desired(
+        &[svc(
+            "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}},",
+        )],
+        &[],
+    );
+    assert_eq!(timeouts(&explicit), [60, 60]);
+    let off = desired(
+        &[svc(
+            "sessionAffinity: None, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}},",
+        )],
+        &[],
+    );
+    assert_eq!(timeouts(&off), [0, 0]);
+}

@@ -29,6 +29,8 @@ pub(super) struct FrontendIds {
     pub flags: u16,
     /// Client networks admitted (see [`source_ranges`]); empty: any client.
     pub source_ranges: BTreeSet<Ipv4Net>,
+    /// sessionAffinity ClientIP timeout of the master (0: none).
+    pub affinity_timeout_s: u32,
 }
 
 impl FrontendIds {
@@ -55,6 +57,7 @@ impl FrontendIds {
             backends,
             flags: flags(wanted),
             source_ranges: source_ranges(wanted),
+            affinity_timeout_s: wanted.affinity_timeout_s,
         }
     }
 
@@ -64,6 +67,7 @@ impl FrontendIds {
         // `zip` stops after the programmed backends, at most MAX_SLOTS.
         wanted.backends.len().min(MAX_SLOTS) == self.backends.len()
             && self.flags == flags(wanted)
+            && self.affinity_timeout_s == wanted.affinity_timeout_s
             && (wanted.backends.iter().zip(&self.backends)).all(|(new, (old, _))| new == old)
             // Equal flags: both have ranges or neither, so only frontends
             // with ranges pay for collecting them.
@@ -76,21 +80,22 @@ impl FrontendIds {
         maps.revnat.insert(self.rev_nat_id, rev_nat(frontend));
         maps.source_ranges
             .extend((self.source_ranges.iter()).map(|&net| (self.rev_nat_id, net)));
-        let entry = |backend_id, count, flags| ServiceValue {
+        let entry = |backend_id, count, flags, affinity_timeout_s| ServiceValue {
             backend_id,
             count,
             rev_nat_id: self.rev_nat_id,
             flags,
+            affinity_timeout_s,
         };
         for (slot, &(addr, id)) in (1..).zip(&self.backends) {
             maps.backends.insert(id, backend(frontend, addr));
             maps.services
-                .insert(service_key(frontend, slot), entry(id, 0, 0));
+                .insert(service_key(frontend, slot), entry(id, 0, 0, 0));
         }
         // At most MAX_SLOTS backends.
         let count = self.backends.len() as u16;
-        maps.services
-            .insert(service_key(frontend, 0), entry(0, count, self.flags));
+        let master = entry(0, count, self.flags, self.affinity_timeout_s);
+        maps.services.insert(service_key(frontend, 0), master);
     }
 }
 

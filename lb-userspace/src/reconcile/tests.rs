@@ -46,6 +46,7 @@ fn wanted(backends: impl IntoIterator<Item = BackendAddr>) -> DesiredFrontend {
         external: false,
         local_only: false,
         source_ranges: Vec::new(),
+        affinity_timeout_s: 0,
     }
 }
 
