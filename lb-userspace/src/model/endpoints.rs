@@ -1,6 +1,7 @@
 //! EndpointSlices reduced to what the load balancer needs: the Service they
-//! belong to, the addresses of ready endpoints (and whether each is on this
-//! node) and the named ports.
+//! belong to, the addresses of ready endpoints (and of serving-terminating
+//! ones, the fallback when none is ready), whether each is on this node,
+//! and the named ports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -16,7 +17,7 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SliceEndpoints {
     ports: Vec<SlicePort>,
-    /// Ready endpoints.
+    /// Ready endpoints, and serving-but-terminating ones (the fallback).
     endpoints: Vec<ReadyEndpoint>,
 }
 
@@ -25,6 +26,11 @@ struct ReadyEndpoint {
     ip: Ipv4Addr,
     /// Its `nodeName` is this node's name.
     local: bool,
+    /// Ready. Otherwise it is serving and terminating: used only when the
+    /// Service port has no ready endpoint (in the set the traffic policy
+    /// allows), as kube-proxy does, so that a rolling update or a scale to
+    /// zero drains gracefully instead of refusing connections.
+    ready: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +69,8 @@ pub(super) fn read_slice(
 /// Backends of the Service port named `port_name` with protocol `proto`,
 /// from that Service's slices; with `local_only`, this node's endpoints
 /// only. As in kube-proxy, each slice having a port with that name and
-/// protocol contributes its ready addresses at that port's number; a slice
+/// protocol contributes its ready addresses at that port's number (or, when
+/// no slice has a ready one, its serving-and-terminating ones); a slice
 /// without such a port contributes nothing. An address:port listed by
 /// several slices with different nodes counts as local if any says so
 /// (kube-proxy's choice; the slices are briefly inconsistent while a pod
@@ -74,6 +81,28 @@ pub(super) fn backends<'a>(
     proto: Proto,
     local_only: bool,
 ) -> BTreeSet<BackendAddr> {
+    let slices: Vec<&SliceEndpoints> = slices.into_iter().collect();
+    let ready = usable(&slices, port_name, proto, local_only, true);
+    let chosen = if ready.is_empty() {
+        usable(&slices, port_name, proto, local_only, false)
+    } else {
+        ready
+    };
+    chosen
+        .into_iter()
+        .map(|((ip, port), remote)| BackendAddr { ip, port, remote })
+        .collect()
+}
+
+/// (address, port) -> remote, of the ready endpoints (`ready`) or of the
+/// serving-and-terminating ones (`!ready`) that serve the port.
+fn usable(
+    slices: &[&SliceEndpoints],
+    port_name: &str,
+    proto: Proto,
+    local_only: bool,
+    ready: bool,
+) -> BTreeMap<(Ipv4Addr, u16), bool> {
     let mut remote_by_addr: BTreeMap<(Ipv4Addr, u16), bool> = BTreeMap::new();
     for slice in slices {
         let Some(port) = slice
@@ -84,7 +113,7 @@ pub(super) fn backends<'a>(
             continue;
         };
         for endpoint in &slice.endpoints {
-            if local_only && !endpoint.local {
+            if (local_only && !endpoint.local) || endpoint.ready != ready {
                 continue;
             }
             let remote = remote_by_addr
@@ -94,9 +123,6 @@ pub(super) fn backends<'a>(
         }
     }
     remote_by_addr
-        .into_iter()
-        .map(|((ip, port), remote)| BackendAddr { ip, port, remote })
-        .collect()
 }
 
 /// How many distinct addresses of this node's ready endpoints the slices
@@ -110,7 +136,7 @@ pub(super) fn local_ready_count<'a>(slices: impl IntoIterator<Item = &'a SliceEn
         .into_iter()
         .filter(|slice| !slice.ports.is_empty())
         .flat_map(|slice| slice.endpoints.iter())
-        .filter(|endpoint| endpoint.local)
+        .filter(|endpoint| endpoint.local && endpoint.ready)
         .map(|endpoint| endpoint.ip)
         .collect();
     local.len()
@@ -147,10 +173,13 @@ impl SliceEndpoints {
         let mut endpoints = Vec::new();
         for (i, endpoint) in slice.object.endpoints.iter().enumerate() {
             match endpoint_addr(i, endpoint) {
-                Ok(ip) if is_ready(endpoint) => endpoints.push(ReadyEndpoint {
-                    ip,
-                    local: is_local(endpoint, node_name),
-                }),
+                Ok(ip) if is_ready(endpoint) || is_serving_terminating(endpoint) => {
+                    endpoints.push(ReadyEndpoint {
+                        ip,
+                        local: is_local(endpoint, node_name),
+                        ready: is_ready(endpoint),
+                    })
+                }
                 Ok(_) => {}
                 Err((field, message)) => errors.push(slice.error(field, message)),
             }
@@ -163,6 +192,15 @@ impl SliceEndpoints {
 /// only unset by controllers that do not track readiness).
 fn is_ready(endpoint: &Endpoint) -> bool {
     endpoint.conditions.as_ref().and_then(|c| c.ready) != Some(false)
+}
+
+/// Serving while terminating: its pod is shutting down but still answers
+/// (`serving` unset means "as ready", per the API).
+fn is_serving_terminating(endpoint: &Endpoint) -> bool {
+    let conditions = endpoint.conditions.as_ref();
+    let terminating = conditions.and_then(|c| c.terminating) == Some(true);
+    let serving = conditions.and_then(|c| c.serving.or(c.ready)) != Some(false);
+    terminating && serving
 }
 
 /// kube-proxy's rule: the endpoint is on this node iff its `nodeName` is

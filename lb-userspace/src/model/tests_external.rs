@@ -437,3 +437,42 @@ fn client_ip_affinity_applies_to_every_frontend_with_kube_proxys_default_timeout
     );
     assert_eq!(timeouts(&off), [0, 0]);
 }
+
+#[test]
+fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
+    let svc = service(
+        "{apiVersion: v1, kind: Service, metadata: {name: t, namespace: default}, spec: {clusterIP: 10.96.0.60, ports: [{port: 80}]}}",
+    );
+    let slice_with = |endpoints: &str| {
+        slice(&format!(
+            "{{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {{name: t-1, namespace: default, labels: {{kubernetes.io/service-name: t}}}}, addressType: IPv4, ports: [{{port: 8080}}], endpoints: [{endpoints}]}}"
+        ))
+    };
+    let addrs = |d: &Desired| -> Vec<String> {
+        d.frontends[&tcp([10, 96, 0, 60], 80)]
+            .backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect()
+    };
+    let ready = "{addresses: [10.244.0.1], conditions: {ready: true}}";
+    let draining =
+        "{addresses: [10.244.0.2], conditions: {ready: false, serving: true, terminating: true}}";
+    let gone =
+        "{addresses: [10.244.0.3], conditions: {ready: false, serving: false, terminating: true}}";
+    // A ready endpoint exists: the terminating one gets no new flows.
+    let d = desired(
+        &[svc.clone()],
+        &[slice_with(&format!("{ready}, {draining}, {gone}"))],
+    );
+    assert_eq!(addrs(&d), ["10.244.0.1"]);
+    // None ready: fall back to those still serving while terminating.
+    let d = desired(
+        &[svc.clone()],
+        &[slice_with(&format!("{draining}, {gone}"))],
+    );
+    assert_eq!(addrs(&d), ["10.244.0.2"]);
+    // Nothing serving: no backends (the frontend stays, to reject).
+    let d = desired(&[svc], &[slice_with(gone)]);
+    assert!(addrs(&d).is_empty());
+}
