@@ -44,8 +44,9 @@ pub const UNSNAT: u32 = 15;
 pub const SNAT: u32 = 16;
 /// Node XDP: no free SNAT port for a new flow to a remote backend: dropped.
 pub const DROP_SNAT_PORTS_EXHAUSTED: u32 = 17;
-/// Node XDP: externalTrafficPolicy Local and no endpoint on this node:
-/// dropped (the client's load balancer should not have sent it here).
+/// XDP: externalTrafficPolicy Local (uplinks) or internalTrafficPolicy
+/// Local (pods) and no endpoint on this node: dropped, never forwarded to
+/// another node (kube-proxy's rule).
 pub const DROP_NO_LOCAL_BACKENDS: u32 = 18;
 
 /// Node XDP: new flow from a source outside the frontend's

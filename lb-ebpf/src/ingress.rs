@@ -1,7 +1,7 @@
 //! XDP ingress: DNAT of packets addressed to a frontend.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::stats;
+use lb_common::{stats, SVC_F_LOCAL_ONLY};
 
 use crate::{flow, nat, parse, select};
 
@@ -25,6 +25,11 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     if let Some((addr_be, port_be)) = flow::tracked(&h, &fwd) {
         nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
         return Ok(stats::DNAT_ESTABLISHED);
+    }
+    // internalTrafficPolicy Local without an endpoint on this node: drop,
+    // as kube-proxy does (never forward to another node's endpoints).
+    if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
+        return Err(stats::DROP_NO_LOCAL_BACKENDS);
     }
     let (backend, value) = flow::pick(&h, &master, wildcard)?;
     flow::record(&fwd, &backend, &value);

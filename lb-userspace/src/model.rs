@@ -140,7 +140,8 @@ pub struct DesiredFrontend {
     /// Reached from outside the node (NodePort, externalIP, load-balancer
     /// IP): served on the uplinks.
     pub external: bool,
-    /// externalTrafficPolicy Local (external frontends only): `backends`
+    /// externalTrafficPolicy Local (external frontends) or
+    /// internalTrafficPolicy Local (the cluster IP): `backends`
     /// are this node's endpoints only, and none means drop.
     pub local_only: bool,
     /// loadBalancerSourceRanges (load-balancer IP frontends); empty: any

@@ -625,3 +625,18 @@ fn client_ip_affinity_sticks_new_flows_and_can_be_switched_off() {
         (31000..31040).map(|p| backend_of(&f, from(p))).collect();
     assert!(seen.len() > 1, "still sticky with affinity off: {seen:?}");
 }
+
+#[test]
+fn internal_local_policy_without_local_endpoints_drops_pod_traffic() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    f.add_frontend(VIP, 80, IPPROTO_TCP, &[], SVC_F_LOCAL_ONLY)
+        .unwrap();
+    let (verdict, _) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+}

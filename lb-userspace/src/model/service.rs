@@ -41,6 +41,9 @@ pub(super) struct ServiceShape {
     pub(super) health_check: Option<u16>,
     /// sessionAffinity ClientIP timeout (0: none), for all its frontends.
     affinity_timeout_s: u32,
+    /// internalTrafficPolicy Local: the cluster IP serves this node's
+    /// endpoints only (none: drop, not forward).
+    internal_local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +126,11 @@ impl ServiceShape {
             source_ranges: external.source_ranges,
             health_check: external.health_check,
             affinity_timeout_s: affinity_timeout(service.object),
+            internal_local: service
+                .object
+                .spec
+                .as_ref()
+                .is_some_and(|s| s.internal_traffic_policy.as_deref() == Some("Local")),
         }
     }
 
@@ -144,7 +152,13 @@ impl ServiceShape {
             .map(|claim| {
                 let name = claim.port_name.as_deref().unwrap_or("");
                 let external = claim.via.external();
-                let local_only = external && self.local;
+                // externalTrafficPolicy governs traffic from outside,
+                // internalTrafficPolicy the cluster IP.
+                let local_only = if external {
+                    self.local
+                } else {
+                    self.internal_local
+                };
                 let source_ranges = match claim.via {
                     Via::LoadBalancer(_) => self.source_ranges.clone(),
                     _ => Vec::new(),

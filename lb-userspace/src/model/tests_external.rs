@@ -476,3 +476,25 @@ fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
     let d = desired(&[svc], &[slice_with(gone)]);
     assert!(addrs(&d).is_empty());
 }
+
+#[test]
+fn internal_traffic_policy_local_limits_the_cluster_ip_to_this_nodes_endpoints() {
+    let svc = |policy: &str| {
+        service(&format!(
+            "{{apiVersion: v1, kind: Service, metadata: {{name: i, namespace: default}}, spec: {{type: NodePort, clusterIP: 10.96.0.70, internalTrafficPolicy: {policy}, ports: [{{port: 80, nodePort: 30070}}]}}}}"
+        ))
+    };
+    let slice = slice(&format!(
+        "{{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {{name: i-1, namespace: default, labels: {{kubernetes.io/service-name: i}}}}, addressType: IPv4, ports: [{{port: 8080}}], endpoints: [{{addresses: [10.244.0.1], nodeName: {NODE}}}, {{addresses: [10.244.0.2], nodeName: other}}]}}"
+    ));
+    let cluster_ip = tcp([10, 96, 0, 70], 80);
+    let d = desired(&[svc("Local")], &[slice.clone()]);
+    let internal = &d.frontends[&cluster_ip];
+    assert!(internal.local_only);
+    assert_eq!(internal.backends.len(), 1, "{:?}", internal.backends);
+    // The NodePort follows externalTrafficPolicy (Cluster): every endpoint.
+    assert_eq!(d.frontends[&node_port(30070)].backends.len(), 2);
+    let d = desired(&[svc("Cluster")], &[slice]);
+    assert!(!d.frontends[&cluster_ip].local_only);
+    assert_eq!(d.frontends[&cluster_ip].backends.len(), 2);
+}
