@@ -148,6 +148,10 @@ pub const CT_DIR_SNAT_OUT: u8 = 2;
 /// the node: `nat_*` is the client to restore as destination.
 pub const CT_DIR_SNAT_IN: u8 = 3;
 
+/// [`CtValue::flags`]: a FIN or RST was seen in this entry's direction; the
+/// agent expires it after a short idle instead of the long TCP one.
+pub const CT_F_CLOSING: u16 = 1;
+
 /// [`ServiceValue::flags`]: externalTrafficPolicy Local (the slots hold
 /// only this node's endpoints; none means drop, not forward).
 pub const SVC_F_LOCAL_ONLY: u16 = 1;

@@ -5,7 +5,9 @@
 //! frontend to restore. Both carry the same backend and rev-NAT ids.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use lb_common::{CtKey, CtValue, CT_DIR_FORWARD, CT_DIR_REPLY, CT_DIR_SNAT_IN, CT_DIR_SNAT_OUT};
+use lb_common::{
+    CtKey, CtValue, CT_DIR_FORWARD, CT_DIR_REPLY, CT_DIR_SNAT_IN, CT_DIR_SNAT_OUT, CT_F_CLOSING,
+};
 
 use crate::maps::CONNTRACK;
 
@@ -37,10 +39,11 @@ pub fn key(
     }
 }
 
-/// Looks up an entry, refreshing its `last_seen_ns` when stale. Returns the
+/// Looks up an entry, refreshing its `last_seen_ns` when stale, and marks
+/// it closing when the packet is a TCP FIN or RST (`closing`). Returns the
 /// entry (as it was) and whether it was refreshed.
 #[inline(always)]
-pub fn lookup(k: &CtKey) -> Option<(CtValue, bool)> {
+pub fn lookup(k: &CtKey, closing: bool) -> Option<(CtValue, bool)> {
     let entry = CONNTRACK.get_ptr_mut(k)?;
     // SAFETY: the pointer is valid for this program run; a torn read of a
     // timestamp is harmless.
@@ -49,6 +52,9 @@ pub fn lookup(k: &CtKey) -> Option<(CtValue, bool)> {
     let refreshed = now.wrapping_sub(v.last_seen_ns) > REFRESH_NS;
     if refreshed {
         unsafe { (*entry).last_seen_ns = now };
+    }
+    if closing && v.flags & CT_F_CLOSING == 0 {
+        unsafe { (*entry).flags |= CT_F_CLOSING };
     }
     Some((v, refreshed))
 }

@@ -58,7 +58,7 @@ pub fn reverse_nat(ctx: &TcContext, h: &Headers) -> Result<Option<u32>, u32> {
         h.proto,
         CT_DIR_REPLY,
     );
-    let Some((entry, _)) = conntrack::lookup(&reply) else {
+    let Some((entry, _)) = conntrack::lookup(&reply, h.is_tcp_closing()) else {
         return Ok(None);
     };
     // SAFETY: copied out at once.

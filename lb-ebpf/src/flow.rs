@@ -26,7 +26,7 @@ pub fn forward_key(h: &Headers) -> CtKey {
 /// retry) reaches a live backend.
 #[inline(always)]
 pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16)> {
-    let (entry, refreshed) = conntrack::lookup(fwd)?;
+    let (entry, refreshed) = conntrack::lookup(fwd, h.is_tcp_closing())?;
     let (addr_be, port_be) = (entry.backend_addr_be, entry.backend_port_be);
     let keep =
         (h.proto == IPPROTO_TCP && !h.is_tcp_syn()) || select::backend(entry.backend_id).is_some();

@@ -61,7 +61,7 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
             h.proto,
             CT_DIR_SNAT_IN,
         );
-        if let Some((entry, _)) = conntrack::lookup(&k) {
+        if let Some((entry, _)) = conntrack::lookup(&k, false) {
             nat::dnat_xdp(data, data_end, &h, entry.nat_addr_be, entry.nat_port_be)?;
             return Ok(stats::UNSNAT);
         }

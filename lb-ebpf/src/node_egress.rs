@@ -26,7 +26,7 @@ pub fn try_node_egress(ctx: &TcContext) -> Result<u32, u32> {
         h.proto,
         CT_DIR_SNAT_OUT,
     );
-    let Some((entry, _)) = conntrack::lookup(&out) else {
+    let Some((entry, _)) = conntrack::lookup(&out, false) else {
         return Ok(stats::TC_PASS_NOT_REPLY);
     };
     nat::snat_tc(ctx, &h, entry.nat_addr_be, entry.nat_port_be)?;

@@ -43,10 +43,18 @@ pub struct Headers {
     pub tcp_flags: u8,
 }
 
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 
 impl Headers {
+    /// A TCP FIN or RST: the connection is closing.
+    #[inline(always)]
+    pub fn is_tcp_closing(&self) -> bool {
+        self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST) != 0
+    }
+
     /// A TCP SYN without ACK: the first packet of a new connection (or its
     /// retransmission).
     #[inline(always)]

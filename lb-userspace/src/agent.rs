@@ -4,6 +4,7 @@
 //! (from the API server or manifests), and report health and metrics.
 
 mod apply;
+pub mod ct_gc;
 pub mod health_check_ports;
 mod interfaces;
 #[cfg(test)]
@@ -42,6 +43,8 @@ const FULL_RESYNC_PERIOD: Duration = Duration::from_secs(300);
 /// How often datapath counters, conntrack and map occupancy are refreshed
 /// for /metrics.
 const MONITOR_PERIOD: Duration = Duration::from_secs(5);
+/// Conntrack is expired every this many monitor periods (30 s).
+const CT_GC_EVERY: u64 = 6;
 
 /// Where Services and EndpointSlices come from.
 #[derive(Debug, Clone)]
@@ -196,6 +199,8 @@ struct Datapath {
     /// NodePort frontends outside `--nodeport-range` already reported.
     reported_out_of_range: std::collections::BTreeSet<crate::model::Frontend>,
     nodeport_range: (u16, u16),
+    /// Calls of `monitor`, to space the conntrack walks.
+    monitor_calls: u64,
 }
 
 /// healthCheckNodePort -> (namespace, name, local endpoints).
@@ -246,7 +251,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
             _ = source.changed() => {}
             _ = monitor_tick.tick() => {
-                monitor(&dp, &reconciler, &telemetry);
+                monitor(&mut dp, &reconciler, &telemetry);
                 if let Source::Kube(k) = &source {
                     for _ in 0..k.take_watch_failures() {
                         telemetry.error("watch");
@@ -341,6 +346,7 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         health_checks_served: Default::default(),
         reported_out_of_range: Default::default(),
         nodeport_range: cfg.nodeport_range,
+        monitor_calls: 0,
         node_addrs,
         nodeport_addresses: Default::default(),
         uplinks,
@@ -494,8 +500,10 @@ fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
     }
 }
 
-/// Refreshes the datapath figures behind /metrics.
-fn monitor(dp: &Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
+/// Refreshes the datapath figures behind /metrics; every
+/// `CT_GC_EVERY` calls also expires idle conntrack entries (a walk of the
+/// whole map, too costly for every call).
+fn monitor(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
     match dp.monitor.stats() {
         Ok(totals) => {
             for t in totals {
@@ -504,7 +512,18 @@ fn monitor(dp: &Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
         }
         Err(e) => warn!("reading datapath counters: {e:#}"),
     }
-    let ct = dp.monitor.conntrack_entries();
+    dp.monitor_calls += 1;
+    let ct = if dp.monitor_calls % CT_GC_EVERY == 0 {
+        let (seen, removed) = dp
+            .monitor
+            .collect_garbage(ct_gc::now_ns(), &ct_gc::CtTimeouts::default());
+        if removed > 0 {
+            tracing::debug!(seen, removed, "conntrack entries expired");
+        }
+        seen - removed
+    } else {
+        dp.monitor.conntrack_entries()
+    };
     telemetry.set_conntrack_entries(ct);
     telemetry.set_map_occupancy(
         lb_common::MAP_CONNTRACK,

@@ -16,6 +16,10 @@ pub enum L4 {
     TcpSyn,
     /// A TCP segment with the ACK flag.
     TcpAck,
+    /// A TCP segment with FIN and ACK.
+    TcpFin,
+    /// A TCP segment with RST and ACK.
+    TcpRst,
     /// A UDP datagram with a checksum.
     Udp,
     /// A UDP datagram without a checksum (0).
@@ -49,6 +53,16 @@ pub fn frame(
         L4::TcpAck => b
             .tcp(src.port(), dst.port(), 1001, 64240)
             .ack(1)
+            .write(&mut out, payload),
+        L4::TcpFin => b
+            .tcp(src.port(), dst.port(), 1001, 64240)
+            .ack(1)
+            .fin()
+            .write(&mut out, payload),
+        L4::TcpRst => b
+            .tcp(src.port(), dst.port(), 1001, 0)
+            .ack(1)
+            .rst()
             .write(&mut out, payload),
         L4::Udp | L4::UdpNoChecksum => b.udp(src.port(), dst.port()).write(&mut out, payload),
     }

@@ -6,8 +6,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
-    stats, NodeConfig, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, IPPROTO_TCP, IPPROTO_UDP,
-    SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
+    stats, NodeConfig, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, IPPROTO_TCP,
+    IPPROTO_UDP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
 };
 use lb_userspace::{
     ebpf::fixture::{be_addr, DatapathFixture},
@@ -639,4 +639,30 @@ fn internal_local_policy_without_local_endpoints_drops_pod_traffic() {
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+}
+
+#[test]
+fn fin_and_rst_mark_their_conntrack_direction_closing() {
+    let Some(f) = one_backend() else { return };
+    f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
+    let closing = |dir| {
+        f.conntrack()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.dir == dir)
+            .map(|(_, v)| v.flags & CT_F_CLOSING != 0)
+            .unwrap()
+    };
+    assert!(!closing(CT_DIR_FORWARD) && !closing(CT_DIR_REPLY));
+    // The client's FIN marks the forward entry ...
+    f.run_xdp(&frame(L4::TcpFin, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
+    assert!(closing(CT_DIR_FORWARD) && !closing(CT_DIR_REPLY));
+    // ... the backend's RST the reply entry (still reverse-NATed).
+    let (_, out) = f
+        .run_tc(&frame(L4::TcpRst, BACKEND, CLIENT, &[], b""))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpRst, FRONTEND, CLIENT, &[], b""));
+    assert!(closing(CT_DIR_REPLY));
 }

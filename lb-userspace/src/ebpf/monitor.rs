@@ -66,6 +66,30 @@ impl DatapathMonitor {
         self.conntrack.keys().filter(Result::is_ok).count() as u64
     }
 
+    /// Removes the expired entries (and the reply entries of expired
+    /// forward entries); returns (entries seen, entries removed).
+    pub fn collect_garbage(
+        &mut self,
+        now_ns: u64,
+        timeouts: &crate::agent::ct_gc::CtTimeouts,
+    ) -> (u64, u64) {
+        use crate::agent::ct_gc::{expired, reply_of};
+        let mut seen = 0;
+        let mut doomed = Vec::new();
+        for (key, value) in self.conntrack.iter().filter_map(Result::ok) {
+            seen += 1;
+            if expired(&key, &value, now_ns, timeouts) {
+                doomed.push(key);
+                doomed.extend(reply_of(&key, &value));
+            }
+        }
+        let removed = doomed
+            .iter()
+            .filter(|k| self.conntrack.remove(k).is_ok())
+            .count() as u64;
+        (seen, removed)
+    }
+
     pub fn conntrack_max(&self) -> u32 {
         self.conntrack_max
     }
