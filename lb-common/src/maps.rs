@@ -27,7 +27,7 @@ pub const MAP_SOURCE_RANGES: &str = "lb_srcrange_v1";
 pub const MAP_NODE_ADDRS: &str = "lb_nodeaddr_v1";
 pub const NODE_ADDRS_MAX_ENTRIES: u32 = 256;
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
-pub const MAP_STATS: &str = "lb_stats_v3";
+pub const MAP_STATS: &str = "lb_stats_v4";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
 pub const ALL_MAPS: [&str; 8] = [

@@ -3,10 +3,10 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::stats;
 
-use crate::{flow, nat, parse, select};
+use crate::{flow, nat, parse, reject, select};
 
-/// `Ok(reason)`: pass the (possibly rewritten) packet to the stack.
-/// `Err(reason)`: drop it.
+/// `Ok(reason)`: pass the (possibly rewritten) packet to the stack, or send
+/// a rejection back (`stats::is_tx`). `Err(reason)`: drop it.
 #[inline(always)]
 pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
@@ -25,6 +25,9 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     if let Some((addr_be, port_be)) = flow::tracked(&h, &fwd) {
         nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
         return Ok(stats::DNAT_ESTABLISHED);
+    }
+    if master.count == 0 {
+        return reject::reject(ctx, &h);
     }
     let (backend, value) = flow::pick(&h, &master, wildcard)?;
     flow::record(&fwd, &backend, &value);

@@ -36,5 +36,5 @@ pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(NODE_ADDRS_MAX_ENTRIE
 #[map(name = "lb_config_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
-#[map(name = "lb_stats_v3")]
+#[map(name = "lb_stats_v4")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -84,7 +84,7 @@ pub struct Snapshot {
     pub source_ranges: Vec<(u32, SourceRange)>,
     /// `lb_nodeaddr_v1`: the node's NodePort addresses.
     pub node_addrs: BTreeMap<u32, u32>,
-    /// `lb_stats_v3` by reason index, summed over CPUs.
+    /// `lb_stats_v4` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
