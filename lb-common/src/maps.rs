@@ -31,7 +31,7 @@ pub const NODE_ADDRS_MAX_ENTRIES: u32 = 256;
 pub const MAP_AFFINITY: &str = "lb_affinity_v1";
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
-pub const MAP_STATS: &str = "lb_stats_v3";
+pub const MAP_STATS: &str = "lb_stats_v4";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
 pub const ALL_MAPS: [&str; 9] = [

@@ -52,8 +52,14 @@ pub const DROP_NO_LOCAL_BACKENDS: u32 = 18;
 /// Node XDP: new flow from a source outside the frontend's
 /// loadBalancerSourceRanges: dropped.
 pub const DROP_SOURCE_RANGE: u32 = 19;
+/// XDP: SYN to a frontend without backends: answered with a RST (XDP_TX),
+/// so that the client fails at once instead of retrying into a timeout.
+pub const REJECT_TCP_RST: u32 = 20;
+/// XDP: UDP to a frontend without backends: answered with an ICMP port
+/// unreachable (XDP_TX).
+pub const REJECT_ICMP_UNREACHABLE: u32 = 21;
 
-pub const COUNT: u32 = 20;
+pub const COUNT: u32 = 22;
 
 /// Names in index order, for `lbctl stats` and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -77,6 +83,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_snat_ports_exhausted",
     "drop_no_local_backends",
     "drop_source_range",
+    "reject_tcp_rst",
+    "reject_icmp_unreachable",
 ];
 
 /// True for the reasons that drop the packet.
@@ -90,4 +98,10 @@ pub const fn is_drop(reason: u32) -> bool {
             | DROP_NO_LOCAL_BACKENDS
             | DROP_SOURCE_RANGE
     )
+}
+
+/// True for the reasons that send the rewritten packet back out of the
+/// interface it came in on (XDP_TX).
+pub const fn is_tx(reason: u32) -> bool {
+    matches!(reason, REJECT_TCP_RST | REJECT_ICMP_UNREACHABLE)
 }

@@ -10,7 +10,10 @@ use crate::{maps::AFFINITY, select};
 
 /// The backend the client's last flow got, if affinity applies, is still
 /// fresh, and the backend still exists.
-#[inline(always)]
+// Not inlined: a BPF subprogram keeps its locals off the caller's stack,
+// which the uplink program (with the reject subprogram) needs to stay
+// under the verifier's 512-byte limit.
+#[inline(never)]
 pub fn recall(master: &ServiceValue, client_be: u32) -> Option<(u32, Backend)> {
     if master.affinity_timeout_s == 0 {
         return None;
@@ -31,7 +34,7 @@ pub fn recall(master: &ServiceValue, client_be: u32) -> Option<(u32, Backend)> {
 }
 
 /// Records the backend of the client's new flow (affinity frontends only).
-#[inline(always)]
+#[inline(never)]
 pub fn remember(master: &ServiceValue, client_be: u32, backend_id: u32) {
     if master.affinity_timeout_s == 0 {
         return;

@@ -6,7 +6,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    CtKey, CtValue, CT_DIR_FORWARD, CT_DIR_REPLY, CT_DIR_SNAT_IN, CT_DIR_SNAT_OUT, CT_F_CLOSING,
+    CtKey, CtValue, NodeConfig, CT_DIR_FORWARD, CT_DIR_REPLY, CT_DIR_SNAT_IN, CT_DIR_SNAT_OUT,
+    CT_F_CLOSING,
 };
 
 use crate::maps::CONNTRACK;
@@ -118,16 +119,18 @@ pub fn insert_reply(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) 
 /// flows never share a reply tuple; then the SNAT_OUT entry (client ->
 /// backend, for egress). Returns the port, or `Err` when every try hit a
 /// taken port (or an insert failed).
-#[inline(always)]
-pub fn create_snat(
-    fwd: &CtKey,
-    baddr_be: u32,
-    bport_be: u16,
-    value: &CtValue,
-    snat_addr_be: u32,
-    first_port: u16,
-    last_port: u16,
-) -> Result<u16, ()> {
+///
+/// Not inlined: a BPF subprogram (at most 5 arguments) whose entry copies
+/// stay off the uplink program's stack, which must fit 512 bytes together
+/// with the reject subprogram's.
+#[inline(never)]
+pub fn create_snat(fwd: &CtKey, value: &CtValue, config: &NodeConfig) -> Result<u16, ()> {
+    let (baddr_be, bport_be) = (value.backend_addr_be, value.backend_port_be);
+    let (snat_addr_be, first_port, last_port) = (
+        config.snat_addr_be,
+        config.snat_port_first,
+        config.snat_port_last,
+    );
     if snat_addr_be == 0 || last_port < first_port {
         return Err(());
     }

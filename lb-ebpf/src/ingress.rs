@@ -3,10 +3,10 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{stats, SVC_F_LOCAL_ONLY};
 
-use crate::{flow, nat, parse, select};
+use crate::{flow, nat, parse, reject, select};
 
-/// `Ok(reason)`: pass the (possibly rewritten) packet to the stack.
-/// `Err(reason)`: drop it.
+/// `Ok(reason)`: pass the (possibly rewritten) packet to the stack, or send
+/// a rejection back (`stats::is_tx`). `Err(reason)`: drop it.
 #[inline(always)]
 pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
@@ -30,6 +30,10 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     // as kube-proxy does (never forward to another node's endpoints).
     if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
         return Err(stats::DROP_NO_LOCAL_BACKENDS);
+    }
+    // No endpoints at all: refuse at once (RST / ICMP unreachable).
+    if master.count == 0 {
+        return reject::reject(ctx, &h);
     }
     let (backend, value) = flow::pick(&h, &master, wildcard)?;
     flow::record(&fwd, &backend, &value);

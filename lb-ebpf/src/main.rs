@@ -15,8 +15,10 @@
 //!   (see `node.rs`).
 //!
 //! Entry points are thin: the `try_*` functions return `Ok(reason)` for a
-//! packet that goes on and `Err(reason)` for a packet that is dropped, and
-//! the entry point counts the reason in the stats map.
+//! packet that goes on (to the stack, or back out of its interface for the
+//! reasons of `stats::is_tx`: rejections, see `reject.rs`) and
+//! `Err(reason)` for a packet that is dropped, and the entry point counts
+//! the reason in the stats map.
 
 #![no_std]
 #![no_main]
@@ -31,6 +33,7 @@ mod nat;
 mod node;
 mod node_egress;
 mod parse;
+mod reject;
 mod select;
 mod stats;
 
@@ -65,6 +68,7 @@ pub fn lb_tc_node_egress(ctx: TcContext) -> i32 {
 fn xdp_verdict(ctx: &XdpContext, program: fn(&XdpContext) -> Result<u32, u32>) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (reason, action) = match program(ctx) {
+        Ok(reason) if lb_common::stats::is_tx(reason) => (reason, xdp_action::XDP_TX),
         Ok(reason) => (reason, xdp_action::XDP_PASS),
         Err(reason) => (reason, xdp_action::XDP_DROP),
     };

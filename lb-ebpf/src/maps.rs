@@ -42,5 +42,5 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map(name = "lb_config_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
-#[map(name = "lb_stats_v3")]
+#[map(name = "lb_stats_v4")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -21,7 +21,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use crate::{
     conntrack, flow,
     maps::{CONFIG, SOURCE_RANGES},
-    nat, parse, select,
+    nat, parse, reject, select,
 };
 
 /// Whether the frontend's loadBalancerSourceRanges admit `saddr`.
@@ -83,19 +83,14 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
         return Err(stats::DROP_NO_LOCAL_BACKENDS);
     }
+    if master.count == 0 {
+        return reject::reject(ctx, &h);
+    }
     let (backend, value) = flow::pick(&h, &master, wildcard)?;
     let remote = backend.flags & BACKEND_F_REMOTE != 0 && master.flags & SVC_F_LOCAL_ONLY == 0;
     if remote {
-        conntrack::create_snat(
-            &fwd,
-            backend.addr_be,
-            backend.port_be,
-            &value,
-            config.snat_addr_be,
-            config.snat_port_first,
-            config.snat_port_last,
-        )
-        .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
+        conntrack::create_snat(&fwd, &value, &config)
+            .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
     }
     flow::record(&fwd, &backend, &value);
     nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;

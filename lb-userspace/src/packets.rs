@@ -4,7 +4,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use etherparse::{IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice};
+use etherparse::{
+    icmpv4::DestUnreachableHeader, Icmpv4Type, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket,
+    TcpOptionElement, TransportSlice,
+};
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
@@ -14,6 +17,8 @@ const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 pub enum L4 {
     /// A TCP segment with the SYN flag.
     TcpSyn,
+    /// A SYN carrying an MSS option (data offset 6).
+    TcpSynMss,
     /// A TCP segment with the ACK flag.
     TcpAck,
     /// A TCP segment with FIN and ACK.
@@ -50,6 +55,12 @@ pub fn frame(
             .tcp(src.port(), dst.port(), 1000, 64240)
             .syn()
             .write(&mut out, payload),
+        L4::TcpSynMss => b
+            .tcp(src.port(), dst.port(), 1000, 64240)
+            .syn()
+            .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+            .expect("one MSS option fits")
+            .write(&mut out, payload),
         L4::TcpAck => b
             .tcp(src.port(), dst.port(), 1001, 64240)
             .ack(1)
@@ -71,6 +82,45 @@ pub fn frame(
         let csum_off = 14 + 20 + ip_options.len() + 6;
         out[csum_off..csum_off + 2].copy_from_slice(&[0, 0]);
     }
+    out
+}
+
+/// The reply header a rejection carries: id 0, DF, TTL 64, no options.
+fn reply_ip(src: Ipv4Addr, dst: Ipv4Addr, proto: IpNumber) -> Ipv4Header {
+    let mut ip = Ipv4Header::new(0, 64, proto, src.octets(), dst.octets())
+        .expect("payload length 0 is valid");
+    ip.dont_fragment = true;
+    ip
+}
+
+/// The RST|ACK (seq 0, window 0, no options) with which `frontend` refuses
+/// a connection, back to the sender of one of our frames.
+pub fn rst_frame(frontend: SocketAddrV4, client: SocketAddrV4, ack: u32) -> Vec<u8> {
+    let ip = reply_ip(*frontend.ip(), *client.ip(), IpNumber::TCP);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(NODE_MAC, CLIENT_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(frontend.port(), client.port(), 0, 0)
+        .rst()
+        .ack(ack)
+        .write(&mut out, &[])
+        .expect("writing to a Vec");
+    out
+}
+
+/// The ICMP port unreachable from `frontend` that refuses `original`, one
+/// of our UDP frames: it quotes the original IPv4 header and UDP header.
+pub fn icmp_port_unreachable_frame(frontend: Ipv4Addr, original: &[u8]) -> Vec<u8> {
+    let client = Ipv4Addr::new(original[26], original[27], original[28], original[29]);
+    let ip = reply_ip(frontend, client, IpNumber::ICMP);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(NODE_MAC, CLIENT_MAC)
+        .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            DestUnreachableHeader::Port,
+        ))
+        .write(&mut out, &original[14..14 + 28])
+        .expect("writing to a Vec");
     out
 }
 

@@ -11,12 +11,13 @@ use lb_common::{
 };
 use lb_userspace::{
     ebpf::fixture::{be_addr, DatapathFixture},
-    packets::{decode, frame, L4},
+    packets::{decode, frame, icmp_port_unreachable_frame, rst_frame, L4},
     testbed::privileged::require_privileged,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
 const TC_ACT_OK: u32 = 0;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -251,18 +252,83 @@ fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
     assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
 }
 
-#[test]
-fn frontend_without_backends_drops_and_counts() {
+/// A fixture whose TCP and UDP frontends on VIP have no backends.
+fn no_backends() -> Option<DatapathFixture> {
     if !require_privileged("datapath") {
-        return;
+        return None;
     }
-    let mut f = DatapathFixture::new().unwrap();
+    let mut f = DatapathFixture::new().expect("loading the datapath");
     f.add_service(VIP, 80, IPPROTO_TCP, &[]).unwrap();
-    let (verdict, _) = f
+    f.add_service(VIP, 53, IPPROTO_UDP, &[]).unwrap();
+    Some(f)
+}
+
+#[test]
+fn syn_to_frontend_without_backends_is_answered_with_a_rst() {
+    let Some(f) = no_backends() else { return };
+    let (verdict, out) = f
         .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
         .unwrap();
-    assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), 1);
+    assert_eq!(verdict, XDP_TX);
+    // The SYN's seq is 1000: the RST acknowledges 1001.
+    assert_eq!(out, rst_frame(FRONTEND, CLIENT, 1001), "byte-exact RST");
+    let decoded = decode(&out).unwrap();
+    assert!(decoded.checksums_ok);
+    assert_eq!((decoded.src, decoded.dst), (FRONTEND, CLIENT));
+    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 1);
+
+    // TCP options are dropped (the packet shrinks), and data on the SYN is
+    // acknowledged too.
+    let (verdict, out) = f
+        .run_xdp(&frame(L4::TcpSynMss, CLIENT, FRONTEND, &[], b"hello"))
+        .unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(
+        out,
+        rst_frame(FRONTEND, CLIENT, 1006),
+        "RST without options"
+    );
+    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 2);
+    assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
+}
+
+#[test]
+fn udp_to_frontend_without_backends_is_answered_with_port_unreachable() {
+    let Some(f) = no_backends() else { return };
+    let dns = SocketAddrV4::new(VIP, 53);
+    // Short and long datagrams: the reply grows or shrinks to 70 bytes.
+    for payload in [&b"q"[..], &[7u8; 200][..]] {
+        for l4 in [L4::Udp, L4::UdpNoChecksum] {
+            let input = frame(l4, CLIENT, dns, &[], payload);
+            let (verdict, out) = f.run_xdp(&input).unwrap();
+            assert_eq!(verdict, XDP_TX);
+            assert_eq!(
+                out,
+                icmp_port_unreachable_frame(VIP, &input),
+                "byte-exact ICMP for {} bytes of {l4:?}",
+                payload.len()
+            );
+        }
+    }
+    assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 4);
+}
+
+#[test]
+fn frontend_without_backends_drops_what_it_does_not_answer() {
+    let Some(f) = no_backends() else { return };
+    let cases = [
+        ("non-SYN", frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"data")),
+        (
+            "IP options",
+            frame(L4::TcpSyn, CLIENT, FRONTEND, &[1, 1, 1, 0], b""),
+        ),
+    ];
+    for (i, (name, input)) in cases.iter().enumerate() {
+        let (verdict, _) = f.run_xdp(input).unwrap();
+        assert_eq!(verdict, XDP_DROP, "{name}");
+        assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), i as u64 + 1);
+    }
+    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 0);
 }
 
 #[test]
@@ -501,6 +567,44 @@ fn local_policy_without_local_endpoints_drops_and_counts() {
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
     assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+    // Not even UDP is answered: the client's load balancer should not have
+    // sent it here, as with kube-proxy.
+    f.add_frontend(NODE, NODE_PORT.port(), IPPROTO_UDP, &[], SVC_F_LOCAL_ONLY)
+        .unwrap();
+    let (verdict, _) = f
+        .run_xdp_node(&frame(L4::Udp, EXTERNAL, NODE_PORT, &[], b"q"))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 2);
+    assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 0);
+}
+
+#[test]
+fn external_frontend_without_backends_rejects_at_the_uplink() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    f.add_frontend(NODE, NODE_PORT.port(), IPPROTO_TCP, &[], 0)
+        .unwrap();
+    f.add_frontend(NODE, NODE_PORT.port(), IPPROTO_UDP, &[], 0)
+        .unwrap();
+    let (verdict, out) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out, rst_frame(NODE_PORT, EXTERNAL, 1001));
+    let input = frame(L4::Udp, EXTERNAL, NODE_PORT, &[], b"q");
+    let (verdict, out) = f.run_xdp_node(&input).unwrap();
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(out, icmp_port_unreachable_frame(NODE, &input));
+    let (verdict, _) = f
+        .run_xdp_node(&frame(L4::TcpAck, EXTERNAL, NODE_PORT, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 1);
+    assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 1);
+    assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), 1);
 }
 
 #[test]

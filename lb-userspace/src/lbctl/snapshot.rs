@@ -89,7 +89,7 @@ pub struct Snapshot {
     pub node_addrs: BTreeMap<u32, u32>,
     /// `lb_affinity_v1`: sessionAffinity ClientIP memory.
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,
-    /// `lb_stats_v3` by reason index, summed over CPUs.
+    /// `lb_stats_v4` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
