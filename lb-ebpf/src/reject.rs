@@ -103,17 +103,7 @@ fn tcp_rst(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
         .wrapping_add(1)
         .wrapping_add(tot_len.saturating_sub(headers));
 
-    resize(ctx, RST_LEN)?;
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    write_eth_ip(
-        data,
-        data_end,
-        macs,
-        daddr_be,
-        saddr_be,
-        IPPROTO_TCP,
-        RST_LEN,
-    )?;
+    let (data, data_end) = reshape(ctx, macs, daddr_be, saddr_be, IPPROTO_TCP, RST_LEN)?;
     let tcp: *mut TcpHdr = ptr(data, data_end, L4_OFF)?;
     // SAFETY: bounds checked by `ptr`.
     unsafe {
@@ -143,17 +133,7 @@ fn icmp_unreachable(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
     // Copied out first: the resize invalidates every packet pointer.
     let quote = read::<[u16; QUOTE_LEN / 2]>(data, data_end, ETH_HLEN)?;
 
-    resize(ctx, UNREACH_LEN)?;
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    write_eth_ip(
-        data,
-        data_end,
-        macs,
-        daddr_be,
-        saddr_be,
-        IPPROTO_ICMP,
-        UNREACH_LEN,
-    )?;
+    let (data, data_end) = reshape(ctx, macs, daddr_be, saddr_be, IPPROTO_ICMP, UNREACH_LEN)?;
     let dst: *mut [u16; QUOTE_LEN / 2] = ptr(data, data_end, L4_OFF + ICMP_HLEN)?;
     let icmp: *mut IcmpHdr = ptr(data, data_end, L4_OFF)?;
     // SAFETY: bounds checked by `ptr`.
@@ -167,6 +147,24 @@ fn icmp_unreachable(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
         (*icmp).check = csum::finish(csum::sum(words) + csum::sum(&quote));
     }
     Ok(stats::REJECT_ICMP_UNREACHABLE)
+}
+
+/// Resizes the frame to `len` and writes the reply's Ethernet and IPv4
+/// headers (see [`write_eth_ip`]); returns the new packet bounds (the old
+/// pointers are invalid after the resize).
+#[inline(always)]
+fn reshape(
+    ctx: &XdpContext,
+    macs: Macs,
+    saddr_be: u32,
+    daddr_be: u32,
+    proto: u8,
+    len: usize,
+) -> Result<(usize, usize), u32> {
+    resize(ctx, len)?;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    write_eth_ip(data, data_end, macs, saddr_be, daddr_be, proto, len)?;
+    Ok((data, data_end))
 }
 
 /// Writes the reply's Ethernet header (back to the sender: `macs` are the

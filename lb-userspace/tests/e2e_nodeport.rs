@@ -156,6 +156,13 @@ fn start_agent(topo: &MultiNodeTopology, i: usize, manifests: &Path) -> AgentPro
     .unwrap()
 }
 
+/// `n` TCP connections from `client` to `ip:port`, every one answered.
+fn all_answered(client: &Client, ip: Ipv4Addr, port: u16, n: usize) {
+    let results = client.tcp_requests(ip, port, n, DEFAULT_TIMEOUT).unwrap();
+    let failed = results.iter().find(|r| r.is_err());
+    assert_eq!(tally(&results).0, n, "{ip}:{port}: {failed:?}");
+}
+
 /// Who answered, and which client address the backends saw.
 fn tally(results: &[RequestResult]) -> (usize, BTreeMap<String, usize>, BTreeMap<Ipv4Addr, usize>) {
     let mut backends = BTreeMap::new();
@@ -247,15 +254,7 @@ fn nodeport_external_traffic_on_two_nodes() {
             ])
             .unwrap();
     }
-    let results = external
-        .tcp_requests(LB_OPEN, 80, 50, DEFAULT_TIMEOUT)
-        .unwrap();
-    assert_eq!(
-        tally(&results).0,
-        50,
-        "{:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    all_answered(&external, LB_OPEN, 80, 50);
     let results = external
         .tcp_requests(LB_CLOSED, 80, 5, Duration::from_millis(300))
         .unwrap();
@@ -276,38 +275,14 @@ fn nodeport_external_traffic_on_two_nodes() {
     assert!(counted, "no drop_source_range counted on node-b");
 
     // externalIPs: served like a load-balancer IP, without source ranges.
-    let results = external
-        .tcp_requests(EXTERNAL_IP, 81, 50, DEFAULT_TIMEOUT)
-        .unwrap();
-    assert_eq!(
-        tally(&results).0,
-        50,
-        "{:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    all_answered(&external, EXTERNAL_IP, 81, 50);
 
     // A pod on node-a reaches node-b's NodePort.
     let pod = Client::new(topo.client_pod(0));
-    let results = pod
-        .tcp_requests(node_b, CLUSTER_POLICY_PORT, 50, DEFAULT_TIMEOUT)
-        .unwrap();
-    assert_eq!(
-        tally(&results).0,
-        50,
-        "{:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    all_answered(&pod, node_b, CLUSTER_POLICY_PORT, 50);
 
     // ... and a pod on node-b its own node's NodePort (balanced by the
     // pod-side program).
     let pod = Client::new(topo.client_pod(1));
-    let results = pod
-        .tcp_requests(node_b, CLUSTER_POLICY_PORT, 50, DEFAULT_TIMEOUT)
-        .unwrap();
-    assert_eq!(
-        tally(&results).0,
-        50,
-        "{:?}",
-        results.iter().find(|r| r.is_err())
-    );
+    all_answered(&pod, node_b, CLUSTER_POLICY_PORT, 50);
 }
