@@ -1,4 +1,5 @@
-//! TC egress: reverse NAT of backend replies.
+//! TC egress helpers: reading an skb's headers, and the reverse NAT of
+//! backend replies (see `node_egress` for the program body).
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{stats, CT_DIR_REPLY};
@@ -31,18 +32,6 @@ pub fn parse_skb(ctx: &TcContext) -> Result<Headers, u32> {
             parse::parse(ctx.data(), ctx.data_end())
         }
         other => other,
-    }
-}
-
-#[inline(always)]
-pub fn try_egress(ctx: &TcContext) -> Result<u32, u32> {
-    let h = match parse_skb(ctx) {
-        Ok(h) => h,
-        Err(reason) => return Ok(reason),
-    };
-    match reverse_nat(ctx, &h)? {
-        Some(reason) => Ok(reason),
-        None => Ok(stats::TC_PASS_NOT_REPLY),
     }
 }
 

@@ -1,7 +1,10 @@
 //! The two steps every frontend packet goes through, wherever it entered:
 //! stay with the flow's backend, or balance a new flow.
 
-use lb_common::{stats, Backend, CtKey, CtValue, ServiceValue, CT_DIR_FORWARD, IPPROTO_TCP};
+use lb_common::{
+    stats, Backend, CtKey, CtValue, NodeConfig, ServiceValue, CT_DIR_FORWARD, CT_DIR_SNAT_IN,
+    IPPROTO_TCP,
+};
 
 use crate::{affinity, conntrack, parse::Headers, select};
 
@@ -72,4 +75,29 @@ pub fn record(fwd: &CtKey, backend: &Backend, value: &CtValue) {
     if conntrack::create_with(fwd, backend.addr_be, backend.port_be, value).is_err() {
         crate::stats::count(stats::CT_INSERT_FAILED, 0);
     }
+}
+
+/// A reply to a flow this node SNATed (a remote backend's reply arriving
+/// at an uplink, or a hairpin pod's reply to itself): the client to
+/// restore as destination. Only packets addressed to the SNAT address and
+/// ports cost a lookup.
+#[inline(always)]
+pub fn snat_reply(h: &Headers, config: &NodeConfig) -> Option<(u32, u16)> {
+    let dport = u16::from_be(h.dport_be);
+    if h.daddr_be != config.snat_addr_be
+        || config.snat_addr_be == 0
+        || !(config.snat_port_first..=config.snat_port_last).contains(&dport)
+    {
+        return None;
+    }
+    let k = conntrack::key(
+        h.saddr_be,
+        h.daddr_be,
+        h.sport_be,
+        h.dport_be,
+        h.proto,
+        CT_DIR_SNAT_IN,
+    );
+    let (entry, _) = conntrack::lookup(&k, false)?;
+    Some((entry.nat_addr_be, entry.nat_port_be))
 }

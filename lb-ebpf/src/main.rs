@@ -50,7 +50,9 @@ pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    tc_verdict(&ctx, egress::try_egress)
+    // The same steps as on the uplinks: reverse NAT of replies, and SNAT of
+    // hairpin flows (a pod balanced to itself).
+    tc_verdict(&ctx, node_egress::try_node_egress)
 }
 
 #[xdp]

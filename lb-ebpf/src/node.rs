@@ -12,9 +12,7 @@
 //! tracked. The stack does all routing and neighbour resolution.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    stats, SourceRange, BACKEND_F_REMOTE, CT_DIR_SNAT_IN, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
-};
+use lb_common::{stats, SourceRange, BACKEND_F_REMOTE, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
 
 use aya_ebpf::maps::lpm_trie::Key;
 
@@ -46,25 +44,9 @@ pub fn try_node_ingress(ctx: &XdpContext) -> Result<u32, u32> {
     };
     let config = CONFIG.get(0).copied().unwrap_or_default();
 
-    // A reply to a flow we SNATed: only addressed to our SNAT address and
-    // ports, so other traffic costs no lookup.
-    let dport = u16::from_be(h.dport_be);
-    if h.daddr_be == config.snat_addr_be
-        && config.snat_addr_be != 0
-        && (config.snat_port_first..=config.snat_port_last).contains(&dport)
-    {
-        let k = conntrack::key(
-            h.saddr_be,
-            h.daddr_be,
-            h.sport_be,
-            h.dport_be,
-            h.proto,
-            CT_DIR_SNAT_IN,
-        );
-        if let Some((entry, _)) = conntrack::lookup(&k, false) {
-            nat::dnat_xdp(data, data_end, &h, entry.nat_addr_be, entry.nat_port_be)?;
-            return Ok(stats::UNSNAT);
-        }
+    if let Some((addr_be, port_be)) = flow::snat_reply(&h, &config) {
+        nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
+        return Ok(stats::UNSNAT);
     }
 
     let Some((master, wildcard)) = select::external_frontend(h.daddr_be, h.dport_be, h.proto)

@@ -1,8 +1,9 @@
-//! TC egress on the node's uplinks: after routing and netfilter, the last
-//! rewrite before the wire. A local backend's reply to an external client
+//! TC egress, on the node's uplinks and on pod veths alike: after routing
+//! and netfilter, the last rewrite before the wire. A local backend's reply to an external client
 //! gets its frontend (node address:nodePort) back as source; a packet of an
 //! external flow to a remote backend gets the node's address and its SNAT
-//! port as source, so the backend's node answers to us.
+//! port as source, so the backend's node answers to us; on a pod veth, the
+//! same SNAT brings a hairpin pod's reply to itself back through the node.
 
 use aya_ebpf::programs::TcContext;
 use lb_common::{stats, CT_DIR_SNAT_OUT};

@@ -770,3 +770,42 @@ fn fin_and_rst_mark_their_conntrack_direction_closing() {
     assert_eq!(out, frame(L4::TcpRst, FRONTEND, CLIENT, &[], b""));
     assert!(closing(CT_DIR_REPLY));
 }
+
+#[test]
+fn hairpin_pod_reaches_itself_through_the_node() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    // The client pod is the Service's only backend.
+    let own = SocketAddrV4::new(*CLIENT.ip(), 8080);
+    f.add_service(VIP, 80, IPPROTO_TCP, &[(*own.ip(), own.port())])
+        .unwrap();
+    f.set_config(NodeConfig {
+        snat_addr_be: be_addr(NODE),
+        snat_port_first: SNAT_PORTS.0,
+        snat_port_last: SNAT_PORTS.1,
+    })
+    .unwrap();
+    // In from the pod: DNAT to itself ...
+    let (_, out) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpSyn, CLIENT, own, &[], b""));
+    assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
+    // ... back out to it SNATed to the node, so its answer leaves the pod.
+    let (_, out) = f.run_tc(&frame(L4::TcpSyn, CLIENT, own, &[], b"")).unwrap();
+    let snat = decode(&out).unwrap().src;
+    assert_eq!(*snat.ip(), NODE);
+    assert_eq!(out, frame(L4::TcpSyn, snat, own, &[], b""));
+    // Its answer to the node is un-SNATed before netfilter ...
+    let (_, out) = f
+        .run_xdp(&frame(L4::TcpAck, own, snat, &[], b"hi"))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpAck, own, CLIENT, &[], b"hi"));
+    // ... and reverse-NATed on the way back into the pod.
+    let (_, out) = f
+        .run_tc(&frame(L4::TcpAck, own, CLIENT, &[], b"hi"))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"hi"));
+}

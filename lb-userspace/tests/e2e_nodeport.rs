@@ -73,6 +73,21 @@ fn manifests(topo: &MultiNodeTopology) -> String {
             &endpoints,
         )
         + &external_ip("ext", "10.96.0.24", EXTERNAL_IP, &endpoints)
+        + &hairpin(topo)
+}
+
+/// A Service whose only endpoint is node-a's first pod, for that pod to
+/// reach itself through its ClusterIP.
+const HAIRPIN_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 25);
+
+fn hairpin(topo: &MultiNodeTopology) -> String {
+    let pod = &topo.pods(0)[0];
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: self, namespace: default}}\nspec:\n  clusterIP: {HAIRPIN_VIP}\n  ports:\n  - {{name: http, port: 80, protocol: TCP}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: self-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: self}}\naddressType: IPv4\nports:\n  - {{name: http, port: {TCP_PORT}, protocol: TCP}}\nendpoints:\n  - addresses: [\"{}\"]\n    nodeName: {}\n---\n",
+        pod.ip,
+        topo.node_name(0)
+    )
 }
 
 /// An externalIP routed to the nodes by the network (here: a route on the
@@ -280,6 +295,18 @@ fn nodeport_external_traffic_on_two_nodes() {
     // A pod on node-a reaches node-b's NodePort.
     let pod = Client::new(topo.client_pod(0));
     all_answered(&pod, node_b, CLUSTER_POLICY_PORT, 50);
+
+    // Hairpin: a pod reaching itself through its Service's ClusterIP; the
+    // node SNATs the flow (the pod sees node-a's address) so the answer
+    // comes back through the node.
+    let own = Client::new(&topo.pods(0)[0]);
+    let results = own
+        .tcp_requests(HAIRPIN_VIP, 80, 20, DEFAULT_TIMEOUT)
+        .unwrap();
+    let (ok, backends, peers) = tally(&results);
+    println!("hairpin: {ok}/20 by {backends:?}, seen from {peers:?}");
+    assert_eq!(ok, 20, "{:?}", results.iter().find(|r| r.is_err()));
+    assert_eq!(peers.keys().copied().collect::<Vec<_>>(), [node_a]);
 
     // ... and a pod on node-b its own node's NodePort (balanced by the
     // pod-side program).
