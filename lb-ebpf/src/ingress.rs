@@ -1,21 +1,32 @@
-//! XDP ingress: DNAT of packets addressed to a frontend.
+//! XDP ingress, on pod veths and on uplinks: DNAT of packets addressed to
+//! a frontend, un-SNAT of replies, rejection when there is no endpoint.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{stats, SVC_F_LOCAL_ONLY};
+use lb_common::{stats, BACKEND_F_REMOTE, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
 
-use crate::{conntrack, flow, maps::CONFIG, nat, parse, reject, select};
+use crate::{conntrack, flow, maps::CONFIG, nat, node, parse, reject, select};
+
+/// Where the XDP program sits, which decides the two things that differ.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The node side of a pod veth: traffic from pods.
+    Pod,
+    /// A node uplink: traffic from outside the node (see `node.rs`).
+    Uplink,
+}
 
 /// `Ok(reason)`: pass the (possibly rewritten) packet to the stack, or send
-/// a rejection back (`stats::is_tx`). `Err(reason)`: drop it.
+/// a rejection back (`stats::is_tx`). `Err(reason)`: drop it. The entry
+/// points pass a constant `side`, so each program keeps only its branches.
 #[inline(always)]
-pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
+pub fn try_ingress(ctx: &XdpContext, side: Side) -> Result<u32, u32> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let h = match parse::parse(data, data_end) {
         Ok(h) => h,
         Err(reason) => return Ok(reason),
     };
-    // A hairpin pod's reply to itself, addressed to the node's SNAT
-    // address: back to the pod as the client it was.
+    // A reply to a flow this node SNATed (a remote backend's, or a hairpin
+    // pod's to itself): back to the client it came from.
     let config = CONFIG.get(0).copied().unwrap_or_default();
     if let Some((addr_be, port_be)) = flow::snat_reply(&h, &config) {
         nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
@@ -33,8 +44,15 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
         return Ok(stats::DNAT_ESTABLISHED);
     }
-    // internalTrafficPolicy Local without an endpoint on this node: drop,
-    // as kube-proxy does (never forward to another node's endpoints).
+    // loadBalancerSourceRanges guard load-balancer IPs, reached from outside.
+    if side == Side::Uplink
+        && master.flags & SVC_F_SOURCE_RANGES != 0
+        && !node::source_allowed(master.rev_nat_id, h.saddr_be)
+    {
+        return Err(stats::DROP_SOURCE_RANGE);
+    }
+    // A Local traffic policy without an endpoint on this node: drop, as
+    // kube-proxy does (never forward to another node's endpoints).
     if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
         return Err(stats::DROP_NO_LOCAL_BACKENDS);
     }
@@ -43,18 +61,23 @@ pub fn try_ingress(ctx: &XdpContext) -> Result<u32, u32> {
         return reject::reject(ctx, &h);
     }
     let (backend, value) = flow::pick(&h, &master, wildcard)?;
-    // Hairpin: the pod picked itself. Its reply would never leave the pod
-    // (it answers its own address locally), so the flow is SNATed to the
-    // node at the pod's TC egress, like a remote backend's; the reply then
-    // comes back through the node to be un-SNATed and reverse-NATed.
-    let hairpin = backend.addr_be == h.saddr_be;
-    if hairpin {
+    // SNAT to the node, at TC egress, so that the reply comes back here:
+    // from outside, for a backend on another node (unless the policy is
+    // Local); from a pod, when it picked itself (hairpin: its reply would
+    // otherwise never leave the pod).
+    let snat = match side {
+        Side::Uplink => {
+            backend.flags & BACKEND_F_REMOTE != 0 && master.flags & SVC_F_LOCAL_ONLY == 0
+        }
+        Side::Pod => backend.addr_be == h.saddr_be,
+    };
+    if snat {
         conntrack::create_snat(&fwd, &value, &config)
             .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
     }
     flow::record(&fwd, &backend, &value);
     nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;
-    Ok(if hairpin {
+    Ok(if snat {
         stats::DNAT_SNAT_NEW_FLOW
     } else {
         stats::DNAT_NEW_FLOW

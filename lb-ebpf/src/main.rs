@@ -45,7 +45,7 @@ use aya_ebpf::{
 
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
-    xdp_verdict(&ctx, ingress::try_ingress)
+    xdp_verdict(&ctx, |ctx| ingress::try_ingress(ctx, ingress::Side::Pod))
 }
 
 #[classifier]
@@ -57,7 +57,7 @@ pub fn lb_tc_egress(ctx: TcContext) -> i32 {
 
 #[xdp]
 pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
-    xdp_verdict(&ctx, node::try_node_ingress)
+    xdp_verdict(&ctx, |ctx| ingress::try_ingress(ctx, ingress::Side::Uplink))
 }
 
 #[classifier]

@@ -176,7 +176,7 @@ fn node_ports_need_a_node_port_type_and_load_balancer_ips_need_load_balancer() {
 fn load_balancer_ingress_without_a_vip_is_skipped_and_bad_addresses_reported() {
     let ingress = r#"
     ingress:
-      - {hostname: lb.example.com}
+      - {hostname: lb.invalid}
       - {ip: 198.51.100.11, ipMode: Proxy}
       - {ip: 198.51.100.12, ipMode: VIP}
       - {ip: 'fd00::12'}

@@ -144,7 +144,7 @@ fn random_ingress(rng: &mut StdRng) -> Vec<Value> {
     (0..rng.random_range(0..3))
         .map(|_| {
             if rng.random_bool(0.1) {
-                return json!({"hostname": "lb.example.com"});
+                return json!({"hostname": "lb.invalid"});
             }
             let mut ingress = json!({"ip": pick(rng, &ips)});
             if rng.random_bool(0.2) {
