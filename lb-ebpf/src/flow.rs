@@ -26,13 +26,16 @@ pub fn forward_key(h: &Headers) -> CtKey {
 /// left the Service: it is the pod's to finish (kube-proxy keeps it too). A
 /// UDP flow, or a new TCP connection (SYN) reusing the tuple, whose backend
 /// is gone falls through to a new pick, so that the next datagram (a DNS
-/// retry) reaches a live backend.
+/// retry) reaches a live backend. "Gone" compares the address too, so a
+/// backend id that names another backend after the ids wrapped cannot
+/// hold a flow.
 #[inline(always)]
 pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16)> {
     let (entry, refreshed) = conntrack::lookup(fwd, h.is_tcp_closing())?;
     let (addr_be, port_be) = (entry.backend_addr_be, entry.backend_port_be);
-    let keep =
-        (h.proto == IPPROTO_TCP && !h.is_tcp_syn()) || select::backend(entry.backend_id).is_some();
+    let keep = (h.proto == IPPROTO_TCP && !h.is_tcp_syn())
+        || select::backend(entry.backend_id)
+            .is_some_and(|b| b.addr_be == addr_be && b.port_be == port_be);
     if !keep {
         return None;
     }

@@ -84,6 +84,8 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     /// This node's name (its Node object is watched).
     pub node_name: String,
+    /// This node's zone when its Node object does not name one.
+    pub zone: Option<String>,
     /// Glob patterns of the node-side pod interfaces to attach to.
     pub pod_interfaces: Vec<String>,
     /// Glob patterns of the node's uplinks (traffic from outside the node:
@@ -120,12 +122,15 @@ enum Source {
 impl Source {
     async fn start(cfg: &AgentConfig) -> anyhow::Result<Self> {
         Ok(match &cfg.source {
-            SourceConfig::Manifests(dir) => {
-                Source::Manifests(ManifestSource::new(dir.clone(), cfg.node_name.clone()))
-            }
+            SourceConfig::Manifests(dir) => Source::Manifests(ManifestSource::new(
+                dir.clone(),
+                cfg.node_name.clone(),
+                cfg.zone.clone(),
+            )),
             SourceConfig::Kube { kubeconfig } => Source::Kube(KubeSource::start(
                 kube_client(kubeconfig.as_deref()).await?,
                 &cfg.node_name,
+                cfg.zone.clone(),
             )),
         })
     }
@@ -543,11 +548,15 @@ fn monitor(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
 }
 
 /// Logs this node's addresses when they change, and reports any that falls
-/// inside the Service or Pod range.
+/// inside the Service or Pod range. A new zone is offered to the index
+/// (topology hints select other endpoints).
 fn check_node(k: &KubeSource, net: &NetConfig, last: &mut Option<NodeInfo>, telemetry: &Telemetry) {
     let now = k.node();
     if now == *last {
         return;
+    }
+    if now.as_ref().map(|n| &n.zone) != last.as_ref().map(|n| &n.zone) {
+        k.offer_again(Instant::now());
     }
     if let Some(n) = &now {
         info!(node = %n.name, addresses = ?n.addresses, zone = ?n.zone, "this node");

@@ -19,6 +19,8 @@ mod service;
 mod tests;
 #[cfg(test)]
 mod tests_external;
+#[cfg(test)]
+mod tests_topology;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -34,7 +34,7 @@ fn empty_list(kind: &str) -> String {
 async fn lists_then_watches_services_slices_and_only_this_node() {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let _source = KubeSource::start(client, "node-a");
+    let _source = KubeSource::start(client, "node-a", None);
 
     // First the three LISTs (in any order), each answered with an empty list.
     let mut lists = BTreeSet::new();

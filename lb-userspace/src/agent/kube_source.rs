@@ -58,6 +58,8 @@ pub struct KubeSource {
     index: DesiredIndex,
     nodes: reflector::Store<Node>,
     signals: Arc<Signals>,
+    /// The zone when the Node object has no zone label.
+    default_zone: Option<String>,
     /// All first lists are complete.
     ready: bool,
     tasks: Vec<JoinHandle<()>>,
@@ -66,7 +68,8 @@ pub struct KubeSource {
 impl KubeSource {
     /// Starts the watches: Services and EndpointSlices cluster-wide, and this
     /// node's Node object. Nothing is served until all first lists are in.
-    pub fn start(client: Client, node_name: &str) -> Self {
+    /// `default_zone` is this node's zone if its Node has no zone label.
+    pub fn start(client: Client, node_name: &str, default_zone: Option<String>) -> Self {
         let signals = Arc::new(Signals::default());
         // Until the first lists are complete there is nothing to take.
         *signals.pending_since.lock().expect("fresh") = Some(Instant::now());
@@ -90,6 +93,7 @@ impl KubeSource {
             index: DesiredIndex::new(Some(node_name.to_owned())),
             nodes,
             signals,
+            default_zone,
             ready: false,
             tasks: vec![svc_task, slice_task, node_task],
         }
@@ -140,8 +144,13 @@ impl KubeSource {
         })
     }
 
-    /// Applies the changes the watch tasks sent so far.
+    /// Applies the changes the watch tasks sent so far, and this node's
+    /// zone (a Node change wakes nobody: the run loop's `node` check offers
+    /// the state again when the zone changed).
     fn apply_changes(&mut self) {
+        let zone = self.node().and_then(|n| n.zone);
+        self.index
+            .set_zone(zone.or_else(|| self.default_zone.clone()));
         while let Ok(change) = self.changes.try_recv() {
             match change {
                 Change::Service(update) => match *update {

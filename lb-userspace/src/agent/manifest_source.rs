@@ -22,13 +22,16 @@ pub struct ManifestSource {
 }
 
 impl ManifestSource {
-    /// Reads `dir` for the node named `node_name` (its endpoints are local).
-    pub fn new(dir: PathBuf, node_name: String) -> Self {
+    /// Reads `dir` for the node named `node_name` (its endpoints are local)
+    /// in `zone` (the endpoints zone hints give it).
+    pub fn new(dir: PathBuf, node_name: String, zone: Option<String>) -> Self {
+        let mut index = DesiredIndex::new(Some(node_name));
+        index.set_zone(zone);
         Self {
             dir,
             applied: None,
             offered: None,
-            index: DesiredIndex::new(Some(node_name)),
+            index,
             load_errors: Vec::new(),
         }
     }

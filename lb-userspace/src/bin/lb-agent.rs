@@ -29,6 +29,12 @@ struct Args {
     /// (the DaemonSet sets it from spec.nodeName), else the hostname.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// This node's zone, for topology hints (trafficDistribution
+    /// PreferClose / PreferSameZone, topology-mode Auto). With Kubernetes
+    /// the Node's `topology.kubernetes.io/zone` label takes precedence;
+    /// this is the zone when there is none (and with --manifests).
+    #[arg(long, env = "NODE_ZONE")]
+    zone: Option<String>,
     /// Node-side pod interfaces to attach to: comma-separated names or glob
     /// patterns (e.g. `veth*,cali*`). New matching interfaces are attached
     /// as they appear.
@@ -160,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
             },
         },
         node_name,
+        zone: args.zone,
         pod_interfaces: args.pod_interfaces,
         node_interfaces: args.node_interfaces,
         snat_ports: args.snat_ports,

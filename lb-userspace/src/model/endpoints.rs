@@ -1,7 +1,7 @@
 //! EndpointSlices reduced to what the load balancer needs: the Service they
 //! belong to, the addresses of ready endpoints (and of serving-terminating
 //! ones, the fallback when none is ready), whether each is on this node,
-//! and the named ports.
+//! their topology hints, and the named ports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -21,7 +21,7 @@ pub(super) struct SliceEndpoints {
     endpoints: Vec<ReadyEndpoint>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct ReadyEndpoint {
     ip: Ipv4Addr,
     /// Its `nodeName` is this node's name.
@@ -31,6 +31,26 @@ struct ReadyEndpoint {
     /// allows), as kube-proxy does, so that a rolling update or a scale to
     /// zero drains gracefully instead of refusing connections.
     ready: bool,
+    /// `hints.forZones`: the zones whose nodes should prefer it. Set by the
+    /// EndpointSlice controller for trafficDistribution PreferClose /
+    /// PreferSameZone / PreferSameNode and the topology-mode annotation.
+    zone_hints: Vec<String>,
+    /// `hints.forNodes`: `None` without node hints (PreferSameNode sets
+    /// them), else whether this node is among them.
+    for_this_node: Option<bool>,
+}
+
+/// Which endpoints of a Service port this node may use, by their hints
+/// (kube-proxy's topology modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology<'z> {
+    /// Hints are absent, incomplete or name neither this node nor its zone:
+    /// every endpoint.
+    Any,
+    /// Those hinted for this node.
+    SameNode,
+    /// Those hinted for this zone.
+    SameZone(&'z str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +88,8 @@ pub(super) fn read_slice(
 
 /// Backends of the Service port named `port_name` with protocol `proto`,
 /// from that Service's slices; with `local_only`, this node's endpoints
-/// only. As in kube-proxy, each slice having a port with that name and
+/// only, else those the topology hints give this node (in `zone`, if it
+/// has one). As in kube-proxy, each slice having a port with that name and
 /// protocol contributes its ready addresses at that port's number (or, when
 /// no slice has a ready one, its serving-and-terminating ones); a slice
 /// without such a port contributes nothing. An address:port listed by
@@ -80,11 +101,19 @@ pub(super) fn backends<'a>(
     port_name: &str,
     proto: Proto,
     local_only: bool,
+    zone: Option<&str>,
 ) -> BTreeSet<BackendAddr> {
     let slices: Vec<&SliceEndpoints> = slices.into_iter().collect();
-    let ready = usable(&slices, port_name, proto, local_only, true);
+    // Traffic policy Local already keeps traffic on the node; kube-proxy
+    // applies hints to the cluster-wide endpoints only.
+    let topology = if local_only {
+        Topology::Any
+    } else {
+        topology(&slices, port_name, proto, zone)
+    };
+    let ready = usable(&slices, port_name, proto, local_only, true, topology);
     let chosen = if ready.is_empty() {
-        usable(&slices, port_name, proto, local_only, false)
+        usable(&slices, port_name, proto, local_only, false, topology)
     } else {
         ready
     };
@@ -94,26 +123,69 @@ pub(super) fn backends<'a>(
         .collect()
 }
 
+/// kube-proxy's topology mode for a Service port, decided by its ready
+/// endpoints: same node if every one has node hints and some are for this
+/// node; else same zone if every one has zone hints and some are for this
+/// node's zone; else any. The fallbacks keep a Service answering while
+/// the EndpointSlice controller is part-way through hinting, and on a node
+/// whose zone has no endpoint (PreferClose's "fall back cluster-wide").
+fn topology<'z>(
+    slices: &[&SliceEndpoints],
+    port_name: &str,
+    proto: Proto,
+    zone: Option<&'z str>,
+) -> Topology<'z> {
+    let ready: Vec<&ReadyEndpoint> = slices
+        .iter()
+        .filter(|slice| slice.port(port_name, proto).is_some())
+        .flat_map(|slice| slice.endpoints.iter())
+        .filter(|endpoint| endpoint.ready)
+        .collect();
+    let all_node_hinted = ready.iter().all(|e| e.for_this_node.is_some());
+    if all_node_hinted && ready.iter().any(|e| e.for_this_node == Some(true)) {
+        return Topology::SameNode;
+    }
+    let Some(zone) = zone else {
+        return Topology::Any;
+    };
+    let all_zone_hinted = ready.iter().all(|e| !e.zone_hints.is_empty());
+    if all_zone_hinted && ready.iter().any(|e| e.zone_hints.iter().any(|z| z == zone)) {
+        return Topology::SameZone(zone);
+    }
+    Topology::Any
+}
+
+impl Topology<'_> {
+    fn admits(self, endpoint: &ReadyEndpoint) -> bool {
+        match self {
+            Topology::Any => true,
+            Topology::SameNode => endpoint.for_this_node == Some(true),
+            Topology::SameZone(zone) => endpoint.zone_hints.iter().any(|z| z == zone),
+        }
+    }
+}
+
 /// (address, port) -> remote, of the ready endpoints (`ready`) or of the
-/// serving-and-terminating ones (`!ready`) that serve the port.
+/// serving-and-terminating ones (`!ready`) that serve the port and that
+/// `topology` admits.
 fn usable(
     slices: &[&SliceEndpoints],
     port_name: &str,
     proto: Proto,
     local_only: bool,
     ready: bool,
+    topology: Topology<'_>,
 ) -> BTreeMap<(Ipv4Addr, u16), bool> {
     let mut remote_by_addr: BTreeMap<(Ipv4Addr, u16), bool> = BTreeMap::new();
     for slice in slices {
-        let Some(port) = slice
-            .ports
-            .iter()
-            .find(|p| p.name == port_name && p.proto == proto)
-        else {
+        let Some(port) = slice.port(port_name, proto) else {
             continue;
         };
         for endpoint in &slice.endpoints {
-            if (local_only && !endpoint.local) || endpoint.ready != ready {
+            if (local_only && !endpoint.local)
+                || endpoint.ready != ready
+                || !topology.admits(endpoint)
+            {
                 continue;
             }
             let remote = remote_by_addr
@@ -143,6 +215,12 @@ pub(super) fn local_ready_count<'a>(slices: impl IntoIterator<Item = &'a SliceEn
 }
 
 impl SliceEndpoints {
+    fn port(&self, name: &str, proto: Proto) -> Option<&SlicePort> {
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.proto == proto)
+    }
+
     /// Reads one slice, reporting bad ports and addresses; everything else
     /// in the slice is still used.
     fn parse(
@@ -178,6 +256,8 @@ impl SliceEndpoints {
                         ip,
                         local: is_local(endpoint, node_name),
                         ready: is_ready(endpoint),
+                        zone_hints: zone_hints(endpoint),
+                        for_this_node: for_this_node(endpoint, node_name),
                     })
                 }
                 Ok(_) => {}
@@ -209,6 +289,23 @@ fn is_serving_terminating(endpoint: &Endpoint) -> bool {
 /// the client address, while not SNATing traffic to a remote one breaks it.
 fn is_local(endpoint: &Endpoint, node_name: Option<&str>) -> bool {
     node_name.is_some_and(|this| endpoint.node_name.as_deref() == Some(this))
+}
+
+fn zone_hints(endpoint: &Endpoint) -> Vec<String> {
+    let zones = endpoint.hints.as_ref().and_then(|h| h.for_zones.as_ref());
+    zones
+        .into_iter()
+        .flatten()
+        .map(|z| z.name.clone())
+        .collect()
+}
+
+fn for_this_node(endpoint: &Endpoint, node_name: Option<&str>) -> Option<bool> {
+    let nodes = endpoint.hints.as_ref()?.for_nodes.as_ref()?;
+    if nodes.is_empty() {
+        return None;
+    }
+    Some(node_name.is_some_and(|this| nodes.iter().any(|n| n.name == this)))
 }
 
 /// The endpoint's address. Like kube-proxy, only the first of `addresses`

@@ -35,6 +35,8 @@ pub struct DesiredIndex {
     /// This node's name: endpoints on it are local. Fixed for the index's
     /// life, since every slice's endpoints are read with it.
     node_name: Option<String>,
+    /// This node's `topology.kubernetes.io/zone`, for zone hints.
+    zone: Option<String>,
     services: BTreeMap<ObjectRef, Entry>,
     /// Each Service's problems (only Services that have some).
     service_errors: BTreeMap<ObjectRef, Vec<ConfigError>>,
@@ -80,6 +82,7 @@ impl DesiredIndex {
     pub fn new(node_name: Option<String>) -> Self {
         DesiredIndex {
             node_name: node_name.filter(|n| !n.is_empty()),
+            zone: None,
             services: BTreeMap::new(),
             service_errors: BTreeMap::new(),
             slice_owners: BTreeMap::new(),
@@ -93,6 +96,22 @@ impl DesiredIndex {
             desired: Desired::default(),
             errors_stale: false,
         }
+    }
+
+    /// Sets this node's zone (its `topology.kubernetes.io/zone` label),
+    /// which selects the endpoints zone hints give it. A node's zone
+    /// rarely changes, so every Service is recomputed.
+    pub fn set_zone(&mut self, zone: Option<String>) {
+        let zone = zone.filter(|z| !z.is_empty());
+        if zone == self.zone {
+            return;
+        }
+        self.zone = zone;
+        let services: Vec<ObjectRef> = self.services.keys().cloned().collect();
+        for service in &services {
+            self.refresh_endpoints(service);
+        }
+        self.finish();
     }
 
     /// The frontends, health checks, errors and IPv6 skips of the current
@@ -319,7 +338,8 @@ impl DesiredIndex {
             .get(service)
             .into_iter()
             .flat_map(|s| s.values());
-        let wanted = shape.map_or_else(Vec::new, |s| s.frontends(service, slices.clone()));
+        let zone = self.zone.as_deref();
+        let wanted = shape.map_or_else(Vec::new, |s| s.frontends(service, slices.clone(), zone));
         let health_check = shape
             .and_then(|s| s.health_check)
             .map(|port| (port, local_ready_count(slices)));

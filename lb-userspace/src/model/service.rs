@@ -141,11 +141,13 @@ impl ServiceShape {
             .map(|claim| claim.frontend)
     }
 
-    /// What each claimed frontend serves, given this Service's EndpointSlices.
+    /// What each claimed frontend serves, given this Service's EndpointSlices
+    /// and this node's zone.
     pub(super) fn frontends<'s>(
         &self,
         service: &ObjectRef,
         slices: impl Iterator<Item = &'s SliceEndpoints> + Clone,
+        zone: Option<&str>,
     ) -> Vec<(Frontend, DesiredFrontend)> {
         self.claims()
             .filter(|c| c.first)
@@ -167,7 +169,7 @@ impl ServiceShape {
                 let wanted = DesiredFrontend {
                     service: service.clone(),
                     port_name: claim.port_name.clone(),
-                    backends: backends(slices.clone(), name, proto, local_only),
+                    backends: backends(slices.clone(), name, proto, local_only, zone),
                     external,
                     local_only,
                     source_ranges,

@@ -92,7 +92,7 @@ async fn changes_arrive_and_a_relist_after_410_never_drops_present_services() {
         server.apply_slice(slice(name, &[&format!("10.244.0.{n}")]));
     }
     let client = Client::try_from(Config::new(server.url().parse().unwrap())).unwrap();
-    let mut source = KubeSource::start(client, "node-a");
+    let mut source = KubeSource::start(client, "node-a", None);
     let first = expect(&[
         ("a", &["10.244.0.1"]),
         ("b", &["10.244.0.2"]),
