@@ -69,6 +69,16 @@ pub const PROG_TC_NODE_EGRESS: &str = "lb_tc_node_egress";
 /// Name of the TC egress program (reverse NAT of backend replies, after the
 /// node's netfilter has seen the un-NATed reply).
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
+/// Name of the TC ingress program on pod interfaces and uplinks: sends the
+/// rejections the XDP programs wrote back out of the interface they came
+/// in on.
+pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
+
+/// XDP metadata (4 bytes before the frame, native byte order) that marks a
+/// frame the XDP program rewrote into a rejection (TCP RST, ICMP
+/// unreachable) and passed up, for `lb_tc_ingress` to send back out. XDP_TX
+/// cannot be used on a veth whose peer lacks NAPI: the kernel drops it.
+pub const REJECT_BOUNCE_MARK: u32 = 0x4c42_5254;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

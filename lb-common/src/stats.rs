@@ -101,7 +101,8 @@ pub const fn is_drop(reason: u32) -> bool {
 }
 
 /// True for the reasons that send the rewritten packet back out of the
-/// interface it came in on (XDP_TX).
+/// interface it came in on: through `lb_tc_ingress` when the XDP program
+/// could mark it (see [`crate::REJECT_BOUNCE_MARK`]), else XDP_TX.
 pub const fn is_tx(reason: u32) -> bool {
     matches!(reason, REJECT_TCP_RST | REJECT_ICMP_UNREACHABLE)
 }

@@ -14,6 +14,9 @@
 //!   load-balancer IPs, plus SNAT of such flows to backends on other nodes
 //!   (see `node.rs`).
 //!
+//! * `lb_tc_ingress` (TC ingress, pod interfaces and uplinks): sends the
+//!   rejections the XDP programs wrote back out (see `reject.rs`).
+//!
 //! Entry points are thin: the `try_*` functions return `Ok(reason)` for a
 //! packet that goes on (to the stack, or back out of its interface for the
 //! reasons of `stats::is_tx`: rejections, see `reject.rs`) and
@@ -24,6 +27,7 @@
 #![no_main]
 
 mod affinity;
+mod bounce;
 mod conntrack;
 mod egress;
 mod flow;
@@ -65,12 +69,19 @@ pub fn lb_tc_node_egress(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, node_egress::try_node_egress)
 }
 
+#[classifier]
+pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
+    bounce::bounce(&ctx)
+}
+
 /// Counts the reason and turns it into an XDP verdict.
 #[inline(always)]
 fn xdp_verdict(ctx: &XdpContext, program: fn(&XdpContext) -> Result<u32, u32>) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (reason, action) = match program(ctx) {
-        Ok(reason) if lb_common::stats::is_tx(reason) => (reason, xdp_action::XDP_TX),
+        Ok(reason) if lb_common::stats::is_tx(reason) && !reject::marked(ctx) => {
+            (reason, xdp_action::XDP_TX)
+        }
         Ok(reason) => (reason, xdp_action::XDP_PASS),
         Err(reason) => (reason, xdp_action::XDP_DROP),
     };

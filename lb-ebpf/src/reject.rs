@@ -1,11 +1,18 @@
 //! Immediate refusal of new flows to a frontend without backends, the way
 //! kube-proxy's REJECT rule does it: a SYN is answered with a RST and a UDP
 //! datagram with an ICMP port unreachable, sent back out of the interface
-//! it came in on (XDP_TX). Clients then fail in milliseconds instead of
+//! it came in on. Clients then fail in milliseconds instead of
 //! retransmitting into a timeout.
 //!
+//! Sending it back: XDP_TX fails silently on a veth in native mode unless
+//! the pod's end has NAPI (an XDP program or GRO of its own), which the
+//! node does not control. So the reply is marked in the XDP metadata and
+//! passed up; `lb_tc_ingress` on the same interface redirects marked
+//! frames out of it (see `bounce.rs`). Only where the driver cannot carry
+//! metadata is XDP_TX used.
+//!
 //! The reply is written over the packet itself, resized with
-//! `bpf_xdp_adjust_tail`, and its checksums are computed from scratch.
+//! `bpf_xdp_adjust_head`, and its checksums are computed from scratch.
 //! Only packets without IP options (IHL 5) are answered; anything else is
 //! dropped, as is TCP that does not open a connection.
 //!
@@ -14,8 +21,11 @@
 //! inlining. Header fields are read and written in place, one by one: whole
 //! header copies would cost stack they do not have either.
 
-use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
-use lb_common::{csum, stats, IPPROTO_TCP};
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
+    programs::XdpContext,
+};
+use lb_common::{csum, stats, IPPROTO_TCP, REJECT_BOUNCE_MARK};
 
 use crate::parse::{ptr_at, Headers, Ipv4Hdr, ETH_HLEN};
 
@@ -33,6 +43,7 @@ const UNREACH_LEN: usize = L4_OFF + ICMP_HLEN + QUOTE_LEN;
 /// than bytes).
 type Macs = [u16; 6];
 
+const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_ICMP: u8 = 1;
 const IP_DF: u16 = 0x4000;
 const REPLY_TTL: u8 = 64;
@@ -64,20 +75,50 @@ struct IcmpHdr {
 }
 
 /// Answers a new flow's packet `h` to a frontend without backends. `Ok` is
-/// a reason the entry point turns into XDP_TX; `Err` a drop.
+/// a reason the entry point turns into XDP_PASS when the reply is marked
+/// for `lb_tc_ingress` (see [`marked`]), else XDP_TX; `Err` a drop.
 #[inline(never)]
 pub fn reject(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
     if h.l4_off != L4_OFF {
         return Err(stats::DROP_NO_BACKENDS);
     }
-    if h.proto == IPPROTO_TCP {
+    let reason = if h.proto == IPPROTO_TCP {
         if !h.is_tcp_syn() {
             return Err(stats::DROP_NO_BACKENDS);
         }
-        tcp_rst(ctx, h)
+        tcp_rst(ctx, h)?
     } else {
-        icmp_unreachable(ctx, h)
+        icmp_unreachable(ctx, h)?
+    };
+    mark(ctx);
+    Ok(reason)
+}
+
+/// Puts [`REJECT_BOUNCE_MARK`] in front of the frame as XDP metadata; a
+/// driver without metadata support leaves the frame unmarked.
+#[inline(always)]
+fn mark(ctx: &XdpContext) {
+    let len = core::mem::size_of::<u32>();
+    // SAFETY: plain helper call on our own context.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(len as i32)) } != 0 {
+        return;
     }
+    // SAFETY: the context's fields are valid; bounds checked below.
+    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, ctx.data()) };
+    if meta + len <= data {
+        // SAFETY: within the metadata area just reserved.
+        unsafe { *(meta as *mut u32) = REJECT_BOUNCE_MARK };
+    }
+}
+
+/// The frame carries [`REJECT_BOUNCE_MARK`]: a rejection to pass up for
+/// `lb_tc_ingress` rather than to XDP_TX.
+#[inline(always)]
+pub fn marked(ctx: &XdpContext) -> bool {
+    // SAFETY: the context's fields are valid; bounds checked below.
+    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, ctx.data()) };
+    // SAFETY: four bytes of metadata, bounds checked first.
+    meta + 4 <= data && unsafe { *(meta as *const u32) } == REJECT_BOUNCE_MARK
 }
 
 /// Rewrites a SYN into the RST|ACK its sender expects (RFC 9293 3.10.7.1:
@@ -180,11 +221,20 @@ fn write_eth_ip(
     proto: u8,
     len: usize,
 ) -> Result<(), u32> {
-    let eth: *mut Macs = ptr(data, data_end, 0)?;
+    let eth: *mut [u16; ETH_HLEN / 2] = ptr(data, data_end, 0)?;
     let ip: *mut Ipv4Hdr = ptr(data, data_end, ETH_HLEN)?;
     // SAFETY: bounds checked by `ptr`.
     unsafe {
-        *eth = [macs[3], macs[4], macs[5], macs[0], macs[1], macs[2]];
+        // The resize moved the frame's start: the EtherType is written too.
+        *eth = [
+            macs[3],
+            macs[4],
+            macs[5],
+            macs[0],
+            macs[1],
+            macs[2],
+            ETH_P_IP.to_be(),
+        ];
         (*ip).version_ihl = 0x45;
         (*ip).tos = 0;
         (*ip).tot_len_be = ((len - ETH_HLEN) as u16).to_be();
@@ -201,13 +251,18 @@ fn write_eth_ip(
     Ok(())
 }
 
-/// Grows or shrinks the packet to exactly `len` bytes. Packet pointers
-/// taken before are invalid afterwards.
+/// Grows or shrinks the packet to exactly `len` bytes, at its front: the
+/// reply is written from scratch, so which end moves does not matter, and
+/// every XDP buffer has headroom, while a veth's native-mode buffer may
+/// have no tailroom (a small datagram could not grow into its ICMP error).
+/// Packet pointers taken before are invalid afterwards.
 #[inline(always)]
 fn resize(ctx: &XdpContext, len: usize) -> Result<(), u32> {
-    let delta = len as i32 - (ctx.data_end() - ctx.data()) as i32;
+    // Written as growth (new minus old length): the other way round, the
+    // compiler turns it into pointer arithmetic the verifier refuses.
+    let grow = len as i32 - (ctx.data_end() - ctx.data()) as i32;
     // SAFETY: plain helper call on our own context.
-    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+    if grow != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
         return Err(stats::DROP_NO_BACKENDS);
     }
     Ok(())

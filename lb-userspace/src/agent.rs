@@ -518,7 +518,7 @@ fn monitor(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
         Err(e) => warn!("reading datapath counters: {e:#}"),
     }
     dp.monitor_calls += 1;
-    let ct = if dp.monitor_calls % CT_GC_EVERY == 0 {
+    let ct = if dp.monitor_calls.is_multiple_of(CT_GC_EVERY) {
         let (seen, removed) = dp
             .monitor
             .collect_garbage(ct_gc::now_ns(), &ct_gc::CtTimeouts::default());

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
     stats, NodeConfig, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
+    IPPROTO_UDP, REJECT_BOUNCE_MARK, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
 };
 use lb_userspace::{
     ebpf::fixture::{be_addr, DatapathFixture},
@@ -17,7 +17,6 @@ use lb_userspace::{
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const TC_ACT_OK: u32 = 0;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -252,6 +251,33 @@ fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
     assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
 }
 
+/// The frame of a rejection: passed up (XDP_PASS) behind the metadata
+/// that tells `lb_tc_ingress` to send it back out (BPF_PROG_TEST_RUN
+/// returns the metadata in front of the frame).
+fn bounced((verdict, out): (u32, Vec<u8>)) -> Vec<u8> {
+    assert_eq!(verdict, XDP_PASS, "a rejection is passed up to TC");
+    let (meta, frame) = out.split_at(4);
+    assert_eq!(
+        u32::from_ne_bytes(meta.try_into().unwrap()),
+        REJECT_BOUNCE_MARK,
+        "marked for lb_tc_ingress"
+    );
+    frame.to_vec()
+}
+
+/// `lb_tc_ingress` lets every frame without the rejection mark through
+/// untouched (the marked ones are covered end to end by e2e_reject).
+#[test]
+fn tc_ingress_passes_unmarked_frames_untouched() {
+    let Some(f) = no_backends() else { return };
+    for input in [
+        frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""),
+        rst_frame(FRONTEND, CLIENT, 1001),
+    ] {
+        assert_eq!(f.run_tc_ingress(&input).unwrap(), (TC_ACT_OK, input));
+    }
+}
+
 /// A fixture whose TCP and UDP frontends on VIP have no backends.
 fn no_backends() -> Option<DatapathFixture> {
     if !require_privileged("datapath") {
@@ -266,10 +292,10 @@ fn no_backends() -> Option<DatapathFixture> {
 #[test]
 fn syn_to_frontend_without_backends_is_answered_with_a_rst() {
     let Some(f) = no_backends() else { return };
-    let (verdict, out) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_TX);
+    let out = bounced(
+        f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap(),
+    );
     // The SYN's seq is 1000: the RST acknowledges 1001.
     assert_eq!(out, rst_frame(FRONTEND, CLIENT, 1001), "byte-exact RST");
     let decoded = decode(&out).unwrap();
@@ -279,10 +305,10 @@ fn syn_to_frontend_without_backends_is_answered_with_a_rst() {
 
     // TCP options are dropped (the packet shrinks), and data on the SYN is
     // acknowledged too.
-    let (verdict, out) = f
-        .run_xdp(&frame(L4::TcpSynMss, CLIENT, FRONTEND, &[], b"hello"))
-        .unwrap();
-    assert_eq!(verdict, XDP_TX);
+    let out = bounced(
+        f.run_xdp(&frame(L4::TcpSynMss, CLIENT, FRONTEND, &[], b"hello"))
+            .unwrap(),
+    );
     assert_eq!(
         out,
         rst_frame(FRONTEND, CLIENT, 1006),
@@ -300,8 +326,7 @@ fn udp_to_frontend_without_backends_is_answered_with_port_unreachable() {
     for payload in [&b"q"[..], &[7u8; 200][..]] {
         for l4 in [L4::Udp, L4::UdpNoChecksum] {
             let input = frame(l4, CLIENT, dns, &[], payload);
-            let (verdict, out) = f.run_xdp(&input).unwrap();
-            assert_eq!(verdict, XDP_TX);
+            let out = bounced(f.run_xdp(&input).unwrap());
             assert_eq!(
                 out,
                 icmp_port_unreachable_frame(VIP, &input),
@@ -589,14 +614,13 @@ fn external_frontend_without_backends_rejects_at_the_uplink() {
         .unwrap();
     f.add_frontend(NODE, NODE_PORT.port(), IPPROTO_UDP, &[], 0)
         .unwrap();
-    let (verdict, out) = f
-        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_TX);
+    let out = bounced(
+        f.run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
+            .unwrap(),
+    );
     assert_eq!(out, rst_frame(NODE_PORT, EXTERNAL, 1001));
     let input = frame(L4::Udp, EXTERNAL, NODE_PORT, &[], b"q");
-    let (verdict, out) = f.run_xdp_node(&input).unwrap();
-    assert_eq!(verdict, XDP_TX);
+    let out = bounced(f.run_xdp_node(&input).unwrap());
     assert_eq!(out, icmp_port_unreachable_frame(NODE, &input));
     let (verdict, _) = f
         .run_xdp_node(&frame(L4::TcpAck, EXTERNAL, NODE_PORT, &[], b""))

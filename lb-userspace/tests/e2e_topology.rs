@@ -34,16 +34,15 @@ const CONSECUTIVE: usize = 10;
 /// (the controller removes them when trafficDistribution is unset).
 fn manifests(topo: &MultiNodeTopology, hinted: bool) -> String {
     let mut endpoints = String::new();
-    for node in 0..2 {
+    for (node, zone) in ZONES.iter().enumerate().take(2) {
         for pod in topo.pods(node) {
             endpoints += &format!(
-                "  - addresses: [\"{}\"]\n    nodeName: {}\n    zone: {}\n",
+                "  - addresses: [\"{}\"]\n    nodeName: {}\n    zone: {zone}\n",
                 pod.ip,
                 topo.node_name(node),
-                ZONES[node]
             );
             if hinted {
-                endpoints += &format!("    hints: {{forZones: [{{name: {}}}]}}\n", ZONES[node]);
+                endpoints += &format!("    hints: {{forZones: [{{name: {zone}}}]}}\n");
             }
         }
     }

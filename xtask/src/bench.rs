@@ -13,14 +13,22 @@ pub fn run(extra: &[OsString]) -> Result<ExitCode> {
     setup::run()?;
     build::cargo_build(true)?;
     let mut args: Vec<OsString> = vec!["bench".into()];
-    // The report lands in docs/ unless the caller sends it elsewhere (a
-    // partial run with --only would otherwise replace the full report).
-    let has_out = extra.iter().any(|a| {
-        let a = a.to_string_lossy();
-        a == "--out" || a.starts_with("--out=")
-    });
-    if !has_out {
-        args.extend(["--out".into(), "docs/benchmarks.md".into()]);
+    // A full run's report lands in docs/, unless the caller sends it
+    // elsewhere; a partial run (--only) would replace the full report with
+    // one section, so it goes to target/ instead.
+    let given = |flag: &str| {
+        extra.iter().any(|a| {
+            let a = a.to_string_lossy();
+            a == flag || a.starts_with(&format!("{flag}="))
+        })
+    };
+    if !given("--out") {
+        let out = if given("--only") {
+            "target/benchmarks-partial.md"
+        } else {
+            "docs/benchmarks.md"
+        };
+        args.extend(["--out".into(), out.into()]);
     }
     args.extend(extra.iter().cloned());
     testbed::run(args)

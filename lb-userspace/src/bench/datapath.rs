@@ -132,6 +132,10 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
             name: "TC egress reply reverse-NAT",
             ns: timed(Box::new(|| f.time_tc(&reply, p.repeat)))?,
         },
+        Case {
+            name: "TC ingress, frame not marked for rejection (every packet)",
+            ns: timed(Box::new(|| f.time_tc_ingress(&hit, p.repeat)))?,
+        },
     ];
     cases.extend(nodeport_cases(&mut f, p, &timed)?);
     let mut port = 1024u16;
@@ -183,10 +187,14 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
 /// every rewrite here is an identity (backend = the NodePort address
 /// itself, SNAT source = the client itself), which costs the same lookups
 /// and checksum updates as a real one.
+/// Times one case over the runs: each call of the closure is one run.
+type Timer<'a> =
+    dyn Fn(Box<dyn FnMut() -> anyhow::Result<Duration> + '_>) -> anyhow::Result<Spread> + 'a;
+
 fn nodeport_cases(
     f: &mut DatapathFixture,
     p: &Params,
-    timed: &dyn Fn(Box<dyn FnMut() -> anyhow::Result<Duration> + '_>) -> anyhow::Result<Spread>,
+    timed: &Timer<'_>,
 ) -> anyhow::Result<Vec<Case>> {
     let node = Ipv4Addr::new(192, 168, 50, 10);
     let external = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 100), 50000);

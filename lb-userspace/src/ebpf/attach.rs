@@ -1,6 +1,7 @@
-//! Attaching the XDP (DNAT) and TC egress (reverse NAT) programs to pod
-//! interfaces, detaching them from interfaces that went away, and adopting
-//! the links a previous agent left pinned (see `link_pins`).
+//! Attaching the XDP (DNAT), TC egress (reverse NAT) and TC ingress
+//! (rejections back out) programs to pod interfaces and uplinks, detaching
+//! them from interfaces that went away, and adopting the links a previous
+//! agent left pinned (see `link_pins`).
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +19,9 @@ use aya::{
     },
     Ebpf,
 };
-use lb_common::{PROG_TC_EGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE};
+use lb_common::{
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE,
+};
 use tracing::{info, warn};
 
 use super::link_pins::{self, InterfacePins};
@@ -41,6 +44,7 @@ pub struct Role {
     pub name: &'static str,
     pub xdp: &'static str,
     pub tc_egress: &'static str,
+    pub tc_ingress: &'static str,
     /// Directory of the links' pins, under the pin directory.
     pub links_subdir: &'static str,
 }
@@ -50,6 +54,7 @@ pub const POD_INTERFACES: Role = Role {
     name: "pod",
     xdp: PROG_XDP_INGRESS,
     tc_egress: PROG_TC_EGRESS,
+    tc_ingress: PROG_TC_INGRESS,
     links_subdir: "links",
 };
 
@@ -58,10 +63,11 @@ pub const NODE_INTERFACES: Role = Role {
     name: "node",
     xdp: PROG_XDP_NODE,
     tc_egress: PROG_TC_NODE_EGRESS,
+    tc_ingress: PROG_TC_INGRESS,
     links_subdir: "node-links",
 };
 
-/// What is attached to one interface: the two links, pinned.
+/// What is attached to one interface: the three links, pinned.
 struct Attached {
     pins: InterfacePins,
     xdp_mode: String,
@@ -69,6 +75,7 @@ struct Attached {
     // holding them makes "detach" a matter of removing the pins.
     _xdp: FdLink,
     _tc: FdLink,
+    _tc_ingress: FdLink,
 }
 
 /// Owns the loaded programs and the pinned links per interface name.
@@ -82,7 +89,7 @@ pub struct Attacher {
 }
 
 impl Attacher {
-    /// Loads (verifies) both programs into the kernel. Links a previous
+    /// Loads (verifies) the three programs into the kernel. Links a previous
     /// agent pinned under `pin_dir` are adopted by [`Attacher::sync`].
     pub fn new(
         ebpf: &mut Ebpf,
@@ -93,9 +100,16 @@ impl Attacher {
         xdp_prog(ebpf, role)?
             .load()
             .with_context(|| format!("verifying {}", role.xdp))?;
-        tc_prog(ebpf, role)?
+        tc_prog(ebpf, role.tc_egress)?
             .load()
             .with_context(|| format!("verifying {}", role.tc_egress))?;
+        // Shared by both roles: loaded once.
+        let ingress = tc_prog(ebpf, role.tc_ingress)?;
+        if ingress.fd().is_err() {
+            ingress
+                .load()
+                .with_context(|| format!("verifying {}", role.tc_ingress))?;
+        }
         let links_dir = pin_dir.join(role.links_subdir);
         fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
@@ -155,7 +169,7 @@ impl Attacher {
             let pins = InterfacePins::new(&self.links_dir, *ifindex, name);
             match self.attach_one(ebpf, &pins) {
                 Ok(a) => {
-                    info!(role = self.role.name, interface = %name, xdp_mode = %a.xdp_mode, "attached XDP ingress and TC egress");
+                    info!(role = self.role.name, interface = %name, xdp_mode = %a.xdp_mode, "attached XDP, TC egress and TC ingress");
                     self.attached.insert(name.clone(), a);
                 }
                 Err(e) => {
@@ -191,21 +205,29 @@ impl Attacher {
         // clsact is needed only for the netlink fallback on kernels < 6.6
         // (tcx otherwise); adding it is harmless when it already exists.
         let _ = tc::qdisc_add_clsact(&pins.ifname);
-        let tc = tc_prog(ebpf, self.role)?;
-        let id = tc
-            .attach(&pins.ifname, TcAttachType::Egress)
-            .context("attaching TC egress")?;
-        let tc_link = FdLink::try_from(tc.take_link(id)?)
-            .context("TC link is not an fd (tcx) link; kernel >= 6.6 needed")?;
+        let tc_link = attach_tc(
+            ebpf,
+            self.role.tc_egress,
+            &pins.ifname,
+            TcAttachType::Egress,
+        )?;
+        let tc_ingress = attach_tc(
+            ebpf,
+            self.role.tc_ingress,
+            &pins.ifname,
+            TcAttachType::Ingress,
+        )?;
         fs::create_dir_all(&pins.dir)
             .with_context(|| format!("creating {}", pins.dir.display()))?;
         let xdp_link = pin(xdp_link, &pins.xdp(xdp_mode))?;
         let tc_link = pin(tc_link, &pins.tc())?;
+        let tc_ingress = pin(tc_ingress, &pins.tc_ingress())?;
         Ok(Attached {
             pins: pins.clone(),
             xdp_mode: xdp_mode.to_string(),
             _xdp: xdp_link,
             _tc: tc_link,
+            _tc_ingress: tc_ingress,
         })
     }
 }
@@ -228,18 +250,46 @@ fn adopt(ebpf: &mut Ebpf, role: Role, pins: &InterfacePins) -> anyhow::Result<At
         .attach_to_link(link)
         .context("replacing the XDP program")?;
     let xdp_link = FdLink::try_from(xdp.take_link(id)?)?;
-    let tc = tc_prog(ebpf, role)?;
-    let link = SchedClassifierLink::try_from(open(&pins.tc())?).context("not a tcx link")?;
-    let id = tc
-        .attach_to_link(link)
-        .context("replacing the TC program")?;
-    let tc_link = FdLink::try_from(tc.take_link(id)?)?;
+    let replace_tc = |ebpf: &mut Ebpf, name: &str, path: &Path| -> anyhow::Result<FdLink> {
+        let tc = tc_prog(ebpf, name)?;
+        let link = SchedClassifierLink::try_from(open(path)?).context("not a tcx link")?;
+        let id = tc
+            .attach_to_link(link)
+            .with_context(|| format!("replacing {name}"))?;
+        Ok(FdLink::try_from(tc.take_link(id)?)?)
+    };
+    let tc_link = replace_tc(ebpf, role.tc_egress, &pins.tc())?;
+    // An agent from before the TC ingress program left no such pin: attach
+    // it now (nothing to replace).
+    let tc_ingress = if pins.tc_ingress().exists() {
+        replace_tc(ebpf, role.tc_ingress, &pins.tc_ingress())?
+    } else {
+        let link = attach_tc(ebpf, role.tc_ingress, &pins.ifname, TcAttachType::Ingress)?;
+        pin(link, &pins.tc_ingress())?
+    };
     Ok(Attached {
         pins: pins.clone(),
         xdp_mode,
         _xdp: xdp_link,
         _tc: tc_link,
+        _tc_ingress: tc_ingress,
     })
+}
+
+/// Attaches the TC program `name` to `ifname` as a tcx link (its fd; the
+/// link detaches when the fd closes, until pinned).
+fn attach_tc(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ifname: &str,
+    at: TcAttachType,
+) -> anyhow::Result<FdLink> {
+    let tc = tc_prog(ebpf, name)?;
+    let id = tc
+        .attach(ifname, at)
+        .with_context(|| format!("attaching {name} ({at:?})"))?;
+    FdLink::try_from(tc.take_link(id)?)
+        .context("TC link is not an fd (tcx) link; kernel >= 6.6 needed")
 }
 
 fn pin(link: FdLink, path: &Path) -> anyhow::Result<FdLink> {
@@ -263,9 +313,9 @@ fn xdp_prog(ebpf: &mut Ebpf, role: Role) -> anyhow::Result<&mut Xdp> {
         .context(role.xdp)
 }
 
-fn tc_prog(ebpf: &mut Ebpf, role: Role) -> anyhow::Result<&mut SchedClassifier> {
-    ebpf.program_mut(role.tc_egress)
-        .ok_or_else(|| anyhow!("program {} missing from the object", role.tc_egress))?
+fn tc_prog<'e>(ebpf: &'e mut Ebpf, name: &str) -> anyhow::Result<&'e mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the object"))?
         .try_into()
-        .context(role.tc_egress)
+        .with_context(|| name.to_owned())
 }

@@ -21,8 +21,8 @@ use aya::{
 use lb_common::{
     stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
     SourceRange, StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_REVNAT,
-    MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS, PROG_TC_EGRESS, PROG_TC_NODE_EGRESS,
-    PROG_XDP_INGRESS, PROG_XDP_NODE,
+    MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE,
 };
 
 use super::object;
@@ -75,6 +75,9 @@ impl DatapathFixture {
         prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_NODE_EGRESS)?
             .load()
             .context("verifying node TC")?;
+        prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_INGRESS)?
+            .load()
+            .context("verifying TC ingress")?;
         Ok(Self {
             ebpf,
             next_backend_id: 1,
@@ -253,6 +256,18 @@ impl DatapathFixture {
     /// Average time per run of the uplink TC egress program.
     pub fn time_tc_node(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
         Prog::Tc(prog(&self.ebpf, PROG_TC_NODE_EGRESS)?).time(packet, repeat)
+    }
+
+    /// Runs the TC ingress program (rejections back out) once.
+    /// BPF_PROG_TEST_RUN gives a TC program no XDP metadata, so this only
+    /// shows what every other frame gets.
+    pub fn run_tc_ingress(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_INGRESS)?).run(packet)
+    }
+
+    /// Average time per run of the TC ingress program.
+    pub fn time_tc_ingress(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_INGRESS)?).time(packet, repeat)
     }
 
     /// Runs the TC egress program once: (verdict, packet after the program).

@@ -3,7 +3,8 @@
 //! attached and serving from the pinned maps until the next agent adopts
 //! the links (and swaps its freshly loaded programs into them).
 //!
-//! Layout: `<pin dir>/links/<ifindex>-<ifname>/{xdp-native|xdp-generic, tc-egress}`.
+//! Layout: `<pin dir>/links/<ifindex>-<ifname>/{xdp-native|xdp-generic,
+//! tc-egress, tc-ingress}`.
 //! The ifindex is part of the name because a deleted interface's name can
 //! come back with a new index, and the old link (defunct once its device
 //! is gone) must not be taken for the new one.
@@ -15,6 +16,8 @@ use std::{
 
 /// File name of the pinned TC egress link.
 pub const TC_EGRESS: &str = "tc-egress";
+/// File name of the pinned TC ingress link.
+pub const TC_INGRESS: &str = "tc-ingress";
 /// File name prefix of the pinned XDP link; the mode follows (`xdp-native`).
 const XDP_PREFIX: &str = "xdp-";
 
@@ -42,6 +45,10 @@ impl InterfacePins {
 
     pub fn tc(&self) -> PathBuf {
         self.dir.join(TC_EGRESS)
+    }
+
+    pub fn tc_ingress(&self) -> PathBuf {
+        self.dir.join(TC_INGRESS)
     }
 
     /// The XDP link pinned here and its mode, if any.

@@ -462,13 +462,13 @@ fn serving_terminating_endpoints_are_used_only_when_none_is_ready() {
         "{addresses: [10.244.0.3], conditions: {ready: false, serving: false, terminating: true}}";
     // A ready endpoint exists: the terminating one gets no new flows.
     let d = desired(
-        &[svc.clone()],
+        std::slice::from_ref(&svc),
         &[slice_with(&format!("{ready}, {draining}, {gone}"))],
     );
     assert_eq!(addrs(&d), ["10.244.0.1"]);
     // None ready: fall back to those still serving while terminating.
     let d = desired(
-        &[svc.clone()],
+        std::slice::from_ref(&svc),
         &[slice_with(&format!("{draining}, {gone}"))],
     );
     assert_eq!(addrs(&d), ["10.244.0.2"]);
@@ -488,7 +488,7 @@ fn internal_traffic_policy_local_limits_the_cluster_ip_to_this_nodes_endpoints()
         "{{apiVersion: discovery.k8s.io/v1, kind: EndpointSlice, metadata: {{name: i-1, namespace: default, labels: {{kubernetes.io/service-name: i}}}}, addressType: IPv4, ports: [{{port: 8080}}], endpoints: [{{addresses: [10.244.0.1], nodeName: {NODE}}}, {{addresses: [10.244.0.2], nodeName: other}}]}}"
     ));
     let cluster_ip = tcp([10, 96, 0, 70], 80);
-    let d = desired(&[svc("Local")], &[slice.clone()]);
+    let d = desired(&[svc("Local")], std::slice::from_ref(&slice));
     let internal = &d.frontends[&cluster_ip];
     assert!(internal.local_only);
     assert_eq!(internal.backends.len(), 1, "{:?}", internal.backends);
