@@ -30,6 +30,7 @@ use crate::{
     reconcile::Reconciler,
 };
 use apply::{Applier, Pending};
+use ct_gc::CtTimeouts;
 use health_check_ports::HealthCheckPorts;
 use interfaces::InterfaceMatcher;
 use kube_source::{KubeSource, NodeInfo};
@@ -43,8 +44,6 @@ const FULL_RESYNC_PERIOD: Duration = Duration::from_secs(300);
 /// How often datapath counters, conntrack and map occupancy are refreshed
 /// for /metrics.
 const MONITOR_PERIOD: Duration = Duration::from_secs(5);
-/// Conntrack is expired every this many monitor periods (30 s).
-const CT_GC_EVERY: u64 = 6;
 
 /// Where Services and EndpointSlices come from.
 #[derive(Debug, Clone)]
@@ -112,6 +111,10 @@ pub struct AgentConfig {
     pub metrics_bind: Option<SocketAddr>,
     /// /healthz fails when a change waits longer than this to be programmed.
     pub healthz_timeout: Duration,
+    /// How long conntrack entries may stay idle.
+    pub ct_timeouts: CtTimeouts,
+    /// How often expired conntrack entries are removed.
+    pub ct_gc_interval: Duration,
 }
 
 enum Source {
@@ -204,8 +207,9 @@ struct Datapath {
     /// NodePort frontends outside `--nodeport-range` already reported.
     reported_out_of_range: std::collections::BTreeSet<crate::model::Frontend>,
     nodeport_range: (u16, u16),
-    /// Calls of `monitor`, to space the conntrack walks.
-    monitor_calls: u64,
+    /// Conntrack entries found by the last walk (between walks, the count
+    /// is read without one).
+    ct_entries: Option<u64>,
 }
 
 /// healthCheckNodePort -> (namespace, name, local endpoints).
@@ -240,6 +244,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut tick = interval(cfg.poll_interval);
     let mut monitor_tick = interval(MONITOR_PERIOD);
+    let mut ct_gc_tick = interval(cfg.ct_gc_interval);
+    ct_gc_tick.reset(); // nothing has expired at start
     let mut resync_tick = interval(FULL_RESYNC_PERIOD);
     resync_tick.reset(); // the first sync reads the maps anyway
     let mut node: Option<NodeInfo> = None;
@@ -264,6 +270,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     check_node(k, &cfg.net, &mut node, &telemetry);
                 }
             }
+            _ = ct_gc_tick.tick() => collect_conntrack_garbage(&mut dp, &cfg.ct_timeouts),
             _ = resync_tick.tick() => {
                 // The maps are read back and the current state programmed
                 // below (for Kubernetes, once the first lists are in).
@@ -351,7 +358,7 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         health_checks_served: Default::default(),
         reported_out_of_range: Default::default(),
         nodeport_range: cfg.nodeport_range,
-        monitor_calls: 0,
+        ct_entries: None,
         node_addrs,
         nodeport_addresses: Default::default(),
         uplinks,
@@ -505,9 +512,17 @@ fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
     }
 }
 
-/// Refreshes the datapath figures behind /metrics; every
-/// `CT_GC_EVERY` calls also expires idle conntrack entries (a walk of the
-/// whole map, too costly for every call).
+/// Removes the conntrack entries idle longer than their timeout (a walk of
+/// the whole map, so not on every monitor tick).
+fn collect_conntrack_garbage(dp: &mut Datapath, timeouts: &CtTimeouts) {
+    let (seen, removed) = dp.monitor.collect_garbage(ct_gc::now_ns(), timeouts);
+    if removed > 0 {
+        tracing::debug!(seen, removed, "conntrack entries expired");
+    }
+    dp.ct_entries = Some(seen - removed);
+}
+
+/// Refreshes the datapath figures behind /metrics.
 fn monitor(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
     match dp.monitor.stats() {
         Ok(totals) => {
@@ -517,18 +532,10 @@ fn monitor(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
         }
         Err(e) => warn!("reading datapath counters: {e:#}"),
     }
-    dp.monitor_calls += 1;
-    let ct = if dp.monitor_calls.is_multiple_of(CT_GC_EVERY) {
-        let (seen, removed) = dp
-            .monitor
-            .collect_garbage(ct_gc::now_ns(), &ct_gc::CtTimeouts::default());
-        if removed > 0 {
-            tracing::debug!(seen, removed, "conntrack entries expired");
-        }
-        seen - removed
-    } else {
-        dp.monitor.conntrack_entries()
-    };
+    let ct = dp
+        .ct_entries
+        .take()
+        .unwrap_or_else(|| dp.monitor.conntrack_entries());
     telemetry.set_conntrack_entries(ct);
     telemetry.set_map_occupancy(
         lb_common::MAP_CONNTRACK,

@@ -7,7 +7,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use ipnet::IpNet;
 use lb_userspace::{
-    agent::{self, net_config::parse_cidr, AgentConfig, MapSizes, NetConfig, SourceConfig},
+    agent::{
+        self, ct_gc::CtTimeouts, net_config::parse_cidr, AgentConfig, MapSizes, NetConfig,
+        SourceConfig,
+    },
     ebpf::XdpModeArg,
 };
 
@@ -89,6 +92,23 @@ struct Args {
     /// be programmed.
     #[arg(long, default_value_t = 60)]
     healthz_timeout_secs: u64,
+    /// Seconds an open TCP connection's conntrack entries may stay idle
+    /// (kube-proxy: --conntrack-tcp-timeout-established).
+    #[arg(long, default_value_t = CtTimeouts::default().tcp.as_secs())]
+    ct_tcp_timeout_secs: u64,
+    /// Seconds a TCP connection's entries stay after a FIN or RST (kube-proxy:
+    /// --conntrack-tcp-timeout-close-wait).
+    #[arg(long, default_value_t = CtTimeouts::default().tcp_closing.as_secs())]
+    ct_tcp_closing_timeout_secs: u64,
+    /// Seconds a UDP flow's entries may stay idle (kube-proxy:
+    /// --conntrack-udp-timeout).
+    #[arg(long, default_value_t = CtTimeouts::default().udp.as_secs())]
+    ct_udp_timeout_secs: u64,
+    /// Seconds between walks of the conntrack map that remove expired
+    /// entries. An expired entry is also replaced when its map is full
+    /// (LRU), so this bounds the entry count, not correctness.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    ct_gc_interval_secs: u64,
     /// Size of the service map: frontends x (1 + backends each).
     #[arg(long, default_value_t = MapSizes::default().services)]
     services_map_max: u32,
@@ -189,6 +209,12 @@ async fn main() -> anyhow::Result<()> {
         healthz_bind: bind("healthz-bind", &args.healthz_bind)?,
         metrics_bind: bind("metrics-bind", &args.metrics_bind)?,
         healthz_timeout: Duration::from_secs(args.healthz_timeout_secs),
+        ct_timeouts: CtTimeouts {
+            tcp: Duration::from_secs(args.ct_tcp_timeout_secs),
+            tcp_closing: Duration::from_secs(args.ct_tcp_closing_timeout_secs),
+            udp: Duration::from_secs(args.ct_udp_timeout_secs),
+        },
+        ct_gc_interval: Duration::from_secs(args.ct_gc_interval_secs),
     })
     .await
 }
