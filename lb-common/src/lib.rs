@@ -15,6 +15,8 @@
 
 pub mod csum;
 pub mod maps;
+pub mod sock;
 pub mod stats;
 
 pub use maps::*;
+pub use sock::*;

@@ -34,7 +34,7 @@ pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
 pub const MAP_STATS: &str = "lb_stats_v4";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -44,6 +44,8 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_NODE_ADDRS,
     MAP_AFFINITY,
     MAP_STATS,
+    crate::sock::MAP_SOCK_NETNS,
+    crate::sock::MAP_SOCK_REVNAT,
 ];
 
 /// Default sizes. The agent sets the real ones at load time (flags
@@ -69,6 +71,13 @@ pub const PROG_TC_NODE_EGRESS: &str = "lb_tc_node_egress";
 /// Name of the TC egress program (reverse NAT of backend replies, after the
 /// node's netfilter has seen the un-NATed reply).
 pub const PROG_TC_EGRESS: &str = "lb_tc_egress";
+/// Names of the socket-level programs (cgroup sock_addr), which balance the
+/// node's own sockets: `connect()` and `sendmsg()` to a frontend go to a
+/// backend, `recvmsg()` and `getpeername()` show the frontend.
+pub const PROG_SOCK_CONNECT4: &str = "lb_sock_connect4";
+pub const PROG_SOCK_SENDMSG4: &str = "lb_sock_sendmsg4";
+pub const PROG_SOCK_RECVMSG4: &str = "lb_sock_recvmsg4";
+pub const PROG_SOCK_GETPEERNAME4: &str = "lb_sock_getpeername4";
 /// Name of the TC ingress program on pod interfaces and uplinks: sends the
 /// rejections the XDP programs wrote back out of the interface they came
 /// in on.

@@ -16,6 +16,8 @@
 //!
 //! * `lb_tc_ingress` (TC ingress, pod interfaces and uplinks): sends the
 //!   rejections the XDP programs wrote back out (see `reject.rs`).
+//! * `lb_sock_*` (cgroup sock_addr hooks): the node's own sockets are
+//!   pointed at a backend at `connect()` / `sendmsg()` (see `sock.rs`).
 //!
 //! Entry points are thin: the `try_*` functions return `Ok(reason)` for a
 //! packet that goes on (to the stack, or back out of its interface for the
@@ -39,12 +41,13 @@ mod node_egress;
 mod parse;
 mod reject;
 mod select;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 #[xdp]
@@ -72,6 +75,26 @@ pub fn lb_tc_node_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
     bounce::bounce(&ctx)
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_backend(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::to_frontend(&ctx)
 }
 
 /// Counts the reason and turns it into an XDP verdict.

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     stats, AffinityKey, AffinityValue, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId,
-    ServiceKey, ServiceValue, SourceRange, StatsCounter, AFFINITY_MAX_ENTRIES,
-    BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
-    SERVICES_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter,
+    AFFINITY_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES,
+    REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
 #[map(name = "lb_svc_v3")]
@@ -41,6 +41,15 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 
 #[map(name = "lb_config_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// The cookie of the namespace whose sockets are balanced (see `sock.rs`).
+#[map(name = "lb_sock_netns_v1")]
+pub static SOCK_NETNS: Array<u64> = Array::pinned(1, 0);
+
+/// Per socket and backend, the frontend it stands for.
+#[map(name = "lb_sock_revnat_v1")]
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
 
 #[map(name = "lb_stats_v4")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -115,6 +115,9 @@ pub struct AgentConfig {
     pub ct_timeouts: CtTimeouts,
     /// How often expired conntrack entries are removed.
     pub ct_gc_interval: Duration,
+    /// The cgroup v2 directory whose sockets (in the agent's network
+    /// namespace) are balanced at `connect()`; None: not done.
+    pub cgroup: Option<PathBuf>,
 }
 
 enum Source {
@@ -193,6 +196,8 @@ struct Datapath {
     dataplane: BpfDataplane,
     monitor: DatapathMonitor,
     attacher: Attacher,
+    /// The node's own sockets' programs (None: `--cgroup ""`).
+    sock: Option<ebpf::sock_lb::SockBalancer>,
     /// The uplinks' programs, with the interfaces they go on.
     uplinks: Option<(InterfaceMatcher, Attacher)>,
     /// What the config map holds.
@@ -300,6 +305,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     drop(source);
     if cfg.unpin_on_exit {
         dp.attacher.detach_all();
+        if let Some(sock) = dp.sock.take() {
+            sock.detach();
+        }
         if let Some((_, uplinks)) = &mut dp.uplinks {
             uplinks.detach_all();
         }
@@ -352,6 +360,17 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         let attacher = Attacher::new(&mut ebpf, ebpf::NODE_INTERFACES, cfg.xdp_mode, &cfg.bpffs)?;
         Some((matcher, attacher))
     };
+    let sock = match &cfg.cgroup {
+        Some(cgroup) => {
+            let sock = ebpf::sock_lb::SockBalancer::attach(&mut ebpf, cgroup, &cfg.bpffs)?;
+            info!(cgroup = %cgroup.display(), "balancing the node's own sockets at connect()");
+            Some(sock)
+        }
+        None => {
+            ebpf::sock_lb::disable(Some(&mut ebpf), &cfg.bpffs)?;
+            None
+        }
+    };
     let node_addrs = ebpf::NodeAddrMap::from_ebpf(&mut ebpf)?;
     Ok(Datapath {
         health_checks_wanted: None,
@@ -367,6 +386,7 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         dataplane,
         monitor,
         attacher,
+        sock,
     })
 }
 
@@ -594,6 +614,7 @@ pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
                 .with_context(|| format!("removing the pinned links in {}", links.display()))?;
         }
     }
+    ebpf::sock_lb::disable(None, dir)?;
     unpin_maps(dir);
     if dir.exists() {
         bail!(

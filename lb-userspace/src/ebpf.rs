@@ -9,6 +9,7 @@ mod link_pins;
 mod monitor;
 mod node_addrs;
 mod object;
+pub mod sock_lb;
 
 pub use attach::{Attacher, Role, XdpModeArg, NODE_INTERFACES, POD_INTERFACES};
 pub use dataplane::BpfDataplane;

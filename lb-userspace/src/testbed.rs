@@ -30,10 +30,12 @@ use std::time::{Duration, Instant};
 
 pub mod agent;
 pub mod apiserver;
+pub mod cgroup;
 pub mod client;
 pub mod http;
 pub mod multinode;
 pub mod netns;
+pub mod node_client;
 mod ns_command;
 pub mod privileged;
 pub mod scratch;
@@ -41,6 +43,7 @@ pub mod servers;
 pub mod stream;
 pub mod tally;
 pub mod topology;
+pub mod web_bed;
 
 /// The ClusterIP of the `web` Service in `examples/web.yaml`.
 pub const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

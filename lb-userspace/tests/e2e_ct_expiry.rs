@@ -13,19 +13,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lb_userspace::testbed::{
-    agent::AgentProcess,
-    client::{Client, DEFAULT_TIMEOUT},
+    client::DEFAULT_TIMEOUT,
     privileged::require_privileged,
-    scratch::ScratchDir,
-    servers::{Servers, LINE_PORT},
+    servers::LINE_PORT,
     stream::ConnectionStream,
-    topology::ClusterIpTopology,
+    web_bed::{WebBed, WEB_YAML},
     WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
 const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
-const WEB: &str = include_str!("../../examples/web.yaml");
 /// The Service port this test adds for long-lived connections.
 const LINES_PORT: u16 = 81;
 
@@ -45,10 +42,10 @@ fn manifest() -> String {
         "    - name: dns\n      port: 53\n      protocol: UDP\n      targetPort: 5353\n";
     let slice_port = "  - name: dns\n    port: 5353\n    protocol: UDP\n";
     assert!(
-        WEB.contains(service_port) && WEB.contains(slice_port),
+        WEB_YAML.contains(service_port) && WEB_YAML.contains(slice_port),
         "examples/web.yaml changed shape"
     );
-    WEB.replacen(
+    WEB_YAML.replacen(
         service_port,
         &format!("{service_port}    - name: lines\n      port: {LINES_PORT}\n      protocol: TCP\n      targetPort: {LINE_PORT}\n"),
         1,
@@ -91,16 +88,10 @@ fn conntrack_entries_expire_by_state_and_busy_flows_stay() {
     if !require_privileged("conntrack_entries_expire_by_state_and_busy_flows_stay") {
         return;
     }
-    let topo = ClusterIpTopology::create(3).unwrap();
-    let _servers = Servers::start(topo.backends()).unwrap();
-    let scratch = ScratchDir::new().unwrap();
-    std::fs::write(scratch.path().join("web.yaml"), manifest()).unwrap();
     let secs = |n: u64| n.to_string();
-    let mut agent = AgentProcess::start(
+    let bed = WebBed::start(
         AGENT.as_ref(),
-        topo.node(),
-        scratch.path(),
-        &topo.pod_interfaces(),
+        &[("web.yaml", &manifest())],
         &[
             "--ct-udp-timeout-secs",
             &secs(UDP_TIMEOUT),
@@ -113,15 +104,7 @@ fn conntrack_entries_expire_by_state_and_busy_flows_stay() {
         ],
     )
     .unwrap();
-    let pod = topo.client();
-    let client = Client::new(pod);
-    agent
-        .wait_ready(Duration::from_secs(15), || {
-            client
-                .tcp_request(WEB_VIP, WEB_TCP_PORT, DEFAULT_TIMEOUT)
-                .is_ok_and(|r| r.is_ok())
-        })
-        .unwrap();
+    let (agent, pod, client) = (&bed.agent, bed.topo.client(), bed.client());
     // Let the readiness probe's own connection expire first.
     std::thread::sleep(Duration::from_secs(TCP_CLOSING_TIMEOUT + 3));
 
@@ -201,5 +184,4 @@ fn conntrack_entries_expire_by_state_and_busy_flows_stay() {
         stats.summary()
     );
     drop(idle);
-    agent.stop().unwrap();
 }

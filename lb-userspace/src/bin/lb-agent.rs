@@ -109,6 +109,13 @@ struct Args {
     /// (LRU), so this bounds the entry count, not correctness.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     ct_gc_interval_secs: u64,
+    /// cgroup v2 directory whose sockets in the agent's network namespace
+    /// (node processes, hostNetwork pods) are balanced at connect() and
+    /// sendmsg(): their packets cross no pod interface. `auto`: the root of
+    /// the cgroup2 mount, which covers them all; an empty value turns this
+    /// off.
+    #[arg(long, default_value = "auto")]
+    cgroup: PathBuf,
     /// Size of the service map: frontends x (1 + backends each).
     #[arg(long, default_value_t = MapSizes::default().services)]
     services_map_max: u32,
@@ -215,6 +222,15 @@ async fn main() -> anyhow::Result<()> {
             udp: Duration::from_secs(args.ct_udp_timeout_secs),
         },
         ct_gc_interval: Duration::from_secs(args.ct_gc_interval_secs),
+        cgroup: match args.cgroup.to_str() {
+            Some("") => None,
+            Some("auto") => {
+                Some(lb_userspace::ebpf::sock_lb::cgroup2_mount().context(
+                    "--cgroup auto (pass a cgroup v2 directory, or \"\" to turn it off)",
+                )?)
+            }
+            _ => Some(args.cgroup),
+        },
     })
     .await
 }

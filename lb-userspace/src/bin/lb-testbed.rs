@@ -5,6 +5,7 @@
 //! UDP requests to the `web` Service of `examples/web.yaml`, shows where they
 //! went, and what `lbctl` sees.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_userspace::bench::{datapath, sync, traffic};
 use lb_userspace::testbed::agent::AgentProcess;
-use lb_userspace::testbed::client::{Client, DEFAULT_TIMEOUT};
+use lb_userspace::testbed::client::{format_result, request, Client, Transport, DEFAULT_TIMEOUT};
 use lb_userspace::testbed::scratch::{copy_manifests, ScratchDir};
 use lb_userspace::testbed::servers::{Servers, TCP_PORT, UDP_PORT};
 use lb_userspace::testbed::tally::Tally;
@@ -91,6 +92,16 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         sync_changes: usize,
     },
+    /// Send requests to the testbed's echo servers from this process's own
+    /// namespace, one result line each (tests run it as a node process).
+    Probe {
+        transport: Transport,
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
 }
 
 /// The benchmarks `lb-testbed bench` can run.
@@ -116,6 +127,18 @@ fn main() -> ExitCode {
             let lbctl = sibling_or(lbctl, "lbctl")?;
             demo(&agent, &lbctl, &manifests, xdp_mode.as_deref())
         })(),
+        Cmd::Probe {
+            transport,
+            to,
+            count,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            for _ in 0..count {
+                println!("{}", format_result(&request(transport, to, timeout)));
+            }
+            Ok(())
+        }
         Cmd::Bench {
             out,
             agent,

@@ -205,6 +205,29 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
+        MapKind::SockNetns => snapshot
+            .sock_netns
+            .iter()
+            .map(|&cookie| Entry {
+                key: vec![("index", 0u32.into())],
+                value: vec![("netns_cookie", cookie.into())],
+            })
+            .collect(),
+        MapKind::SockRevNat => snapshot
+            .sock_revnat
+            .iter()
+            .map(|(k, v)| Entry {
+                key: vec![
+                    ("socket_cookie", k.cookie.into()),
+                    ("backend_addr", Value::Ip(ip(k.backend_addr_be))),
+                    ("backend_port", port(k.backend_port_be).into()),
+                ],
+                value: vec![
+                    ("frontend_addr", Value::Ip(ip(v.frontend_addr_be))),
+                    ("frontend_port", port(v.frontend_port_be).into()),
+                ],
+            })
+            .collect(),
         MapKind::Stats => (0u32..)
             .zip(&snapshot.stats)
             .map(|(index, v)| Entry {

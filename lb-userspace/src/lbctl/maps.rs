@@ -231,6 +231,15 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
             snapshot.stats = read_stats(map)?;
             snapshot.stats.len()
         }
+        MapKind::SockNetns => {
+            let array = aya::maps::Array::<_, u64>::try_from(map)?;
+            snapshot.sock_netns = Some(array.get(&0, 0)?);
+            1
+        }
+        MapKind::SockRevNat => {
+            snapshot.sock_revnat = read_hash(map, limit)?;
+            snapshot.sock_revnat.len()
+        }
     })
 }
 

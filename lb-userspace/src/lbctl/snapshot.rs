@@ -5,8 +5,9 @@ use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey,
-    ServiceValue, SourceRange, StatsCounter, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK,
-    MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS,
+    ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES,
+    MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -21,11 +22,13 @@ pub enum MapKind {
     NodeAddrs,
     Affinity,
     Stats,
+    SockNetns,
+    SockRevNat,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 9] = [
+    pub const ALL: [MapKind; 11] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
@@ -35,6 +38,8 @@ impl MapKind {
         MapKind::NodeAddrs,
         MapKind::Affinity,
         MapKind::Stats,
+        MapKind::SockNetns,
+        MapKind::SockRevNat,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +53,8 @@ impl MapKind {
             MapKind::NodeAddrs => MAP_NODE_ADDRS,
             MapKind::Affinity => MAP_AFFINITY,
             MapKind::Stats => MAP_STATS,
+            MapKind::SockNetns => MAP_SOCK_NETNS,
+            MapKind::SockRevNat => MAP_SOCK_REVNAT,
         }
     }
 }
@@ -91,6 +98,10 @@ pub struct Snapshot {
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,
     /// `lb_stats_v4` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
+    /// `lb_sock_netns_v1`'s one entry: the namespace balanced per socket.
+    pub sock_netns: Option<u64>,
+    /// `lb_sock_revnat_v1`: per socket and backend, the frontend.
+    pub sock_revnat: BTreeMap<SockRevNatKey, SockRevNatValue>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
     pub now_ns: u64,

@@ -7,7 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::cgroup::TestCgroup;
 use super::netns::NetNs;
 use super::scratch::ScratchDir;
 
@@ -31,6 +32,9 @@ pub struct AgentProcess {
     args: Vec<OsString>,
     node_name: String,
     pin_dir: PathBuf,
+    /// Given as `--cgroup`: the node processes of the test join it.
+    /// Dropped after the agent has stopped (see Drop).
+    cgroup: Option<TestCgroup>,
     log_path: PathBuf,
     // Holds the log; dropped after the agent has stopped (Drop runs first).
     _scratch: ScratchDir,
@@ -89,9 +93,12 @@ impl AgentProcess {
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let pin_dir = Path::new("/sys/fs/bpf").join(super::unique_tag());
+        let cgroup = TestCgroup::create()?;
         let mut args: Vec<OsString> = source.iter().map(|&a| a.to_owned()).collect();
         args.extend(["--pod-interfaces".into(), pod_interfaces.into()]);
         args.extend(["--bpffs".into(), pin_dir.clone().into_os_string()]);
+        // Never the host's root cgroup: only this test's node processes.
+        args.extend(["--cgroup".into(), cgroup.path().into()]);
         if unpin_on_exit {
             args.push("--unpin-on-exit".into());
         }
@@ -104,6 +111,7 @@ impl AgentProcess {
             args,
             node_name: node.name().to_owned(),
             pin_dir,
+            cgroup: Some(cgroup),
             log_path,
             _scratch: scratch,
         })
@@ -117,6 +125,17 @@ impl AgentProcess {
     /// Where the agent pins its maps and links.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// A `Command` for `program` as a process of the agent's node: in
+    /// `node`'s network namespace and the cgroup the agent balances
+    /// sockets of (a hostNetwork pod, a node daemon).
+    pub fn node_process(&self, node: &NetNs, program: impl AsRef<OsStr>) -> Result<Command> {
+        let mut cmd = node.command(program)?;
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.enter_on_spawn(&mut cmd);
+        }
+        Ok(cmd)
     }
 
     /// Everything the agent printed so far.
@@ -256,5 +275,7 @@ impl Drop for AgentProcess {
         if let Err(e) = self.stop() {
             eprintln!("warning: stopping the agent: {e:#}");
         }
+        // Only now empty of the agent: the cgroup can go.
+        drop(self.cgroup.take());
     }
 }

@@ -87,6 +87,56 @@ impl<'a> Client<'a> {
     }
 }
 
+/// A transport protocol to send a request over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// One request to `to` from the calling thread's namespace: a fresh
+/// connection (TCP) or socket (UDP).
+pub fn request(transport: Transport, to: SocketAddr, timeout: Duration) -> RequestResult {
+    match transport {
+        Transport::Tcp => tcp_request(to, timeout),
+        Transport::Udp => udp_request(to, timeout),
+    }
+}
+
+/// One line per result, for a result crossing a process boundary (see
+/// [`parse_result`]).
+pub fn format_result(result: &RequestResult) -> String {
+    match result {
+        Ok(r) => format!("ok {} {} {}", r.backend, r.seen_peer, r.reply_from),
+        Err(RequestError::Refused) => "refused".into(),
+        Err(RequestError::Timeout) => "timeout".into(),
+        Err(RequestError::Other(e)) => format!("error {e}"),
+    }
+}
+
+/// Reads a line of [`format_result`].
+pub fn parse_result(line: &str) -> RequestResult {
+    let bad = || RequestError::Other(format!("unreadable result line {line:?}"));
+    match line.split_once(' ').unwrap_or((line, "")) {
+        ("ok", rest) => {
+            let mut fields = rest.split(' ');
+            let mut next = || fields.next().ok_or_else(bad);
+            let backend = next()?.to_owned();
+            let seen_peer = next()?.parse().map_err(|_| bad())?;
+            let reply_from = next()?.parse().map_err(|_| bad())?;
+            Ok(Reply {
+                backend,
+                seen_peer,
+                reply_from,
+            })
+        }
+        ("refused", _) => Err(RequestError::Refused),
+        ("timeout", _) => Err(RequestError::Timeout),
+        ("error", e) => Err(RequestError::Other(e.to_owned())),
+        _ => Err(bad()),
+    }
+}
+
 fn tcp_request(to: SocketAddr, timeout: Duration) -> RequestResult {
     let mut stream = TcpStream::connect_timeout(&to, timeout).map_err(classify)?;
     stream.set_read_timeout(Some(timeout)).map_err(classify)?;
@@ -134,6 +184,27 @@ fn classify(e: std::io::Error) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_cross_a_process_boundary_unchanged() {
+        let ok = Ok(Reply {
+            backend: "pod-1".into(),
+            seen_peer: "10.244.0.9:40000".parse().unwrap(),
+            reply_from: "10.96.0.10:53".parse().unwrap(),
+        });
+        for result in [
+            ok,
+            Err(RequestError::Refused),
+            Err(RequestError::Timeout),
+            Err(RequestError::Other("no route to host".into())),
+        ] {
+            assert_eq!(parse_result(&format_result(&result)), result);
+        }
+        assert!(matches!(
+            parse_result("ok pod-1"),
+            Err(RequestError::Other(_))
+        ));
+    }
 
     #[test]
     fn parses_answers() {

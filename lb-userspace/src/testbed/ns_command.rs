@@ -5,7 +5,8 @@
 //! would land in a private place that `lbctl` and our cleanup cannot see.
 //! So the child does what `ip netns exec` does (enter the network namespace,
 //! get a private mount namespace, mount a sysfs that lists the namespace's own
-//! interfaces) and then puts the host's bpffs back on /sys/fs/bpf.
+//! interfaces) and then puts the host's bpffs and cgroup2 mounts back on
+//! /sys/fs/bpf and /sys/fs/cgroup.
 
 use std::ffi::{CStr, OsStr};
 use std::fs::File;
@@ -20,7 +21,8 @@ use super::netns::NetNs;
 
 impl NetNs {
     /// A `Command` for `program` that runs inside this namespace, sees its
-    /// interfaces under /sys/class/net, and the host's bpffs at /sys/fs/bpf.
+    /// interfaces under /sys/class/net, the host's bpffs at /sys/fs/bpf and
+    /// its cgroups at /sys/fs/cgroup.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Result<Command> {
         let ns = File::open(self.path())
             .with_context(|| format!("opening {}", self.path().display()))?;
@@ -38,9 +40,10 @@ impl NetNs {
 fn enter(netns: &File) -> io::Result<()> {
     const ROOT: &CStr = c"/";
     const SYS: &CStr = c"/sys";
-    const BPFFS: &CStr = c"/sys/fs/bpf";
     const SYSFS: &CStr = c"sysfs";
-    const EMPTY: &CStr = c"";
+    // The host's mounts under /sys the agent needs: its pins, and the
+    // cgroup its socket programs attach to.
+    const KEEP: [&CStr; 2] = [c"/sys/fs/bpf", c"/sys/fs/cgroup"];
 
     // SAFETY: plain system calls on valid, NUL-terminated strings and fds.
     unsafe {
@@ -54,15 +57,21 @@ fn enter(netns: &File) -> io::Result<()> {
             libc::MS_REC | libc::MS_SLAVE,
             std::ptr::null(),
         ))?;
-        // A detached copy of the host's bpffs mount, to re-attach over the new sysfs.
-        let bpffs = libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            BPFFS.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint,
-        );
-        if bpffs < 0 {
-            return Err(io::Error::last_os_error());
+        // Detached copies of the host's mounts, to re-attach over the new sysfs.
+        let mut kept = [-1 as libc::c_int; KEEP.len()];
+        for (fd, path) in kept.iter_mut().zip(KEEP) {
+            let tree = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::OPEN_TREE_CLONE
+                    | libc::OPEN_TREE_CLOEXEC
+                    | libc::AT_RECURSIVE as libc::c_uint,
+            );
+            if tree < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            *fd = tree as libc::c_int;
         }
         // A sysfs mounted from inside the namespace describes its devices.
         check(libc::mount(
@@ -72,18 +81,20 @@ fn enter(netns: &File) -> io::Result<()> {
             0,
             std::ptr::null(),
         ))?;
-        let moved = libc::syscall(
-            libc::SYS_move_mount,
-            bpffs as libc::c_int,
-            EMPTY.as_ptr(),
-            libc::AT_FDCWD,
-            BPFFS.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        );
-        if moved < 0 {
-            return Err(io::Error::last_os_error());
+        for (fd, path) in kept.into_iter().zip(KEEP) {
+            let moved = libc::syscall(
+                libc::SYS_move_mount,
+                fd,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH,
+            );
+            if moved < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::close(fd);
         }
-        libc::close(bpffs as libc::c_int);
     }
     Ok(())
 }
