@@ -30,11 +30,20 @@ pub const NODE_ADDRS_MAX_ENTRIES: u32 = 256;
 /// frontend (LRU). Key [`AffinityKey`], value [`AffinityValue`].
 pub const MAP_AFFINITY: &str = "lb_affinity_v1";
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
+/// IPv4 fragments: the L4 ports of each fragmented datagram whose first
+/// fragment the datapath rewrote, so that its later fragments (which carry
+/// no L4 header) get the same rewrite (LRU). Key [`FragKey`], value
+/// [`FragValue`].
+pub const MAP_FRAGMENTS: &str = "lb_frag_v1";
+/// Entries of [`MAP_FRAGMENTS`] (Cilium's default for its fragment map). An
+/// entry only matters while its datagram's fragments are in flight, so the
+/// LRU only needs room for the fragmented datagrams of a few milliseconds.
+pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
-pub const MAP_STATS: &str = "lb_stats_v4";
+pub const MAP_STATS: &str = "lb_stats_v5";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -43,6 +52,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_SOURCE_RANGES,
     MAP_NODE_ADDRS,
     MAP_AFFINITY,
+    MAP_FRAGMENTS,
     MAP_STATS,
     crate::sock::MAP_SOCK_NETNS,
     crate::sock::MAP_SOCK_REVNAT,
@@ -264,6 +274,35 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
+/// Key of [`MAP_FRAGMENTS`]: what every fragment of one IPv4 datagram
+/// carries, as the fragment arrived at the program (before any rewrite).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct FragKey {
+    /// Source address, network byte order.
+    pub saddr_be: u32,
+    /// Destination address, network byte order.
+    pub daddr_be: u32,
+    /// The IPv4 identification field, network byte order.
+    pub id_be: u16,
+    /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
+
+/// Value of [`MAP_FRAGMENTS`]: the datagram's L4 ports as its first
+/// fragment carried them when it arrived (before any rewrite).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragValue {
+    /// Source port, network byte order.
+    pub sport_be: u16,
+    /// Destination port, network byte order.
+    pub dport_be: u16,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
+
 /// Value of [`MAP_CONFIG`] (index 0), written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -303,4 +342,6 @@ mod user {
     unsafe impl aya::Pod for super::SourceRange {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
 }

@@ -8,7 +8,9 @@ pub const PASS_NOT_IPV4: u32 = 0;
 pub const PASS_NOT_TCP_UDP: u32 = 1;
 /// XDP/TC: headers shorter than they claim: passed untouched.
 pub const PASS_TRUNCATED: u32 = 2;
-/// XDP: an IP fragment: passed untouched.
+/// XDP/TC: a later IP fragment (no L4 header) of a datagram whose first
+/// fragment was not rewritten here, or has not been seen (yet): passed
+/// untouched.
 pub const PASS_FRAGMENT: u32 = 3;
 /// XDP: TCP/UDP to an address:port that is no frontend: passed untouched.
 pub const PASS_NO_SERVICE: u32 = 4;
@@ -32,7 +34,6 @@ pub const CT_INSERT_FAILED: u32 = 12;
 /// TC: reply whose rev-NAT id is unknown: passed untouched.
 pub const TC_PASS_REVNAT_MISSING: u32 = 13;
 
-/// Number of reasons (the stats map's size).
 /// Node XDP: first packet of an external flow to a backend on another node:
 /// DNATed here, SNATed to the node's address at the uplink's TC egress (so
 /// the reply comes back through this node).
@@ -58,8 +59,16 @@ pub const REJECT_TCP_RST: u32 = 20;
 /// XDP: UDP to a frontend without backends: answered with an ICMP port
 /// unreachable (XDP_TX).
 pub const REJECT_ICMP_UNREACHABLE: u32 = 21;
+/// XDP/TC: a later IP fragment (no L4 header) of a datagram whose first
+/// fragment was rewritten here: its IP header got the same rewrite, found
+/// through the first fragment's ports (see `MAP_FRAGMENTS`).
+pub const FRAG_REWRITTEN: u32 = 22;
+/// XDP/TC: recording a rewritten first fragment's ports failed; the packet
+/// was still forwarded, but its later fragments will pass untouched.
+pub const FRAG_INSERT_FAILED: u32 = 23;
 
-pub const COUNT: u32 = 22;
+/// Number of reasons (the stats map's size).
+pub const COUNT: u32 = 24;
 
 /// Names in index order, for `lbctl stats` and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -85,6 +94,8 @@ pub const NAMES: [&str; COUNT as usize] = [
     "drop_source_range",
     "reject_tcp_rst",
     "reject_icmp_unreachable",
+    "frag_rewritten",
+    "frag_insert_failed",
 ];
 
 /// True for the reasons that drop the packet.
@@ -105,4 +116,39 @@ pub const fn is_drop(reason: u32) -> bool {
 /// could mark it (see [`crate::REJECT_BOUNCE_MARK`]), else XDP_TX.
 pub const fn is_tx(reason: u32) -> bool {
     matches!(reason, REJECT_TCP_RST | REJECT_ICMP_UNREACHABLE)
+}
+
+/// True for the reasons under which a packet goes on with its addresses or
+/// ports rewritten (NAT), as opposed to passed as it came, dropped, or
+/// answered. The later fragments of a datagram follow its first fragment
+/// only when that one was rewritten.
+pub const fn is_rewrite(reason: u32) -> bool {
+    matches!(
+        reason,
+        DNAT_NEW_FLOW
+            | DNAT_ESTABLISHED
+            | DNAT_SNAT_NEW_FLOW
+            | UNSNAT
+            | REVNAT
+            | SNAT
+            | FRAG_REWRITTEN
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_is_at_most_one_of_drop_tx_rewrite() {
+        for reason in 0..COUNT {
+            let kinds = [is_drop(reason), is_tx(reason), is_rewrite(reason)];
+            assert!(
+                kinds.iter().filter(|&&k| k).count() <= 1,
+                "{}",
+                NAMES[reason as usize]
+            );
+        }
+        assert!(is_rewrite(REVNAT) && !is_rewrite(PASS_FRAGMENT));
+    }
 }

@@ -4,7 +4,13 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{stats, BACKEND_F_REMOTE, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
 
-use crate::{conntrack, flow, maps::CONFIG, nat, node, parse, reject, select};
+use crate::{
+    conntrack, flow, frag,
+    maps::CONFIG,
+    nat, node,
+    parse::{self, Fragment, Headers},
+    reject, select,
+};
 
 /// Where the XDP program sits, which decides the two things that differ.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -20,16 +26,24 @@ pub enum Side {
 /// points pass a constant `side`, so each program keeps only its branches.
 #[inline(always)]
 pub fn try_ingress(ctx: &XdpContext, side: Side) -> Result<u32, u32> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let h = match parse::parse(data, data_end) {
+    let h = match parse::parse(ctx.data(), ctx.data_end()) {
         Ok(h) => h,
         Err(reason) => return Ok(reason),
     };
+    frag::follow(&h, steps(ctx, side, &h))
+}
+
+/// The steps after parsing. A later fragment takes them like its first
+/// fragment did, with the first fragment's ports, up to the conntrack
+/// lookups: it never starts a flow.
+#[inline(always)]
+fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
     // A reply to a flow this node SNATed (a remote backend's, or a hairpin
     // pod's to itself): back to the client it came from.
     let config = CONFIG.get(0).copied().unwrap_or_default();
-    if let Some((addr_be, port_be)) = flow::snat_reply(&h, &config) {
-        nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
+    if let Some((addr_be, port_be)) = flow::snat_reply(h, &config) {
+        nat::dnat_xdp(data, data_end, h, addr_be, port_be)?;
         return Ok(stats::UNSNAT);
     }
     // One lookup decides for most traffic that is not for a Service (a
@@ -39,10 +53,15 @@ pub fn try_ingress(ctx: &XdpContext, side: Side) -> Result<u32, u32> {
         return Ok(stats::PASS_NO_SERVICE);
     };
 
-    let fwd = flow::forward_key(&h);
-    if let Some((addr_be, port_be)) = flow::tracked(&h, &fwd) {
-        nat::dnat_xdp(data, data_end, &h, addr_be, port_be)?;
+    let fwd = flow::forward_key(h);
+    if let Some((addr_be, port_be)) = flow::tracked(h, &fwd) {
+        nat::dnat_xdp(data, data_end, h, addr_be, port_be)?;
         return Ok(stats::DNAT_ESTABLISHED);
+    }
+    // The first fragment's flow is gone (or its backend, for UDP): the
+    // datagram cannot be completed; leave the fragment to the stack.
+    if h.fragment == Fragment::Later {
+        return Ok(stats::PASS_FRAGMENT);
     }
     // loadBalancerSourceRanges guard load-balancer IPs, reached from outside.
     if side == Side::Uplink
@@ -58,9 +77,9 @@ pub fn try_ingress(ctx: &XdpContext, side: Side) -> Result<u32, u32> {
     }
     // No endpoints at all: refuse at once (RST / ICMP unreachable).
     if master.count == 0 {
-        return reject::reject(ctx, &h);
+        return reject::reject(ctx, h);
     }
-    let (backend, value) = flow::pick(&h, &master, wildcard)?;
+    let (backend, value) = flow::pick(h, &master, wildcard)?;
     // SNAT to the node, at TC egress, so that the reply comes back here:
     // from outside, for a backend on another node (unless the policy is
     // Local); from a pod, when it picked itself (hairpin: its reply would
@@ -76,7 +95,7 @@ pub fn try_ingress(ctx: &XdpContext, side: Side) -> Result<u32, u32> {
             .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
     }
     flow::record(&fwd, &backend, &value);
-    nat::dnat_xdp(data, data_end, &h, backend.addr_be, backend.port_be)?;
+    nat::dnat_xdp(data, data_end, h, backend.addr_be, backend.port_be)?;
     Ok(if snat {
         stats::DNAT_SNAT_NEW_FLOW
     } else {

@@ -19,6 +19,9 @@
 //! * `lb_sock_*` (cgroup sock_addr hooks): the node's own sockets are
 //!   pointed at a backend at `connect()` / `sendmsg()` (see `sock.rs`).
 //!
+//! All four follow IPv4 fragments: the later fragments of a datagram whose
+//! first fragment they rewrote get the same rewrite (see `frag.rs`).
+//!
 //! Entry points are thin: the `try_*` functions return `Ok(reason)` for a
 //! packet that goes on (to the stack, or back out of its interface for the
 //! reasons of `stats::is_tx`: rejections, see `reject.rs`) and
@@ -33,6 +36,7 @@ mod bounce;
 mod conntrack;
 mod egress;
 mod flow;
+mod frag;
 mod ingress;
 mod maps;
 mod nat;

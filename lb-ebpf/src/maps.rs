@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    stats, AffinityKey, AffinityValue, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId,
-    ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter,
-    AFFINITY_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES,
-    REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    stats, AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig,
+    RevNat, RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
+    StatsCounter, AFFINITY_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
+    FRAGMENTS_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
+    SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
 #[map(name = "lb_svc_v3")]
@@ -39,6 +40,10 @@ pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(NODE_ADDRS_MAX_ENTRIE
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(AFFINITY_MAX_ENTRIES, 0);
 
+/// IPv4 fragments: the ports of datagrams whose first fragment we rewrote.
+#[map(name = "lb_frag_v1")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(FRAGMENTS_MAX_ENTRIES, 0);
+
 #[map(name = "lb_config_v1")]
 pub static CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
@@ -51,5 +56,5 @@ pub static SOCK_NETNS: Array<u64> = Array::pinned(1, 0);
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
 
-#[map(name = "lb_stats_v4")]
+#[map(name = "lb_stats_v5")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

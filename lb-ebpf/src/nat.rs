@@ -13,7 +13,9 @@ const IP_CHECK_OFF: usize = ETH_HLEN + 10;
 const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 
 /// XDP: rewrites the destination to `daddr:dport` and fixes the IP and L4
-/// checksums. A UDP checksum of 0 (none) stays 0.
+/// checksums. A UDP checksum of 0 (none) stays 0. A later fragment has no
+/// L4 header: only its destination address and IP checksum change (the
+/// first fragment's L4 checksum covers the whole datagram).
 #[inline(always)]
 pub fn dnat_xdp(
     data: usize,
@@ -23,52 +25,61 @@ pub fn dnat_xdp(
     dport_be: u16,
 ) -> Result<(), u32> {
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(stats::PASS_TRUNCATED)?;
-    let ports: *mut [u16; 2] = ptr_at(data, data_end, h.l4_off).ok_or(stats::PASS_TRUNCATED)?;
-    let l4_check: *mut u16 =
-        ptr_at(data, data_end, h.l4_csum_off()).ok_or(stats::PASS_TRUNCATED)?;
-    // SAFETY: all three pointers were bounds-checked above.
+    if h.has_l4() {
+        let ports: *mut [u16; 2] = ptr_at(data, data_end, h.l4_off).ok_or(stats::PASS_TRUNCATED)?;
+        let l4_check: *mut u16 =
+            ptr_at(data, data_end, h.l4_csum_off()).ok_or(stats::PASS_TRUNCATED)?;
+        // SAFETY: all three pointers were bounds-checked above. The IP
+        // header is still unchanged: the pseudo-header update reads its
+        // old destination.
+        unsafe {
+            let old = *l4_check;
+            let mut new = csum::replace4(old, (*ip).daddr_be, daddr_be);
+            new = csum::replace2(new, (*ports)[1], dport_be);
+            *l4_check = if h.proto == IPPROTO_UDP {
+                csum::udp_fixup(old, new)
+            } else {
+                new
+            };
+            (*ports)[1] = dport_be;
+        }
+    }
+    // SAFETY: bounds-checked above.
     unsafe {
         let old_daddr = (*ip).daddr_be;
         (*ip).check = csum::replace4((*ip).check, old_daddr, daddr_be);
         (*ip).daddr_be = daddr_be;
-
-        let old = *l4_check;
-        let mut new = csum::replace4(old, old_daddr, daddr_be);
-        new = csum::replace2(new, (*ports)[1], dport_be);
-        *l4_check = if h.proto == IPPROTO_UDP {
-            csum::udp_fixup(old, new)
-        } else {
-            new
-        };
-        (*ports)[1] = dport_be;
     }
     Ok(())
 }
 
 /// TC: rewrites the source to `saddr:sport` (reverse NAT of a reply). The
 /// skb helpers handle CHECKSUM_PARTIAL packets (offloaded checksums), which
-/// a plain incremental update would corrupt.
+/// a plain incremental update would corrupt. A later fragment gets its
+/// source address and IP checksum rewritten, nothing else.
 #[inline(always)]
 pub fn snat_tc(ctx: &TcContext, h: &Headers, saddr_be: u32, sport_be: u16) -> Result<(), u32> {
-    let csum_off = h.l4_csum_off();
-    let udp_flag = if h.proto == IPPROTO_UDP {
-        BPF_F_MARK_MANGLED_0 as u64
-    } else {
-        0
-    };
     let fail = |_| stats::DROP_REWRITE_FAILED;
-    ctx.l4_csum_replace(
-        csum_off,
-        h.saddr_be as u64,
-        saddr_be as u64,
-        BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
-    )
-    .map_err(fail)?;
-    ctx.l4_csum_replace(csum_off, h.sport_be as u64, sport_be as u64, udp_flag | 2)
+    if h.has_l4() {
+        let csum_off = h.l4_csum_off();
+        let udp_flag = if h.proto == IPPROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
+        ctx.l4_csum_replace(
+            csum_off,
+            h.saddr_be as u64,
+            saddr_be as u64,
+            BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
+        )
         .map_err(fail)?;
+        ctx.l4_csum_replace(csum_off, h.sport_be as u64, sport_be as u64, udp_flag | 2)
+            .map_err(fail)?;
+        ctx.store(h.l4_off, &sport_be, 0).map_err(fail)?;
+    }
     ctx.l3_csum_replace(IP_CHECK_OFF, h.saddr_be as u64, saddr_be as u64, 4)
         .map_err(fail)?;
     ctx.store(IP_SADDR_OFF, &saddr_be, 0).map_err(fail)?;
-    ctx.store(h.l4_off, &sport_be, 0).map_err(fail)?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 use aya_ebpf::programs::TcContext;
 use lb_common::{stats, CT_DIR_SNAT_OUT};
 
-use crate::{conntrack, egress, nat};
+use crate::{conntrack, egress, frag, nat, parse::Headers};
 
 #[inline(always)]
 pub fn try_node_egress(ctx: &TcContext) -> Result<u32, u32> {
@@ -16,7 +16,14 @@ pub fn try_node_egress(ctx: &TcContext) -> Result<u32, u32> {
         Ok(h) => h,
         Err(reason) => return Ok(reason),
     };
-    if let Some(reason) = egress::reverse_nat(ctx, &h)? {
+    frag::follow(&h, steps(ctx, &h))
+}
+
+/// The steps after parsing (a later fragment takes them with its first
+/// fragment's ports: only conntrack lookups, never a new entry).
+#[inline(always)]
+fn steps(ctx: &TcContext, h: &Headers) -> Result<u32, u32> {
+    if let Some(reason) = egress::reverse_nat(ctx, h)? {
         return Ok(reason);
     }
     let out = conntrack::key(
@@ -30,6 +37,6 @@ pub fn try_node_egress(ctx: &TcContext) -> Result<u32, u32> {
     let Some((entry, _)) = conntrack::lookup(&out, false) else {
         return Ok(stats::TC_PASS_NOT_REPLY);
     };
-    nat::snat_tc(ctx, &h, entry.nat_addr_be, entry.nat_port_be)?;
+    nat::snat_tc(ctx, h, entry.nat_addr_be, entry.nat_port_be)?;
     Ok(stats::SNAT)
 }

@@ -1,13 +1,23 @@
 //! Header parsing over a packet's linear bytes `[data, data_end)`, shared by
 //! the XDP and TC programs. Every access is bounds-checked the way the
 //! verifier wants: pointer + size <= data_end before the read.
+//!
+//! IPv4 fragments: a first fragment (offset 0, more-fragments set) carries
+//! the L4 header and parses like a whole datagram. A later fragment
+//! (offset != 0) carries none: its ports are those its first fragment had,
+//! if we rewrote that one (`frag.rs`), and the packet is marked so that
+//! rewrites touch its IP header only. Otherwise it is not ours and passes.
 
 use lb_common::{stats, IPPROTO_TCP, IPPROTO_UDP};
 
+use crate::frag;
+
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-/// IPv4 "more fragments" flag and fragment offset bits of `frag_off`.
-const IP_MF_OFFSET_MASK: u16 = 0x3fff;
+/// IPv4 "more fragments" flag of `frag_off`.
+const IP_MF: u16 = 0x2000;
+/// IPv4 fragment offset bits of `frag_off` (in 8-byte units).
+const IP_OFFSET_MASK: u16 = 0x1fff;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -30,17 +40,34 @@ pub struct Ipv4Hdr {
     pub daddr_be: u32,
 }
 
+/// Where a packet sits in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    None,
+    /// The first fragment: offset 0, more fragments follow. It has the L4
+    /// header, whose checksum covers the whole datagram.
+    First,
+    /// A later fragment: no L4 header in the packet. The ports are the
+    /// first fragment's, from the fragment map.
+    Later,
+}
+
 /// What the programs need to know about an IPv4 TCP/UDP packet.
 pub struct Headers {
     /// Offset of the L4 header (14 + IHL * 4; IP options are allowed).
+    /// For a later fragment: where its payload starts (no L4 header there).
     pub l4_off: usize,
     pub proto: u8,
     pub saddr_be: u32,
     pub daddr_be: u32,
     pub sport_be: u16,
     pub dport_be: u16,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP and later fragments).
     pub tcp_flags: u8,
+    /// The IPv4 identification field, which all fragments of a datagram share.
+    pub ip_id_be: u16,
+    pub fragment: Fragment,
 }
 
 const TCP_FLAG_FIN: u8 = 0x01;
@@ -49,6 +76,13 @@ const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 
 impl Headers {
+    /// Whether the packet holds an L4 header (false for a later fragment):
+    /// rewrites of ports and L4 checksums apply only then.
+    #[inline(always)]
+    pub fn has_l4(&self) -> bool {
+        self.fragment != Fragment::Later
+    }
+
     /// A TCP FIN or RST: the connection is closing.
     #[inline(always)]
     pub fn is_tcp_closing(&self) -> bool {
@@ -104,10 +138,28 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, u32> {
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Err(stats::PASS_NOT_TCP_UDP);
     }
-    if u16::from_be(ip.frag_off_be) & IP_MF_OFFSET_MASK != 0 {
-        return Err(stats::PASS_FRAGMENT);
-    }
     let l4_off = ETH_HLEN + ihl;
+    let frag_off = u16::from_be(ip.frag_off_be);
+    if frag_off & IP_OFFSET_MASK != 0 {
+        let (sport_be, dport_be) = frag::ports(ip.saddr_be, ip.daddr_be, ip.id_be, ip.proto)
+            .ok_or(stats::PASS_FRAGMENT)?;
+        return Ok(Headers {
+            l4_off,
+            proto: ip.proto,
+            saddr_be: ip.saddr_be,
+            daddr_be: ip.daddr_be,
+            sport_be,
+            dport_be,
+            tcp_flags: 0,
+            ip_id_be: ip.id_be,
+            fragment: Fragment::Later,
+        });
+    }
+    let fragment = if frag_off & IP_MF != 0 {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
     // The whole fixed L4 header must be there: the checksum field we may
     // rewrite is at its end for TCP.
     let l4_len = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
@@ -130,5 +182,7 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, u32> {
         sport_be: ports[0],
         dport_be: ports[1],
         tcp_flags,
+        ip_id_be: ip.id_be,
+        fragment,
     })
 }

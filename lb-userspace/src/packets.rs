@@ -5,8 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use etherparse::{
-    icmpv4::DestUnreachableHeader, Icmpv4Type, IpNumber, Ipv4Header, PacketBuilder, SlicedPacket,
-    TcpOptionElement, TransportSlice,
+    icmpv4::DestUnreachableHeader, Icmpv4Type, IpFragOffset, IpNumber, Ipv4Header, PacketBuilder,
+    SlicedPacket, TcpOptionElement, TransportSlice,
 };
 
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -83,6 +83,56 @@ pub fn frame(
         out[csum_off..csum_off + 2].copy_from_slice(&[0, 0]);
     }
     out
+}
+
+/// The frames of one datagram cut into IPv4 fragments, as a sender's stack
+/// does it: the datagram is the one [`frame`] builds (no IP options), sent
+/// with IP id `id` and without DF, and its IP payload (L4 header and data)
+/// is cut into pieces of `piece` bytes (a multiple of 8; the last piece may
+/// be shorter). Each frame carries its own IPv4 header: offset, more-fragments
+/// flag, length and checksum. The L4 checksum, in the first fragment, covers
+/// the whole datagram.
+pub fn fragments(
+    l4: L4,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    id: u16,
+    payload: &[u8],
+    piece: usize,
+) -> Vec<Vec<u8>> {
+    assert!(
+        piece > 0 && piece.is_multiple_of(8),
+        "fragment payloads: multiples of 8"
+    );
+    let whole = frame(l4, src, dst, &[], payload);
+    let (ip, _) = Ipv4Header::from_slice(&whole[14..]).expect("frame writes IPv4");
+    let (eth, data) = (&whole[..14], &whole[14 + ip.header_len()..]);
+    assert!(data.len() > piece, "{} bytes fit one piece", data.len());
+    let count = data.len().div_ceil(piece);
+    data.chunks(piece)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut hdr = ip.clone();
+            hdr.identification = id;
+            hdr.dont_fragment = false;
+            hdr.more_fragments = i + 1 < count;
+            hdr.fragment_offset =
+                IpFragOffset::try_new((i * piece / 8) as u16).expect("offset fits 13 bits");
+            hdr.set_payload_len(chunk.len())
+                .expect("a piece fits an IPv4 packet");
+            let mut out = eth.to_vec();
+            hdr.write(&mut out).expect("writing to a Vec");
+            out.extend_from_slice(chunk);
+            out
+        })
+        .collect()
+}
+
+/// Whether a frame's IPv4 header checksum is right (fragments included,
+/// which [`decode`] does not take).
+pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
+    Ipv4Header::from_slice(&frame[14..])
+        .is_ok_and(|(hdr, _)| hdr.calc_header_checksum() == hdr.header_checksum)
 }
 
 /// The reply header a rejection carries: id 0, DF, TTL 64, no options.

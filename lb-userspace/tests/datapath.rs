@@ -6,12 +6,15 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
-    stats, NodeConfig, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY, CT_F_CLOSING, IPPROTO_TCP,
-    IPPROTO_UDP, REJECT_BOUNCE_MARK, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
+    stats, FragKey, FragValue, NodeConfig, BACKEND_F_REMOTE, CT_DIR_FORWARD, CT_DIR_REPLY,
+    CT_F_CLOSING, IPPROTO_TCP, IPPROTO_UDP, REJECT_BOUNCE_MARK, SVC_F_LOCAL_ONLY,
+    SVC_F_SOURCE_RANGES,
 };
 use lb_userspace::{
     ebpf::fixture::{be_addr, DatapathFixture},
-    packets::{decode, frame, icmp_port_unreachable_frame, rst_frame, L4},
+    packets::{
+        decode, fragments, frame, icmp_port_unreachable_frame, ipv4_checksum_ok, rst_frame, L4,
+    },
     testbed::privileged::require_privileged,
 };
 
@@ -201,19 +204,13 @@ fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
             ip_proto(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 1),
             stats::PASS_NOT_TCP_UDP,
         ),
+        // A first fragment is balanced like a whole datagram (see the
+        // fragment tests below); a later one of an unknown datagram is not.
         (
             "later fragment",
             fragment(
                 frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"),
                 0x0010,
-            ),
-            stats::PASS_FRAGMENT,
-        ),
-        (
-            "first fragment",
-            fragment(
-                frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"),
-                0x2000,
             ),
             stats::PASS_FRAGMENT,
         ),
@@ -832,4 +829,249 @@ fn hairpin_pod_reaches_itself_through_the_node() {
         .run_tc(&frame(L4::TcpAck, own, CLIENT, &[], b"hi"))
         .unwrap();
     assert_eq!(out, frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"hi"));
+}
+
+// ---- IPv4 fragments ---------------------------------------------------------
+
+/// IP id of the fragmented datagrams below.
+const FRAG_ID: u16 = 0x4d2;
+/// Bytes of IP payload per fragment: what a 1500-byte MTU carries.
+const FRAG_PIECE: usize = 1480;
+const IP_PAYLOAD_OFF: usize = 14 + 20;
+
+/// 3000 bytes that differ from one position to the next: three fragments.
+fn big_payload() -> Vec<u8> {
+    (0..3000u32).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// Runs `frames` in order through `run`, checking each verdict, and
+/// returns the frames that came out.
+fn run_all(
+    run: impl Fn(&[u8]) -> anyhow::Result<(u32, Vec<u8>)>,
+    frames: &[Vec<u8>],
+    verdict: u32,
+) -> Vec<Vec<u8>> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let (got, out) = run(input).unwrap();
+            assert_eq!(got, verdict, "fragment {i}");
+            out
+        })
+        .collect()
+}
+
+/// Checks that each output fragment is the expected one byte for byte,
+/// with a valid IP header checksum, and that a later fragment's bytes past
+/// its IP header are the input's (no L4 header there to rewrite).
+fn assert_fragments(inputs: &[Vec<u8>], outputs: &[Vec<u8>], expected: &[Vec<u8>], what: &str) {
+    assert_eq!(outputs.len(), expected.len());
+    for (i, ((input, out), want)) in inputs.iter().zip(outputs).zip(expected).enumerate() {
+        assert_eq!(out, want, "{what}: fragment {i} byte-exact");
+        assert!(ipv4_checksum_ok(out), "{what}: fragment {i} IP checksum");
+        if i > 0 {
+            assert_eq!(
+                out[IP_PAYLOAD_OFF..],
+                input[IP_PAYLOAD_OFF..],
+                "{what}: fragment {i} payload untouched"
+            );
+        }
+    }
+}
+
+#[test]
+fn udp_fragments_follow_their_first_fragment_to_the_backend() {
+    let Some(f) = one_backend() else { return };
+    let dns = SocketAddrV4::new(VIP, 53);
+    let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
+    let payload = big_payload();
+    for (l4, client, id) in [
+        (L4::Udp, CLIENT, FRAG_ID),
+        // A datagram without a checksum keeps none.
+        (
+            L4::UdpNoChecksum,
+            SocketAddrV4::new(*CLIENT.ip(), 40001),
+            FRAG_ID + 1,
+        ),
+    ] {
+        let input = fragments(l4, client, dns, id, &payload, FRAG_PIECE);
+        assert_eq!(input.len(), 3);
+        let out = run_all(|p| f.run_xdp(p), &input, XDP_PASS);
+        // The first fragment is DNATed with its L4 header (checksum over the
+        // whole datagram updated); the later ones get the same destination.
+        let expected = fragments(l4, client, backend, id, &payload, FRAG_PIECE);
+        assert_fragments(&input, &out, &expected, &format!("{l4:?}"));
+        if l4 == L4::UdpNoChecksum {
+            let csum_off = IP_PAYLOAD_OFF + 6;
+            assert_eq!(out[0][csum_off..csum_off + 2], [0, 0]);
+        }
+    }
+    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 2);
+    assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 4);
+    // One record per datagram: the ports as the first fragment arrived,
+    // under its addresses before the rewrite.
+    let mut recorded = f.fragments().unwrap();
+    recorded.sort_by_key(|(k, _)| u16::from_be(k.id_be));
+    let record = |id: u16, sport: u16| {
+        let key = FragKey {
+            saddr_be: be_addr(*CLIENT.ip()),
+            daddr_be: be_addr(VIP),
+            id_be: id.to_be(),
+            proto: IPPROTO_UDP,
+            _pad: 0,
+        };
+        let value = FragValue {
+            sport_be: sport.to_be(),
+            dport_be: 53u16.to_be(),
+        };
+        (key, value)
+    };
+    assert_eq!(
+        recorded,
+        [record(FRAG_ID, 40000), record(FRAG_ID + 1, 40001)]
+    );
+}
+
+#[test]
+fn later_fragments_of_datagrams_we_did_not_rewrite_pass_untouched() {
+    let Some(f) = one_backend() else { return };
+    let dns = SocketAddrV4::new(VIP, 53);
+    let payload = big_payload();
+    let datagram = |id, dst| fragments(L4::Udp, CLIENT, dst, id, &payload, FRAG_PIECE);
+    let untouched = |program: &str, verdict: u32, input: &[u8]| {
+        let before = f.count(stats::PASS_FRAGMENT).unwrap();
+        let (got, out) = match program {
+            "xdp" => f.run_xdp(input),
+            _ => f.run_tc(input),
+        }
+        .unwrap();
+        assert_eq!((got, out.as_slice()), (verdict, input), "{program}");
+        assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), before + 1);
+    };
+    // Never saw the first fragment (lost, or reordered behind this one).
+    let unknown = datagram(FRAG_ID, dns);
+    untouched("xdp", XDP_PASS, &unknown[1]);
+    untouched("tc", TC_ACT_OK, &unknown[1]);
+    // The first fragment arriving late is still balanced, but the fragment
+    // that went ahead of it stays lost (Cilium does the same).
+    let (_, first) = f.run_xdp(&unknown[0]).unwrap();
+    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+    assert_ne!(first, unknown[0]);
+    // Another id: another datagram.
+    untouched("xdp", XDP_PASS, &datagram(FRAG_ID + 1, dns)[1]);
+
+    // A first fragment we leave alone (no Service on that port) forgets
+    // an older datagram's record under the same addresses and id, so its
+    // later fragments cannot follow that older choice.
+    let no_service = datagram(FRAG_ID, SocketAddrV4::new(VIP, 54));
+    let (verdict, out) = f.run_xdp(&no_service[0]).unwrap();
+    assert_eq!((verdict, &out), (XDP_PASS, &no_service[0]));
+    assert!(f.fragments().unwrap().is_empty(), "record forgotten");
+    untouched("xdp", XDP_PASS, &no_service[1]);
+    untouched("xdp", XDP_PASS, &unknown[2]);
+}
+
+#[test]
+fn later_fragments_never_start_a_flow() {
+    let Some(mut f) = one_backend() else { return };
+    let dns = SocketAddrV4::new(VIP, 53);
+    let input = fragments(L4::Udp, CLIENT, dns, FRAG_ID, &big_payload(), FRAG_PIECE);
+    f.run_xdp(&input[0]).unwrap();
+    let flows = f.conntrack().unwrap().len();
+    // The backend leaves between the first fragment and the next: the
+    // first fragment's flow is not continued, and no new one is started.
+    f.add_service(
+        VIP,
+        53,
+        IPPROTO_UDP,
+        &[(Ipv4Addr::new(10, 244, 2, 2), 5353)],
+    )
+    .unwrap();
+    assert!(f.remove_backend(*BACKEND.ip(), 5353).unwrap());
+    let (verdict, out) = f.run_xdp(&input[1]).unwrap();
+    assert_eq!((verdict, &out), (XDP_PASS, &input[1]));
+    assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), 1);
+    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+    assert_eq!(f.conntrack().unwrap().len(), flows);
+}
+
+#[test]
+fn reply_fragments_are_reverse_nated_at_tc_egress() {
+    let Some(f) = one_backend() else { return };
+    let dns = SocketAddrV4::new(VIP, 53);
+    let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
+    f.run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"query"))
+        .unwrap();
+    // The backend's answer is larger than the MTU: its stack fragments it.
+    let payload = big_payload();
+    let reply_id = 0x7777;
+    let input = fragments(L4::Udp, backend, CLIENT, reply_id, &payload, FRAG_PIECE);
+    let out = run_all(|p| f.run_tc(p), &input, TC_ACT_OK);
+    let expected = fragments(L4::Udp, dns, CLIENT, reply_id, &payload, FRAG_PIECE);
+    assert_fragments(&input, &out, &expected, "reply");
+    assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
+    assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 2);
+}
+
+#[test]
+fn nodeport_fragments_follow_dnat_snat_unsnat_and_reverse_nat() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    let node_port = SocketAddrV4::new(NODE, 30053);
+    let remote = SocketAddrV4::new(*REMOTE.ip(), 5353);
+    f.add_frontend(
+        NODE,
+        node_port.port(),
+        IPPROTO_UDP,
+        &[(*remote.ip(), remote.port(), BACKEND_F_REMOTE)],
+        0,
+    )
+    .unwrap();
+    f.set_config(NodeConfig {
+        snat_addr_be: be_addr(NODE),
+        snat_port_first: SNAT_PORTS.0,
+        snat_port_last: SNAT_PORTS.1,
+    })
+    .unwrap();
+    let payload = big_payload();
+    let cut = |src, dst, id| fragments(L4::Udp, src, dst, id, &payload, FRAG_PIECE);
+    let (request_id, reply_id) = (0x1111, 0x2222);
+
+    // In at the uplink: DNAT to the remote backend.
+    let input = cut(EXTERNAL, node_port, request_id);
+    let out = run_all(|p| f.run_xdp_node(p), &input, XDP_PASS);
+    assert_fragments(&input, &out, &cut(EXTERNAL, remote, request_id), "DNAT");
+    assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
+
+    // Out at the uplink (the node reassembled and fragmented it again):
+    // SNAT to the node and an SNAT port, read from the first fragment.
+    let input = cut(EXTERNAL, remote, request_id);
+    let out = run_all(|p| f.run_tc_node(p), &input, TC_ACT_OK);
+    let snat_port = u16::from_be_bytes([out[0][IP_PAYLOAD_OFF], out[0][IP_PAYLOAD_OFF + 1]]);
+    assert!((SNAT_PORTS.0..=SNAT_PORTS.1).contains(&snat_port));
+    let snat = SocketAddrV4::new(NODE, snat_port);
+    assert_fragments(&input, &out, &cut(snat, remote, request_id), "SNAT");
+    assert_eq!(f.count(stats::SNAT).unwrap(), 1);
+
+    // The remote backend's big answer comes back: un-SNAT ...
+    let input = cut(remote, snat, reply_id);
+    let out = run_all(|p| f.run_xdp_node(p), &input, XDP_PASS);
+    assert_fragments(&input, &out, &cut(remote, EXTERNAL, reply_id), "un-SNAT");
+    assert_eq!(f.count(stats::UNSNAT).unwrap(), 1);
+
+    // ... and reverse NAT on the way out.
+    let input = cut(remote, EXTERNAL, reply_id);
+    let out = run_all(|p| f.run_tc_node(p), &input, TC_ACT_OK);
+    assert_fragments(
+        &input,
+        &out,
+        &cut(node_port, EXTERNAL, reply_id),
+        "reverse NAT",
+    );
+    assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
+    assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 8);
+    assert_eq!(f.fragments().unwrap().len(), 4, "one record per rewrite");
 }

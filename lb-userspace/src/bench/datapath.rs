@@ -21,12 +21,12 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use lb_common::{NodeConfig, BACKEND_F_REMOTE, IPPROTO_TCP};
+use lb_common::{NodeConfig, BACKEND_F_REMOTE, IPPROTO_TCP, IPPROTO_UDP};
 
 use super::stats::Spread;
 use crate::{
     ebpf::fixture::{be_addr, DatapathFixture},
-    packets::{frame, L4},
+    packets::{fragments, frame, L4},
 };
 
 /// The anchors' object, built alongside the datapath.
@@ -47,6 +47,9 @@ pub struct Params {
     /// Distinct tuples for the new-flow case.
     pub new_flows: u32,
 }
+
+/// One timing of a case, repeated for its spread.
+type Measure<'a> = Box<dyn FnMut() -> anyhow::Result<Duration> + 'a>;
 
 /// One measured case: ns per packet.
 pub struct Case {
@@ -102,13 +105,12 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
         &[0u8; 64],
     );
 
-    let timed =
-        |mut one: Box<dyn FnMut() -> anyhow::Result<Duration> + '_>| -> anyhow::Result<Spread> {
-            let samples: anyhow::Result<Vec<f64>> = (0..p.runs)
-                .map(|_| Ok(one()?.as_secs_f64() * 1e9))
-                .collect();
-            Ok(Spread::of(&samples?))
-        };
+    let timed = |mut one: Measure<'_>| -> anyhow::Result<Spread> {
+        let samples: anyhow::Result<Vec<f64>> = (0..p.runs)
+            .map(|_| Ok(one()?.as_secs_f64() * 1e9))
+            .collect();
+        Ok(Spread::of(&samples?))
+    };
     let mut cases = vec![
         Case {
             name: "anchor: XDP_PASS only",
@@ -137,6 +139,7 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
             ns: timed(Box::new(|| f.time_tc_ingress(&hit, p.repeat)))?,
         },
     ];
+    cases.extend(fragment_cases(&mut f, p, &timed)?);
     cases.extend(nodeport_cases(&mut f, p, &timed)?);
     let mut port = 1024u16;
     let new_flow = timed(Box::new(|| {
@@ -178,6 +181,33 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
     Ok(cases)
 }
 
+/// A later fragment (no L4 header) of a UDP datagram whose first fragment
+/// was DNATed: fragment map lookup, then the established-flow path with a
+/// rewrite of the IP header only (identity backend, as above). And one of a
+/// datagram never seen: a fragment map miss, passed.
+fn fragment_cases(
+    f: &mut DatapathFixture,
+    p: &Params,
+    timed: &dyn Fn(Measure<'_>) -> anyhow::Result<Spread>,
+) -> anyhow::Result<Vec<Case>> {
+    let dns = SocketAddrV4::new(VIP, 53);
+    f.add_service(VIP, 53, IPPROTO_UDP, &[(VIP, 53)])?;
+    let datagram = |id| fragments(L4::Udp, CLIENT, dns, id, &[0u8; 1500], 1480);
+    let tracked = datagram(1);
+    f.run_xdp(&tracked[0])?; // balances the flow, records the datagram
+    let untracked = datagram(2);
+    Ok(vec![
+        Case {
+            name: "XDP later fragment of a tracked datagram (frag map + DNAT of the IP header)",
+            ns: timed(Box::new(|| f.time_xdp(&tracked[1], p.repeat)))?,
+        },
+        Case {
+            name: "XDP later fragment of an unknown datagram (frag map miss, pass)",
+            ns: timed(Box::new(|| f.time_xdp(&untracked[1], p.repeat)))?,
+        },
+    ])
+}
+
 /// The uplink path: NodePort established flows to a local and a remote
 /// backend (the remote one SNATed at the uplink's TC egress), and the
 /// un-SNAT of the remote backend's reply.
@@ -187,14 +217,10 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
 /// every rewrite here is an identity (backend = the NodePort address
 /// itself, SNAT source = the client itself), which costs the same lookups
 /// and checksum updates as a real one.
-/// Times one case over the runs: each call of the closure is one run.
-type Timer<'a> =
-    dyn Fn(Box<dyn FnMut() -> anyhow::Result<Duration> + '_>) -> anyhow::Result<Spread> + 'a;
-
 fn nodeport_cases(
     f: &mut DatapathFixture,
     p: &Params,
-    timed: &Timer<'_>,
+    timed: &dyn Fn(Measure<'_>) -> anyhow::Result<Spread>,
 ) -> anyhow::Result<Vec<Case>> {
     let node = Ipv4Addr::new(192, 168, 50, 10);
     let external = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 100), 50000);

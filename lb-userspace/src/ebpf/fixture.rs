@@ -19,10 +19,10 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    stats, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue,
-    SourceRange, StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_REVNAT,
-    MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS, PROG_TC_EGRESS, PROG_TC_INGRESS,
-    PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE,
+    stats, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat, RevNatId, ServiceKey,
+    ServiceValue, SourceRange, StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK,
+    MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE,
 };
 
 use super::object;
@@ -334,6 +334,16 @@ impl DatapathFixture {
             self.ebpf
                 .map(MAP_CONNTRACK)
                 .ok_or_else(|| anyhow!("{MAP_CONNTRACK} missing"))?,
+        )?;
+        Ok(map.iter().collect::<Result<_, _>>()?)
+    }
+
+    /// Every entry of the fragment map.
+    pub fn fragments(&self) -> anyhow::Result<Vec<(FragKey, FragValue)>> {
+        let map: HashMap<_, FragKey, FragValue> = HashMap::try_from(
+            self.ebpf
+                .map(MAP_FRAGMENTS)
+                .ok_or_else(|| anyhow!("{MAP_FRAGMENTS} missing"))?,
         )?;
         Ok(map.iter().collect::<Result<_, _>>()?)
     }

@@ -185,6 +185,22 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
+        MapKind::Fragments => snapshot
+            .fragments
+            .iter()
+            .map(|(k, v)| Entry {
+                key: vec![
+                    ("saddr", Value::Ip(ip(k.saddr_be))),
+                    ("daddr", Value::Ip(ip(k.daddr_be))),
+                    ("id", u16::from_be(k.id_be).into()),
+                    ("proto", text(Proto(k.proto))),
+                ],
+                value: vec![
+                    ("sport", port(v.sport_be).into()),
+                    ("dport", port(v.dport_be).into()),
+                ],
+            })
+            .collect(),
         MapKind::NodeAddrs => snapshot
             .node_addrs
             .keys()
@@ -343,6 +359,27 @@ lb_svc_v3: 3 entries
         assert_eq!(
             json(MapKind::Stats)["entries"][0],
             serde_json::json!({"key": {"index": 0, "reason": "pass_not_ipv4"}, "value": {"packets": 1, "bytes": 64}})
+        );
+        let mut with_fragment = s.clone();
+        with_fragment.fragments.insert(
+            lb_common::FragKey {
+                saddr_be: ip_be("10.0.0.5"),
+                daddr_be: ip_be("10.96.0.10"),
+                id_be: 1234u16.to_be(),
+                proto: lb_common::IPPROTO_UDP,
+                _pad: 0,
+            },
+            lb_common::FragValue {
+                sport_be: 43210u16.to_be(),
+                dport_be: 53u16.to_be(),
+            },
+        );
+        assert_eq!(
+            serde_json::to_value(dump(&with_fragment, MapKind::Fragments)).unwrap()["entries"][0],
+            serde_json::json!({
+                "key": {"saddr": "10.0.0.5", "daddr": "10.96.0.10", "id": 1234, "proto": "udp"},
+                "value": {"sport": 43210, "dport": 53},
+            })
         );
         let mut with_config = s.clone();
         with_config.config = Some(lb_common::NodeConfig {

@@ -223,6 +223,10 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
             snapshot.affinity = read_hash(map, limit)?;
             snapshot.affinity.len()
         }
+        MapKind::Fragments => {
+            snapshot.fragments = read_hash(map, limit)?;
+            snapshot.fragments.len()
+        }
         MapKind::NodeAddrs => {
             snapshot.node_addrs = read_hash(map, limit)?;
             snapshot.node_addrs.len()

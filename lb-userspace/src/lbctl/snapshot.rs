@@ -4,10 +4,10 @@
 use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, NodeConfig, RevNat, RevNatId, ServiceKey,
-    ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES,
-    MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat,
+    RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS,
+    MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -21,6 +21,7 @@ pub enum MapKind {
     SourceRanges,
     NodeAddrs,
     Affinity,
+    Fragments,
     Stats,
     SockNetns,
     SockRevNat,
@@ -28,7 +29,7 @@ pub enum MapKind {
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 11] = [
+    pub const ALL: [MapKind; 12] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
@@ -37,6 +38,7 @@ impl MapKind {
         MapKind::SourceRanges,
         MapKind::NodeAddrs,
         MapKind::Affinity,
+        MapKind::Fragments,
         MapKind::Stats,
         MapKind::SockNetns,
         MapKind::SockRevNat,
@@ -52,6 +54,7 @@ impl MapKind {
             MapKind::SourceRanges => MAP_SOURCE_RANGES,
             MapKind::NodeAddrs => MAP_NODE_ADDRS,
             MapKind::Affinity => MAP_AFFINITY,
+            MapKind::Fragments => MAP_FRAGMENTS,
             MapKind::Stats => MAP_STATS,
             MapKind::SockNetns => MAP_SOCK_NETNS,
             MapKind::SockRevNat => MAP_SOCK_REVNAT,
@@ -96,7 +99,10 @@ pub struct Snapshot {
     pub node_addrs: BTreeMap<u32, u32>,
     /// `lb_affinity_v1`: sessionAffinity ClientIP memory.
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,
-    /// `lb_stats_v4` by reason index, summed over CPUs.
+    /// `lb_frag_v1`: ports of fragmented datagrams whose first fragment
+    /// was rewritten.
+    pub fragments: BTreeMap<FragKey, FragValue>,
+    /// `lb_stats_v5` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// `lb_sock_netns_v1`'s one entry: the namespace balanced per socket.
     pub sock_netns: Option<u64>,

@@ -2,7 +2,9 @@
 //!
 //! Protocol, all answering with `"<pod name> <peer ip>:<peer port>"`:
 //! * TCP on [`TCP_PORT`]: the client sends one line, the server answers and closes;
-//! * UDP on [`UDP_PORT`]: every datagram gets one answer datagram;
+//! * UDP on [`UDP_PORT`]: every datagram gets one answer datagram; one that
+//!   starts with [`UDP_ECHO`] gets the rest of it back after the answer
+//!   line (datagrams up to 64 KiB, so replies can be larger than the MTU);
 //! * TCP on [`LINE_PORT`]: every line the client sends is answered on the same
 //!   connection with `"<pod name> <peer ip>:<peer port> <the line>\n"` until
 //!   the client closes; the echoed line lets a client with a long-lived
@@ -27,6 +29,11 @@ use super::topology::Pod;
 pub const TCP_PORT: u16 = 8080;
 /// Backend UDP port: the `targetPort` of `examples/web.yaml`'s UDP port.
 pub const UDP_PORT: u16 = 5353;
+/// A UDP request starting with these bytes asks for its payload (what
+/// follows them) back, after the answer line: `"<pod name> <peer>\n<payload>"`.
+pub const UDP_ECHO: &[u8] = b"echo\n";
+/// The largest UDP payload over IPv4 (65535 - 20 - 8).
+const MAX_UDP_PAYLOAD: usize = 65_507;
 /// Backend TCP port of the line-echo server, for long-lived connections. No
 /// example manifest uses it: tests add a Service port for it themselves.
 pub const LINE_PORT: u16 = 8081;
@@ -144,11 +151,20 @@ fn answer_tcp(name: &str, stream: TcpStream) {
 
 fn serve_udp(name: String, socket: UdpSocket) -> impl FnOnce(Arc<AtomicBool>) {
     move |stop| {
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
+        let mut answer = Vec::with_capacity(MAX_UDP_PAYLOAD);
         while !stop.load(Ordering::Relaxed) {
             match socket.recv_from(&mut buf) {
-                Ok((_, peer)) => {
-                    if let Err(e) = socket.send_to(format!("{name} {peer}\n").as_bytes(), peer) {
+                Ok((len, peer)) => {
+                    answer.clear();
+                    answer.extend_from_slice(format!("{name} {peer}\n").as_bytes());
+                    if let Some(payload) = buf[..len].strip_prefix(UDP_ECHO) {
+                        // The answer line is longer than the prefix: cut
+                        // what would not fit a datagram.
+                        let room = MAX_UDP_PAYLOAD.saturating_sub(answer.len());
+                        answer.extend_from_slice(&payload[..payload.len().min(room)]);
+                    }
+                    if let Err(e) = socket.send_to(&answer, peer) {
                         eprintln!("{name}: udp reply to {peer}: {e}");
                     }
                 }
