@@ -33,8 +33,9 @@ use lb_userspace::lbctl::{read_snapshot, MapKind};
 use lb_userspace::testbed::agent::AgentProcess;
 use lb_userspace::testbed::netns::NetNs;
 use lb_userspace::testbed::privileged::require_privileged;
-use lb_userspace::testbed::servers::{Servers, TCP_PORT, UDP_ECHO};
+use lb_userspace::testbed::servers::{TCP_PORT, UDP_ECHO};
 use lb_userspace::testbed::topology::{ClusterIpTopology, Pod};
+use lb_userspace::testbed::web_bed::{WebBed, WEB_YAML};
 use lb_userspace::testbed::{WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
@@ -53,23 +54,8 @@ fn fragmented_udp_datagrams_arrive_whole_and_their_answers_too() {
     if !require_privileged("fragmented_udp_datagrams_arrive_whole_and_their_answers_too") {
         return;
     }
-    let topo = ClusterIpTopology::create(3).unwrap();
-    let _servers = Servers::start(topo.backends()).unwrap();
-    let mut agent = AgentProcess::start(
-        AGENT.as_ref(),
-        topo.node(),
-        EXAMPLES.as_ref(),
-        &topo.pod_interfaces(),
-        &[],
-    )
-    .unwrap();
-    let client = topo.client();
-    agent
-        .wait_ready(Duration::from_secs(15), || {
-            udp_echo(client, b"ready".to_vec()).is_ok()
-        })
-        .unwrap();
-
+    let bed = WebBed::start(AGENT.as_ref(), &[("web.yaml", WEB_YAML)], &[]).unwrap();
+    let (topo, agent, client) = (&bed.topo, &bed.agent, bed.topo.client());
     let node_before = ip_counters(topo.node());
     let mut by_backend = BTreeMap::<String, usize>::new();
     let mut failures = Vec::new();
@@ -123,7 +109,6 @@ fn fragmented_udp_datagrams_arrive_whole_and_their_answers_too() {
         "frag_rewritten {} < {later_request_fragments}",
         counted(stats::FRAG_REWRITTEN)
     );
-    agent.stop().unwrap();
 }
 
 /// Bytes that differ between datagrams and along each one.
