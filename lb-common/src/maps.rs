@@ -40,7 +40,7 @@ pub const MAP_FRAGMENTS: &str = "lb_frag_v1";
 /// LRU only needs room for the fragmented datagrams of a few milliseconds.
 pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 /// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
-pub const MAP_STATS: &str = "lb_stats_v5";
+pub const MAP_STATS: &str = "lb_stats_v6";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
 pub const ALL_MAPS: [&str; 12] = [

@@ -66,9 +66,16 @@ pub const FRAG_REWRITTEN: u32 = 22;
 /// XDP/TC: recording a rewritten first fragment's ports failed; the packet
 /// was still forwarded, but its later fragments will pass untouched.
 pub const FRAG_INSERT_FAILED: u32 = 23;
+/// XDP: a TCP packet other than a SYN to a frontend, without a conntrack
+/// entry: its entry expired, was evicted from a full map, or predates the
+/// map. The flow is balanced again, and since the choice is a hash of the
+/// 5-tuple it lands on the same backend as before unless the frontend's
+/// backends changed. Counted besides the packet's own reason: a rising
+/// count says the conntrack map is too small (`--ct-map-max`).
+pub const CT_MISS_MIDFLOW: u32 = 24;
 
 /// Number of reasons (the stats map's size).
-pub const COUNT: u32 = 24;
+pub const COUNT: u32 = 25;
 
 /// Names in index order, for `lbctl stats` and metrics.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -96,6 +103,7 @@ pub const NAMES: [&str; COUNT as usize] = [
     "reject_icmp_unreachable",
     "frag_rewritten",
     "frag_insert_failed",
+    "ct_miss_midflow",
 ];
 
 /// True for the reasons that drop the packet.

@@ -55,7 +55,10 @@ pub fn pick(h: &Headers, master: &ServiceValue, wildcard: bool) -> Result<(Backe
     let vip_be = if wildcard { 0 } else { h.daddr_be };
     let (backend_id, backend) = match affinity::recall(master, h.saddr_be) {
         Some(chosen) => chosen,
-        None => select::pick_backend(vip_be, h.dport_be, h.proto, master)?,
+        None => {
+            let hash = select::flow_hash(h.saddr_be, h.daddr_be, h.sport_be, h.dport_be, h.proto);
+            select::pick_backend(vip_be, h.dport_be, h.proto, master, hash)?
+        }
     };
     affinity::remember(master, h.saddr_be, backend_id);
     let mut value = conntrack::new_value(

@@ -2,7 +2,7 @@
 //! a frontend, un-SNAT of replies, rejection when there is no endpoint.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{stats, BACKEND_F_REMOTE, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
+use lb_common::{stats, BACKEND_F_REMOTE, IPPROTO_TCP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
 
 use crate::{
     conntrack, flow, frag,
@@ -63,6 +63,7 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
     if h.fragment == Fragment::Later {
         return Ok(stats::PASS_FRAGMENT);
     }
+
     // loadBalancerSourceRanges guard load-balancer IPs, reached from outside.
     if side == Side::Uplink
         && master.flags & SVC_F_SOURCE_RANGES != 0
@@ -78,6 +79,11 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
     // No endpoints at all: refuse at once (RST / ICMP unreachable).
     if master.count == 0 {
         return reject::reject(ctx, h);
+    }
+    // A connection whose entry is gone: balanced again, to the same backend
+    // (see `select::flow_hash`), but worth a counter.
+    if h.proto == IPPROTO_TCP && !h.is_tcp_syn() {
+        crate::stats::count(stats::CT_MISS_MIDFLOW, 0);
     }
     let (backend, value) = flow::pick(h, &master, wildcard)?;
     // SNAT to the node, at TC egress, so that the reply comes back here:

@@ -56,5 +56,5 @@ pub static SOCK_NETNS: Array<u64> = Array::pinned(1, 0);
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
 
-#[map(name = "lb_stats_v5")]
+#[map(name = "lb_stats_v6")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
 use lb_common::{SockRevNatKey, SockRevNatValue, IPPROTO_TCP, IPPROTO_UDP};
@@ -67,7 +67,11 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     let vip_be = if wildcard { 0 } else { dst_be };
     let (backend_id, backend) = match affinity::recall(&master, client_be) {
         Some(chosen) => chosen,
-        None => match select::pick_backend(vip_be, port_be, proto, &master) {
+        // No 5-tuple yet (the source port comes later): a random choice.
+        // SAFETY: plain helper call.
+        None => match select::pick_backend(vip_be, port_be, proto, &master, unsafe {
+            bpf_get_prandom_u32()
+        }) {
             Ok(chosen) => chosen,
             Err(_) => return ALLOW,
         },

@@ -389,6 +389,41 @@ fn new_flows_spread_uniformly_and_stick() {
     }
 }
 
+/// A connection whose conntrack entries are lost (a full map evicted them,
+/// or they expired) keeps its backend: the choice is a hash of the
+/// 5-tuple, so its next packet is balanced to the same backend, counted.
+#[test]
+fn a_connection_that_lost_its_conntrack_entry_keeps_its_backend() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    let mut f = DatapathFixture::new().unwrap();
+    // Not 10.244.4.2: that is the client, which would make it a hairpin.
+    let backends: Vec<(Ipv4Addr, u16)> = (1..=5)
+        .map(|i| (Ipv4Addr::new(10, 244, 10 + i, 2), 8080))
+        .collect();
+    f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
+    let mut spread = std::collections::BTreeSet::new();
+    for port in 20_000..20_050u16 {
+        let client = SocketAddrV4::new(*CLIENT.ip(), port);
+        let (_, out) = f
+            .run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b""))
+            .unwrap();
+        let first = decode(&out).unwrap().dst;
+        f.forget_conntrack().unwrap();
+        let (verdict, again) = f
+            .run_xdp(&frame(L4::TcpAck, client, FRONTEND, &[], b"data"))
+            .unwrap();
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(decode(&again).unwrap().dst, first, "flow from port {port}");
+        spread.insert(first);
+    }
+    assert_eq!(f.count(stats::CT_MISS_MIDFLOW).unwrap(), 50);
+    assert_eq!(spread.len(), 5, "50 flows over 5 backends: {spread:?}");
+    let ct = f.conntrack().unwrap();
+    assert_eq!(ct.len(), 2, "the last flow is tracked again: {ct:?}");
+}
+
 fn ether_type(mut f: Vec<u8>, t: u16) -> Vec<u8> {
     f[12..14].copy_from_slice(&t.to_be_bytes());
     f

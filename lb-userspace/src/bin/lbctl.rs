@@ -59,7 +59,7 @@ enum MapCommand {
     List,
     /// Every entry of one map, decoded.
     Dump {
-        /// lb_svc_v3, lb_backend_v1, lb_revnat_v2, lb_ct_v4, lb_frag_v1, lb_stats_v5, ...
+        /// lb_svc_v3, lb_backend_v1, lb_revnat_v2, lb_ct_v4, lb_frag_v1, lb_stats_v6, ...
         /// (`lbctl map list` names them all).
         name: MapKind,
     },

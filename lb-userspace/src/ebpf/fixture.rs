@@ -338,6 +338,21 @@ impl DatapathFixture {
         Ok(map.iter().collect::<Result<_, _>>()?)
     }
 
+    /// Empties the conntrack map, as a full map's evictions or the agent's
+    /// expiry would, flow by flow.
+    pub fn forget_conntrack(&mut self) -> anyhow::Result<()> {
+        let mut map: HashMap<_, CtKey, CtValue> = HashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_CONNTRACK)
+                .ok_or_else(|| anyhow!("{MAP_CONNTRACK} missing"))?,
+        )?;
+        let keys: Vec<CtKey> = map.keys().collect::<Result<_, _>>()?;
+        for key in keys {
+            map.remove(&key)?;
+        }
+        Ok(())
+    }
+
     /// Every entry of the fragment map.
     pub fn fragments(&self) -> anyhow::Result<Vec<(FragKey, FragValue)>> {
         let map: HashMap<_, FragKey, FragValue> = HashMap::try_from(

@@ -102,7 +102,7 @@ pub struct Snapshot {
     /// `lb_frag_v1`: ports of fragmented datagrams whose first fragment
     /// was rewritten.
     pub fragments: BTreeMap<FragKey, FragValue>,
-    /// `lb_stats_v5` by reason index, summed over CPUs.
+    /// `lb_stats_v6` by reason index, summed over CPUs.
     pub stats: Vec<StatsCounter>,
     /// `lb_sock_netns_v1`'s one entry: the namespace balanced per socket.
     pub sock_netns: Option<u64>,
