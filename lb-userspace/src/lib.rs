@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod conformance;
 pub mod ebpf;
 pub mod lbctl;
 pub mod manifest;

@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod conformance;
 mod demo;
 mod setup;
 mod test;
@@ -17,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-/// Project tasks: setup, build, test, demo, bench.
+/// Project tasks: setup, build, test, demo, bench, conformance.
 #[derive(Parser)]
 #[command(name = "xtask", bin_name = "cargo xtask")]
 struct Cli {
@@ -63,6 +64,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run setup, build release binaries, then the upstream Service e2e
+    /// scenarios (`lb-testbed conformance`).
+    ///
+    /// Writes the table to docs/conformance.md; `--all` adds the slow
+    /// scenarios, `--only ID,...` runs some (report in target/).
+    Conformance {
+        /// Extra arguments for `lb-testbed conformance`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +97,7 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Test { args } => test::run(&args),
         Task::Demo { args } => demo::run(&args),
         Task::Bench { args } => bench::run(&args),
+        Task::Conformance { args } => conformance::run(&args),
     }
 }
 

@@ -118,11 +118,16 @@ impl FakeApiServer {
     /// that namespace (e.g. the agent in a topology's node namespace) reaches
     /// it on its own loopback, which must be up. Returns once listening.
     pub fn start_in(ns: &NetNs) -> Result<FakeApiServer> {
+        FakeApiServer::start_in_at(ns, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    /// Serves on `bind` inside `ns` (e.g. a node's address, for agents on
+    /// other nodes of a multi-node topology). Returns once listening.
+    pub fn start_in_at(ns: &NetNs, bind: SocketAddr) -> Result<FakeApiServer> {
         let shared = Arc::new(Shared::new());
         let (ready_tx, ready) = mpsc::sync_channel(1);
         let (shutdown, shutdown_rx) = oneshot::channel();
         let serving = shared.clone();
-        let bind = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let thread = ns.enter_thread(move || serve(bind, serving, ready_tx, shutdown_rx))?;
         FakeApiServer::started(shared, ready, shutdown, ServerThread::InNamespace(thread))
     }

@@ -91,7 +91,12 @@ impl<'a> Client<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
     Tcp,
+    /// An unconnected socket (`sendto`), which sees where the answer came
+    /// from but not an ICMP error.
     Udp,
+    /// A connected socket, as `nc -u` uses: an ICMP port unreachable
+    /// surfaces as ECONNREFUSED on the next receive.
+    UdpConnected,
 }
 
 /// One request to `to` from the calling thread's namespace: a fresh
@@ -100,6 +105,7 @@ pub fn request(transport: Transport, to: SocketAddr, timeout: Duration) -> Reque
     match transport {
         Transport::Tcp => tcp_request(to, timeout),
         Transport::Udp => udp_request(to, timeout),
+        Transport::UdpConnected => udp_connected_request(to, timeout),
     }
 }
 
@@ -158,6 +164,16 @@ fn udp_request(to: SocketAddr, timeout: Duration) -> RequestResult {
     let mut buf = [0u8; 2048];
     let (len, reply_from) = socket.recv_from(&mut buf).map_err(classify)?;
     parse(&String::from_utf8_lossy(&buf[..len]), reply_from)
+}
+
+fn udp_connected_request(to: SocketAddr, timeout: Duration) -> RequestResult {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(classify)?;
+    socket.set_read_timeout(Some(timeout)).map_err(classify)?;
+    socket.connect(to).map_err(classify)?;
+    socket.send(b"hello\n").map_err(classify)?;
+    let mut buf = [0u8; 2048];
+    let len = socket.recv(&mut buf).map_err(classify)?;
+    parse(&String::from_utf8_lossy(&buf[..len]), to)
 }
 
 /// Parses `"<pod name> <peer ip>:<peer port>\n"`.

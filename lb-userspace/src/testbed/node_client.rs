@@ -26,6 +26,7 @@ pub fn node_requests(
     let transport = match transport {
         Transport::Tcp => "tcp",
         Transport::Udp => "udp",
+        Transport::UdpConnected => "udp-connected",
     };
     let out = agent
         .node_process(node, testbed)?

@@ -1,0 +1,81 @@
+//! §2 Reject when there are no endpoints.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+
+use crate::conformance::cluster::eventually;
+use crate::conformance::objects::{dns, http, service};
+use crate::conformance::{Binaries, Case, Cluster, ClusterSpec, Outcome, Speed};
+use crate::testbed::client::{RequestError, Transport};
+
+const SECTION: &str = "2 Reject";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 2, 10);
+/// Upstream: REFUSED within KubeProxyEndpointLagTimeout (~30 s), connect
+/// timeout 3 s. We require the rule within 2 s and each refusal in 100 ms.
+const PROGRAMMED_WITHIN: Duration = Duration::from_secs(2);
+const REFUSED_WITHIN: Duration = Duration::from_millis(100);
+
+pub fn cases() -> Vec<Case> {
+    vec![Case {
+        id: "reject_without_endpoints",
+        section: SECTION,
+        upstream: "should be rejected when no endpoints exist (connect must fail REFUSED, not time out, within ~30 s)",
+        speed: Speed::Fast,
+        run: reject_without_endpoints,
+    }]
+}
+
+/// From a pod on each node, TCP and UDP; and from a node process.
+fn reject_without_endpoints(bins: &Binaries) -> Result<Outcome> {
+    let cluster = Cluster::start(bins, &ClusterSpec::new(2, 1))?;
+    cluster.apply(&service(
+        "nobody",
+        "ClusterIP",
+        VIP,
+        &[http(80), dns(53)],
+        "",
+    ))?;
+    let tcp = SocketAddr::from((VIP, 80));
+    let udp = SocketAddr::from((VIP, 53));
+    let client = cluster.topo.client_pod(0);
+    let programmed = eventually("TCP refused", PROGRAMMED_WITHIN, || {
+        matches!(
+            cluster.from_pod(client, Transport::Tcp, tcp, 1).as_deref(),
+            Ok([Err(RequestError::Refused)])
+        )
+    })?;
+    let mut slowest = Duration::ZERO;
+    for node in 0..2 {
+        let pod = cluster.topo.client_pod(node);
+        // Connected UDP, as upstream's clients: only a connected socket
+        // hears the ICMP error.
+        for (transport, to) in [(Transport::Tcp, tcp), (Transport::UdpConnected, udp)] {
+            let start = Instant::now();
+            let results = cluster.from_pod(pod, transport, to, 1)?;
+            let took = start.elapsed();
+            ensure!(
+                results == [Err(RequestError::Refused)],
+                "{} -> {to} ({transport:?}): {results:?}",
+                pod.name
+            );
+            ensure!(
+                took < REFUSED_WITHIN,
+                "{} -> {to}: refused after {took:?}",
+                pod.name
+            );
+            slowest = slowest.max(took);
+        }
+    }
+    let results = cluster.from_node(0, Transport::Tcp, tcp, 1)?;
+    ensure!(
+        results == [Err(RequestError::Refused)],
+        "node process -> {tcp}: {results:?}"
+    );
+    Ok(Outcome::new(format!(
+        "REFUSED (TCP RST, UDP ICMP) from pods on both nodes and a node process; rule in place {:.2} s after the Service (upstream: 30 s); slowest refusal {:.1} ms",
+        programmed.as_secs_f64(),
+        slowest.as_secs_f64() * 1e3
+    )))
+}
