@@ -1,8 +1,9 @@
 //! The fast conformance scenarios (see `lb_userspace::conformance`), one
-//! test each; `cargo xtask conformance` runs them all and writes the
-//! table. Needs root, a bpffs and cgroup v2; LB_SKIP_PRIVILEGED=1 skips.
+//! test per section of the catalogue running that section's fast
+//! scenarios; `cargo xtask conformance` runs them all and writes the table.
+//! Needs root, a bpffs and cgroup v2; LB_SKIP_PRIVILEGED=1 skips.
 
-use lb_userspace::conformance::{self, Binaries, Speed};
+use lb_userspace::conformance::{self, cases, Binaries, Case, Speed};
 use lb_userspace::testbed::privileged::require_privileged;
 
 fn bins() -> Binaries {
@@ -12,42 +13,76 @@ fn bins() -> Binaries {
     }
 }
 
-fn run(id: &str) {
-    if !require_privileged(id) {
+/// Runs the fast scenarios of one section; fails naming every failed one.
+fn run(section: &str, cases: Vec<Case>) {
+    if !require_privileged(section) {
         return;
     }
-    let catalogue = conformance::catalogue();
-    let case = catalogue
-        .iter()
-        .find(|c| c.id == id)
-        .unwrap_or_else(|| panic!("no scenario {id}"));
-    let ran = conformance::run(case, &bins());
-    match ran.result {
-        Ok(outcome) => println!("{id}: {} ({:.1} s)", outcome.figure, ran.took.as_secs_f64()),
-        Err(e) => panic!("{id} ({}): {e}", case.upstream),
-    }
-}
-
-macro_rules! scenarios {
-    ($($id:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $id() {
-                run(stringify!($id));
-            }
-        )*
-
-        /// Every fast scenario of the catalogue has its test above.
-        #[test]
-        fn every_fast_scenario_is_tested() {
-            let tested = [$(stringify!($id)),*];
-            for case in conformance::catalogue() {
-                if case.speed == Speed::Fast {
-                    assert!(tested.contains(&case.id), "add {} to scenarios!", case.id);
-                }
+    let mut failed = Vec::new();
+    for case in cases.iter().filter(|c| c.speed == Speed::Fast) {
+        let ran = conformance::run(case, &bins());
+        match ran.result {
+            Ok(o) => println!(
+                "{}: pass in {:.1} s: {}",
+                case.id,
+                ran.took.as_secs_f64(),
+                o.figure
+            ),
+            Err(e) => {
+                println!("{}: FAIL in {:.1} s: {e}", case.id, ran.took.as_secs_f64());
+                failed.push(format!("{} ({}): {e}", case.id, case.upstream));
             }
         }
-    };
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
-scenarios!(clusterip_basic_endpoint_churn, reject_without_endpoints);
+#[test]
+fn clusterip() {
+    run("clusterip", cases::clusterip::cases());
+}
+
+#[test]
+fn reject() {
+    run("reject", cases::reject::cases());
+}
+
+#[test]
+fn nodeport() {
+    run("nodeport", cases::nodeport::cases());
+}
+
+#[test]
+fn affinity() {
+    run("affinity", cases::affinity::cases());
+}
+
+#[test]
+fn source_ip() {
+    run("source_ip", cases::source_ip::cases());
+}
+
+#[test]
+fn policies() {
+    run("policies", cases::policies::cases());
+}
+
+#[test]
+fn terminating() {
+    run("terminating", cases::terminating::cases());
+}
+
+#[test]
+fn udp_conntrack() {
+    run("udp_conntrack", cases::udp_conntrack::cases());
+}
+
+#[test]
+fn loadbalancer() {
+    run("loadbalancer", cases::loadbalancer::cases());
+}
+
+#[test]
+fn topology() {
+    run("topology", cases::topology::cases());
+}

@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 
 use crate::conformance::cluster::eventually;
 use crate::conformance::objects::{dns, http, service};
-use crate::conformance::{Binaries, Case, Cluster, ClusterSpec, Outcome, Speed};
+use crate::conformance::{Binaries, Case, Cluster, ClusterSpec, NotRun, Outcome, Speed};
 use crate::testbed::client::{RequestError, Transport};
 
 const SECTION: &str = "2 Reject";
@@ -25,6 +25,10 @@ pub fn cases() -> Vec<Case> {
         speed: Speed::Fast,
         run: reject_without_endpoints,
     }]
+}
+
+pub fn not_run() -> Vec<NotRun> {
+    vec![]
 }
 
 /// From a pod on each node, TCP and UDP; and from a node process.
