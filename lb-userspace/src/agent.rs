@@ -40,7 +40,7 @@ use telemetry::Telemetry;
 
 /// How often the maps are read back in full to repair drift (entries
 /// changed behind the agent's back); between, syncs trust what they wrote.
-const FULL_RESYNC_PERIOD: Duration = Duration::from_secs(300);
+
 /// How often datapath counters, conntrack and map occupancy are refreshed
 /// for /metrics.
 const MONITOR_PERIOD: Duration = Duration::from_secs(5);
@@ -115,6 +115,10 @@ pub struct AgentConfig {
     pub ct_timeouts: CtTimeouts,
     /// How often expired conntrack entries are removed.
     pub ct_gc_interval: Duration,
+    /// How often the maps are read back in full and every difference from
+    /// the wanted state repaired (entries changed or deleted behind the
+    /// agent's back); between, syncs trust what they wrote.
+    pub resync_interval: Duration,
     /// The cgroup v2 directory whose sockets (in the agent's network
     /// namespace) are balanced at `connect()`; None: not done.
     pub cgroup: Option<PathBuf>,
@@ -251,7 +255,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut monitor_tick = interval(MONITOR_PERIOD);
     let mut ct_gc_tick = interval(cfg.ct_gc_interval);
     ct_gc_tick.reset(); // nothing has expired at start
-    let mut resync_tick = interval(FULL_RESYNC_PERIOD);
+    let mut resync_tick = interval(cfg.resync_interval);
     resync_tick.reset(); // the first sync reads the maps anyway
     let mut node: Option<NodeInfo> = None;
     let healthy = telemetry.clone();

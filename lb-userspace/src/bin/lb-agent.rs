@@ -109,6 +109,12 @@ struct Args {
     /// (LRU), so this bounds the entry count, not correctness.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     ct_gc_interval_secs: u64,
+    /// Seconds between full read-backs of the maps, which repair entries
+    /// changed or deleted behind the agent's back (kube-proxy:
+    /// --iptables-sync-period). Changes from the API are applied at once,
+    /// whatever this is.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    resync_interval_secs: u64,
     /// cgroup v2 directory whose sockets in the agent's network namespace
     /// (node processes, hostNetwork pods) are balanced at connect() and
     /// sendmsg(): their packets cross no pod interface. `auto`: the root of
@@ -222,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
             udp: Duration::from_secs(args.ct_udp_timeout_secs),
         },
         ct_gc_interval: Duration::from_secs(args.ct_gc_interval_secs),
+        resync_interval: Duration::from_secs(args.resync_interval_secs),
         cgroup: match args.cgroup.to_str() {
             Some("") => None,
             Some("auto") => {
