@@ -14,6 +14,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod hash;
 pub mod maps;
 pub mod sock;
 pub mod stats;

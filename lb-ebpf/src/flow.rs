@@ -56,7 +56,8 @@ pub fn pick(h: &Headers, master: &ServiceValue, wildcard: bool) -> Result<(Backe
     let (backend_id, backend) = match affinity::recall(master, h.saddr_be) {
         Some(chosen) => chosen,
         None => {
-            let hash = select::flow_hash(h.saddr_be, h.daddr_be, h.sport_be, h.dport_be, h.proto);
+            let hash =
+                lb_common::hash::flow_hash(h.saddr_be, h.daddr_be, h.sport_be, h.dport_be, h.proto);
             select::pick_backend(vip_be, h.dport_be, h.proto, master, hash)?
         }
     };

@@ -59,35 +59,6 @@ pub fn pick_backend(
     Ok((slot_val.backend_id, backend))
 }
 
-/// A hash of the packet's 5-tuple, the choice for a new flow. Random would
-/// spread flows as well, but a hash gives a flow whose conntrack entry was
-/// lost (evicted from a full map, expired while idle) the same backend
-/// again, so the connection survives as long as the backends stay the
-/// same. Each word is mixed in with a 32-bit finaliser (multiply-xorshift,
-/// the constants of Wellons' `lowbias32`), so that flows differing in one
-/// source port spread evenly.
-#[inline(always)]
-pub fn flow_hash(saddr_be: u32, daddr_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> u32 {
-    let ports = ((sport_be as u32) << 16) | dport_be as u32;
-    let mut h = mix(FLOW_HASH_SEED ^ saddr_be);
-    h = mix(h ^ daddr_be);
-    h = mix(h ^ ports);
-    mix(h ^ proto as u32)
-}
-
-/// Any constant: the hash only needs to be the same on every packet and
-/// across agent restarts.
-const FLOW_HASH_SEED: u32 = 0x6c62_5f31;
-
-#[inline(always)]
-fn mix(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
-
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Backend> {
     unsafe { BACKENDS.get(&id).copied() }

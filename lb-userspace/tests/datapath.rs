@@ -410,6 +410,17 @@ fn a_connection_that_lost_its_conntrack_entry_keeps_its_backend() {
             .run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b""))
             .unwrap();
         let first = decode(&out).unwrap().dst;
+        // Userspace computes the same choice (what `lbctl explain` relies
+        // on): slot 1 + hash % count, the fixture's slots in list order.
+        let hash = lb_common::hash::flow_hash(
+            be_addr(*client.ip()),
+            be_addr(VIP),
+            port.to_be(),
+            80u16.to_be(),
+            IPPROTO_TCP,
+        );
+        let slot = (hash % backends.len() as u32) as usize;
+        assert_eq!(*first.ip(), backends[slot].0, "flow from port {port}");
         f.forget_conntrack().unwrap();
         let (verdict, again) = f
             .run_xdp(&frame(L4::TcpAck, client, FRONTEND, &[], b"data"))
