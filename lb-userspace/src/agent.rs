@@ -38,9 +38,6 @@ use manifest_source::ManifestSource;
 pub use net_config::NetConfig;
 use telemetry::Telemetry;
 
-/// How often the maps are read back in full to repair drift (entries
-/// changed behind the agent's back); between, syncs trust what they wrote.
-
 /// How often datapath counters, conntrack and map occupancy are refreshed
 /// for /metrics.
 const MONITOR_PERIOD: Duration = Duration::from_secs(5);
