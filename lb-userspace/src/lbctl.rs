@@ -22,6 +22,7 @@ pub mod backends;
 pub mod conntrack;
 pub mod decode;
 pub mod dump;
+pub mod explain;
 pub mod maplist;
 pub mod maps;
 pub mod services;

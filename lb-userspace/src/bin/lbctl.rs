@@ -10,8 +10,8 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use lb_userspace::lbctl::{
-    self, backends, conntrack, dump, list_maps, read_snapshot, services, stats, Format, MapKind,
-    Report,
+    self, backends, conntrack, dump, explain, list_maps, read_snapshot, services, stats, Format,
+    MapKind, Report,
 };
 
 /// Inspect the maps of the eBPF/XDP Service load balancer.
@@ -45,12 +45,34 @@ enum Command {
     /// Connection tracking.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// What the datapath does with a flow: which frontend matches, which
+    /// backend it gets and why (conntrack, affinity, or the flow hash,
+    /// computed as the kernel does), and the exact rewrite.
+    Explain {
+        /// Client address, with its source port to name the exact backend.
+        #[arg(value_name = "SRC_IP[:PORT]")]
+        src: conntrack::HostPort,
+        /// Destination (a ClusterIP, node address, external or LB IP).
+        #[arg(value_name = "DST_IP:PORT")]
+        dst: SocketAddrV4,
+        #[arg(value_enum, default_value = "tcp")]
+        proto: ProtoArg,
+        /// Where the packet enters: from a pod's veth or an uplink.
+        #[arg(long, value_enum, default_value = "pod")]
+        via: explain::Via,
+    },
     /// Packets and bytes per verdict reason, summed over CPUs.
     Stats {
         /// Hide reasons that counted no packet.
         #[arg(long)]
         nonzero: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtoArg {
+    Tcp,
+    Udp,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +147,27 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
             &backends::backend_list(&read_snapshot(dir, backends::READS)?),
             format,
         ),
+        Command::Explain {
+            src,
+            dst,
+            proto,
+            via,
+        } => {
+            let flow = explain::Flow {
+                src: src.ip,
+                sport: src.port,
+                dst,
+                proto: match proto {
+                    ProtoArg::Tcp => lb_common::IPPROTO_TCP,
+                    ProtoArg::Udp => lb_common::IPPROTO_UDP,
+                },
+                via,
+            };
+            print(
+                &explain::explain(&read_snapshot(dir, explain::READS)?, &flow),
+                format,
+            )
+        }
         Command::Ct(CtCommand::List {
             service,
             backend,

@@ -1,0 +1,115 @@
+//! `lbctl explain` against real traffic: for 100 flows with chosen source
+//! ports, the backend `explain` names before the flow exists (the flow
+//! hash, computed in userspace as the kernel does) is the backend that
+//! answers, and afterwards `explain` names the same one from conntrack.
+//! Needs root and a bpffs; LB_SKIP_PRIVILEGED=1 skips.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use lb_userspace::testbed::{
+    privileged::require_privileged,
+    web_bed::{WebBed, WEB_YAML},
+    WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP,
+};
+use socket2::{Domain, Socket, Type};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
+const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
+const FLOWS: u16 = 50;
+const TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `lbctl explain`'s backend and reason for the flow.
+fn explain(pin_dir: &Path, src: SocketAddrV4, dst: SocketAddrV4, proto: &str) -> (String, String) {
+    let out = Command::new(LBCTL)
+        .arg("--bpffs")
+        .arg(pin_dir)
+        .args([
+            "--json",
+            "explain",
+            &src.to_string(),
+            &dst.to_string(),
+            proto,
+        ])
+        .output()
+        .expect("running lbctl");
+    assert!(
+        out.status.success(),
+        "lbctl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let backend = &doc["backend"];
+    (
+        format!(
+            "{}:{}",
+            backend["ip"].as_str().unwrap_or("-"),
+            backend["port"]
+        ),
+        doc["chosen_by"].as_str().unwrap_or("-").to_owned(),
+    )
+}
+
+/// The pod that answered one request from `src` (a bound source port).
+fn request(src: SocketAddrV4, dst: SocketAddrV4, proto: &str) -> String {
+    let answer = if proto == "udp" {
+        let socket = UdpSocket::bind(src).unwrap();
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        socket.send_to(b"hello\n", dst).unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = socket.recv_from(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    } else {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&SocketAddr::from(src).into()).unwrap();
+        socket
+            .connect_timeout(&SocketAddr::from(dst).into(), TIMEOUT)
+            .unwrap();
+        let mut stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(b"hello\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    answer.split(' ').next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn explain_names_the_backend_real_traffic_reaches() {
+    if !require_privileged("explain_names_the_backend_real_traffic_reaches") {
+        return;
+    }
+    let bed = WebBed::start(AGENT.as_ref(), &[("web.yaml", WEB_YAML)], &[]).unwrap();
+    let client = bed.topo.client();
+    let pin_dir = bed.agent.pin_dir();
+    let name_of = |backend: &str| -> String {
+        let ip: Ipv4Addr = backend.split(':').next().unwrap().parse().unwrap();
+        let pod = bed.topo.backends().iter().find(|p| p.ip == ip);
+        pod.unwrap_or_else(|| panic!("{backend} is no pod"))
+            .name
+            .clone()
+    };
+    let mut spread = std::collections::BTreeSet::new();
+    for (proto, port) in [("tcp", WEB_TCP_PORT), ("udp", WEB_UDP_PORT)] {
+        let dst = SocketAddrV4::new(WEB_VIP, port);
+        for sport in 41_000..41_000 + FLOWS {
+            let src = SocketAddrV4::new(client.ip, sport);
+            let (predicted, why) = explain(pin_dir, src, dst, proto);
+            assert_eq!(why, "hash", "{proto} {src}: a new flow");
+            let answered = client.ns.run(move || request(src, dst, proto)).unwrap();
+            assert_eq!(name_of(&predicted), answered, "{proto} flow {src} -> {dst}");
+            let (tracked, why) = explain(pin_dir, src, dst, proto);
+            assert_eq!(
+                (tracked.as_str(), why.as_str()),
+                (predicted.as_str(), "conntrack")
+            );
+            spread.insert(answered);
+        }
+    }
+    assert_eq!(spread.len(), 3, "{} flows reached {spread:?}", 2 * FLOWS);
+}
