@@ -209,6 +209,28 @@ pub struct CtKey {
 }
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 
+impl CtKey {
+    /// The key of the tuple in direction `dir` (byte orders as the fields).
+    pub const fn new(
+        saddr_be: u32,
+        daddr_be: u32,
+        sport_be: u16,
+        dport_be: u16,
+        proto: u8,
+        dir: u8,
+    ) -> CtKey {
+        CtKey {
+            saddr_be,
+            daddr_be,
+            sport_be,
+            dport_be,
+            proto,
+            dir,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Value of [`MAP_CONNTRACK`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]

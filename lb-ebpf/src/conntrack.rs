@@ -29,15 +29,7 @@ pub fn key(
     proto: u8,
     dir: u8,
 ) -> CtKey {
-    CtKey {
-        saddr_be,
-        daddr_be,
-        sport_be,
-        dport_be,
-        proto,
-        dir,
-        _pad: [0; 2],
-    }
+    CtKey::new(saddr_be, daddr_be, sport_be, dport_be, proto, dir)
 }
 
 /// Looks up an entry, refreshing its `last_seen_ns` when stale, and marks

@@ -129,7 +129,7 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
             && config.snat_addr_be != 0
             && (config.snat_port_first..=config.snat_port_last).contains(&dport)
         {
-            let key = ct_key(
+            let key = CtKey::new(
                 saddr,
                 daddr,
                 sport.to_be(),
@@ -202,7 +202,7 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
 
     // 3. An existing flow stays with its backend.
     if let Some(sport) = flow.sport {
-        let key = ct_key(
+        let key = CtKey::new(
             saddr,
             daddr,
             sport.to_be(),
@@ -381,18 +381,6 @@ fn dnat(
         flow.dst
     ));
     e.end("dnat", format!("DNATed to {backend} (chosen by {why})"))
-}
-
-fn ct_key(saddr_be: u32, daddr_be: u32, sport_be: u16, dport_be: u16, proto: u8, dir: u8) -> CtKey {
-    CtKey {
-        saddr_be,
-        daddr_be,
-        sport_be,
-        dport_be,
-        proto,
-        dir,
-        _pad: [0; 2],
-    }
 }
 
 /// The LPM match the datapath makes: (rev-NAT id, client) within a range.
