@@ -16,8 +16,10 @@
 pub mod csum;
 pub mod hash;
 pub mod maps;
+pub mod names;
 pub mod sock;
 pub mod stats;
 
 pub use maps::*;
+pub use names::*;
 pub use sock::*;

@@ -43,7 +43,7 @@ pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 pub const MAP_STATS: &str = "lb_stats_v6";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -56,6 +56,7 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_STATS,
     crate::sock::MAP_SOCK_NETNS,
     crate::sock::MAP_SOCK_REVNAT,
+    crate::names::MAP_SVC_NAMES,
 ];
 
 /// Default sizes. The agent sets the real ones at load time (flags

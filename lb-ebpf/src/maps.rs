@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     stats, AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig,
     RevNat, RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
-    StatsCounter, AFFINITY_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
+    StatsCounter, SvcName, AFFINITY_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
     FRAGMENTS_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
     SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
@@ -55,6 +55,11 @@ pub static SOCK_NETNS: Array<u64> = Array::pinned(1, 0);
 #[map(name = "lb_sock_revnat_v1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(SOCK_REVNAT_MAX_ENTRIES, 0);
+
+/// Frontend -> `namespace/name` of its Service, for lbctl only. Not
+/// preallocated (BPF_F_NO_PREALLOC): 128 bytes per possible frontend.
+#[map(name = "lb_svcname_v1")]
+pub static SVC_NAMES: HashMap<RevNatId, SvcName> = HashMap::pinned(REVNAT_MAX_ENTRIES, 1);
 
 #[map(name = "lb_stats_v6")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

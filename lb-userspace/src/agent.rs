@@ -41,6 +41,9 @@ use telemetry::Telemetry;
 /// How often datapath counters, conntrack and map occupancy are refreshed
 /// for /metrics.
 const MONITOR_PERIOD: Duration = Duration::from_secs(5);
+/// Up to this many frontends, Service names for lbctl are refreshed after
+/// every sync, not only on the monitor tick.
+const NAME_AT_SYNC_MAX: usize = 20_000;
 
 /// Where Services and EndpointSlices come from.
 #[derive(Debug, Clone)]
@@ -165,6 +168,13 @@ impl Source {
         }
     }
 
+    fn desired(&self) -> &crate::model::Desired {
+        match self {
+            Source::Manifests(m) => m.index().desired(),
+            Source::Kube(k) => k.index().desired(),
+        }
+    }
+
     /// Makes the next `take_pending` hand out the current state even if
     /// nothing changed.
     fn offer_again(&mut self) {
@@ -197,6 +207,8 @@ struct Datapath {
     dataplane: BpfDataplane,
     monitor: DatapathMonitor,
     attacher: Attacher,
+    /// Frontend -> Service name, for lbctl.
+    svc_names: ebpf::SvcNameMap,
     /// The node's own sockets' programs (None: `--cgroup ""`).
     sock: Option<ebpf::sock_lb::SockBalancer>,
     /// The uplinks' programs, with the interfaces they go on.
@@ -269,6 +281,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = source.changed() => {}
             _ = monitor_tick.tick() => {
                 monitor(&mut dp, &reconciler, &telemetry);
+                name_frontends(&mut dp, &reconciler, source.desired());
                 if let Source::Kube(k) = &source {
                     for _ in 0..k.take_watch_failures() {
                         telemetry.error("watch");
@@ -290,6 +303,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             let seen = pending.seen;
             let ok = sync(pending, &mut applier, &mut reconciler, &mut dp, &telemetry);
             source.done(ok, seen);
+            // Names at once for small clusters; for large ones naming every
+            // frontend on each sync would cost more than the sync, and the
+            // monitor tick does it.
+            if ok && source.desired().frontends.len() <= NAME_AT_SYNC_MAX {
+                name_frontends(&mut dp, &reconciler, source.desired());
+            }
         }
         if let Some(wanted) = dp.health_checks_wanted.take() {
             let errors = health_check_ports.sync(wanted.clone()).await;
@@ -337,6 +356,7 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
             (lb_common::MAP_SERVICES, sizes.services),
             (lb_common::MAP_BACKENDS, sizes.backends),
             (lb_common::MAP_REVNAT, sizes.revnat),
+            (lb_common::MAP_SVC_NAMES, sizes.revnat),
             (lb_common::MAP_CONNTRACK, sizes.conntrack),
         ],
     )?;
@@ -373,7 +393,9 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         }
     };
     let node_addrs = ebpf::NodeAddrMap::from_ebpf(&mut ebpf)?;
+    let svc_names = ebpf::SvcNameMap::from_ebpf(&mut ebpf)?;
     Ok(Datapath {
+        svc_names,
         health_checks_wanted: None,
         health_checks_served: Default::default(),
         reported_out_of_range: Default::default(),
@@ -541,6 +563,39 @@ fn collect_conntrack_garbage(dp: &mut Datapath, timeouts: &CtTimeouts) {
         tracing::debug!(seen, removed, "conntrack entries expired");
     }
     dp.ct_entries = Some(seen - removed);
+}
+
+/// Keeps the frontend -> Service name map (for lbctl) equal to what is
+/// programmed: every master entry's rev-NAT id gets the name of the
+/// Service whose frontend it is.
+fn name_frontends(dp: &mut Datapath, reconciler: &Reconciler, desired: &crate::model::Desired) {
+    let Some(maps) = reconciler.programmed() else {
+        return;
+    };
+    let wanted = maps
+        .services
+        .iter()
+        .filter(|(key, _)| key.slot == 0)
+        .filter_map(|(key, master)| {
+            let frontend = crate::model::Frontend {
+                vip: std::net::Ipv4Addr::from(key.vip_be.to_ne_bytes()),
+                port: u16::from_be(key.port_be),
+                proto: match key.proto {
+                    lb_common::IPPROTO_UDP => crate::model::Proto::Udp,
+                    _ => crate::model::Proto::Tcp,
+                },
+            };
+            let wanted = desired.frontends.get(&frontend)?;
+            let name = match &wanted.port_name {
+                Some(port) if !port.is_empty() => format!("{}:{port}", wanted.service),
+                _ => wanted.service.to_string(),
+            };
+            Some((master.rev_nat_id, name))
+        })
+        .collect();
+    if let Err(e) = dp.svc_names.sync(wanted) {
+        warn!("{e:#}");
+    }
 }
 
 /// Refreshes the datapath figures behind /metrics.

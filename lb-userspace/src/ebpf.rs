@@ -10,9 +10,11 @@ mod monitor;
 mod node_addrs;
 mod object;
 pub mod sock_lb;
+mod svc_names;
 
 pub use attach::{Attacher, Role, XdpModeArg, NODE_INTERFACES, POD_INTERFACES};
 pub use dataplane::BpfDataplane;
 pub use monitor::{DatapathMonitor, ReasonTotals};
 pub use node_addrs::NodeAddrMap;
 pub use object::{load, EBPF_OBJECT};
+pub use svc_names::SvcNameMap;

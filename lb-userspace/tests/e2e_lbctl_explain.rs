@@ -112,4 +112,20 @@ fn explain_names_the_backend_real_traffic_reaches() {
         }
     }
     assert_eq!(spread.len(), 3, "{} flows reached {spread:?}", 2 * FLOWS);
+
+    // The frontends carry the Service they come from.
+    let out = Command::new(LBCTL)
+        .arg("--bpffs")
+        .arg(pin_dir)
+        .args(["--json", "service", "list"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["service"].as_str())
+        .collect();
+    assert_eq!(names, ["default/web:dns", "default/web:http"], "{doc}");
 }

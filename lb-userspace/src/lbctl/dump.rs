@@ -244,6 +244,14 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
+        MapKind::SvcNames => snapshot
+            .svc_names
+            .iter()
+            .map(|(&id, name)| Entry {
+                key: vec![("rev_nat_id", id.into())],
+                value: vec![("service", text(name.as_str()))],
+            })
+            .collect(),
         MapKind::Stats => (0u32..)
             .zip(&snapshot.stats)
             .map(|(index, v)| Entry {

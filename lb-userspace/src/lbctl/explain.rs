@@ -26,6 +26,7 @@ pub const READS: &[MapKind] = &[
     MapKind::SourceRanges,
     MapKind::NodeAddrs,
     MapKind::Affinity,
+    MapKind::SvcNames,
 ];
 
 /// Where the packet enters the node.
@@ -55,6 +56,8 @@ pub struct Explanation {
     pub flow: FlowJson,
     /// The frontend that matched, if any.
     pub frontend: Option<Endpoint>,
+    /// Its Kubernetes Service, `namespace/name[:port]`, when known.
+    pub service: Option<String>,
     /// Each check in order, with what it found.
     pub steps: Vec<Step>,
     /// `dnat`, `pass`, `drop` or `reject`.
@@ -115,6 +118,7 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
             via: flow.via,
         },
         frontend: None,
+        service: None,
         steps: Vec::new(),
         verdict: "",
         backend: None,
@@ -188,12 +192,17 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
         port: flow.dst.port(),
         proto: Proto(flow.proto),
     });
+    e.service = snap
+        .svc_names
+        .get(&master.rev_nat_id)
+        .map(|n| n.as_str().to_owned());
     e.step(
         "frontend",
         format!(
-            "{}{}: {} backend(s), rev-NAT id {}, flags {}",
+            "{}{} (Service {}): {} backend(s), rev-NAT id {}, flags {}",
             if wildcard { "NodePort " } else { "" },
             e.frontend.expect("just set"),
+            e.service.as_deref().unwrap_or("unknown"),
             master.count,
             master.rev_nat_id,
             flags(&master)

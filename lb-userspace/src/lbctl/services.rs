@@ -14,7 +14,12 @@ use super::{
 };
 
 /// The maps [`service_list`] needs.
-pub const READS: &[MapKind] = &[MapKind::Services, MapKind::Backends, MapKind::RevNat];
+pub const READS: &[MapKind] = &[
+    MapKind::Services,
+    MapKind::Backends,
+    MapKind::RevNat,
+    MapKind::SvcNames,
+];
 
 /// JSON: `{"services": [Service, ...]}`, sorted by frontend.
 #[derive(Debug, Serialize)]
@@ -25,6 +30,9 @@ pub struct ServiceList {
 #[derive(Debug, Serialize)]
 pub struct Service {
     pub frontend: Endpoint,
+    /// The Kubernetes Service, `namespace/name[:port]`; null when the
+    /// agent has not named the frontend (yet).
+    pub service: Option<String>,
     /// From the master entry (slot 0); null when it is missing, as are
     /// `count` and `flags`.
     pub rev_nat_id: Option<RevNatId>,
@@ -165,8 +173,12 @@ fn service(
             backend,
         });
     }
+    let name = master
+        .and_then(|m| snapshot.svc_names.get(&m.rev_nat_id))
+        .map(|n| n.as_str().to_owned());
     Service {
         frontend,
+        service: name,
         rev_nat_id: master.map(|m| m.rev_nat_id),
         count: master.map(|m| m.count),
         flags: master.map(|m| m.flags),
@@ -180,12 +192,13 @@ impl Report for ServiceList {
     /// then the problems, one line each.
     fn table(&self) -> String {
         let header = [
-            "FRONTEND", "REVNAT", "COUNT", "FLAGS", "SLOT", "BACKEND", "ADDRESS",
+            "FRONTEND", "SERVICE", "REVNAT", "COUNT", "FLAGS", "SLOT", "BACKEND", "ADDRESS",
         ];
         let mut table = Table::new(header);
         for service in &self.services {
             let mut frontend_cells = vec![
                 service.frontend.to_string(),
+                or_dash(service.service.as_deref()),
                 or_dash(service.rev_nat_id),
                 or_dash(service.count),
                 or_dash(service.flags.map(|flags| format!("{flags:#06x}"))),
@@ -201,7 +214,7 @@ impl Report for ServiceList {
                     None => format!("! not in {}", lb_common::MAP_BACKENDS),
                 };
                 // After the first slot, blanks under the frontend columns.
-                let mut row = std::mem::replace(&mut frontend_cells, vec![String::new(); 4]);
+                let mut row = std::mem::replace(&mut frontend_cells, vec![String::new(); 5]);
                 row.extend([slot.slot.to_string(), slot.backend_id.to_string(), address]);
                 table.row(row);
             }
@@ -236,14 +249,16 @@ mod tests {
         add_service(&mut s, "10.96.0.10", 80, 1, &[7, 9]);
         add_backend(&mut s, 7, "10.244.1.5", 8080);
         add_backend(&mut s, 9, "10.244.2.6", 8080);
+        s.svc_names
+            .insert(1, lb_common::SvcName::new("default/web:http"));
         let list = service_list(&s);
         assert_eq!(list.findings(), 0);
         assert_eq!(
             list.table(),
             "\
-FRONTEND           REVNAT  COUNT  FLAGS   SLOT  BACKEND  ADDRESS
-10.96.0.10:80/tcp  1       2      0x0000  1     7        10.244.1.5:8080/tcp
-                                          2     9        10.244.2.6:8080/tcp
+FRONTEND           SERVICE           REVNAT  COUNT  FLAGS   SLOT  BACKEND  ADDRESS
+10.96.0.10:80/tcp  default/web:http  1       2      0x0000  1     7        10.244.1.5:8080/tcp
+                                                            2     9        10.244.2.6:8080/tcp
 "
         );
         let json: serde_json::Value = serde_json::from_str(&render(&list, Format::Json)).unwrap();
@@ -256,6 +271,7 @@ FRONTEND           REVNAT  COUNT  FLAGS   SLOT  BACKEND  ADDRESS
             "10.244.2.6"
         );
         assert_eq!(json["services"][0]["problems"], serde_json::json!([]));
+        assert_eq!(json["services"][0]["service"], "default/web:http");
     }
 
     #[test]
@@ -341,7 +357,7 @@ FRONTEND           REVNAT  COUNT  FLAGS   SLOT  BACKEND  ADDRESS
         );
         assert!(list
             .table()
-            .contains("10.96.0.20:53/tcp  -       -      -       1     7"));
+            .contains("10.96.0.20:53/tcp  -        -       -      -       1     7"));
     }
 
     #[test]
@@ -352,6 +368,6 @@ FRONTEND           REVNAT  COUNT  FLAGS   SLOT  BACKEND  ADDRESS
         assert_eq!(list.findings(), 0);
         assert!(list
             .table()
-            .ends_with("10.96.0.10:80/tcp  1       0      0x0000  -     -        -\n"));
+            .ends_with("10.96.0.10:80/tcp  -        1       0      0x0000  -     -        -\n"));
     }
 }

@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, str::FromStr};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat,
     RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter,
-    MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS,
+    SvcName, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS,
     MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
+    MAP_SVC_NAMES,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -25,11 +26,12 @@ pub enum MapKind {
     Stats,
     SockNetns,
     SockRevNat,
+    SvcNames,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 12] = [
+    pub const ALL: [MapKind; 13] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
@@ -42,6 +44,7 @@ impl MapKind {
         MapKind::Stats,
         MapKind::SockNetns,
         MapKind::SockRevNat,
+        MapKind::SvcNames,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl MapKind {
             MapKind::Stats => MAP_STATS,
             MapKind::SockNetns => MAP_SOCK_NETNS,
             MapKind::SockRevNat => MAP_SOCK_REVNAT,
+            MapKind::SvcNames => MAP_SVC_NAMES,
         }
     }
 }
@@ -108,6 +112,9 @@ pub struct Snapshot {
     pub sock_netns: Option<u64>,
     /// `lb_sock_revnat_v1`: per socket and backend, the frontend.
     pub sock_revnat: BTreeMap<SockRevNatKey, SockRevNatValue>,
+    /// `lb_svcname_v1`: the Service (namespace/name[:port]) of each
+    /// frontend, by rev-NAT id.
+    pub svc_names: BTreeMap<RevNatId, SvcName>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
     pub now_ns: u64,
