@@ -5,7 +5,7 @@
 mod attach;
 mod dataplane;
 pub mod fixture;
-mod link_pins;
+pub(crate) mod link_pins;
 mod monitor;
 mod node_addrs;
 mod object;

@@ -25,6 +25,7 @@ pub mod dump;
 pub mod explain;
 pub mod maplist;
 pub mod maps;
+pub mod progs;
 pub mod services;
 pub mod snapshot;
 pub mod stats;

@@ -36,6 +36,10 @@ enum Command {
     /// The pinned maps themselves.
     #[command(subcommand)]
     Map(MapCommand),
+    /// Our programs: where each is attached (interface, hook, XDP mode),
+    /// its kernel ids, and its run count and time.
+    #[command(subcommand)]
+    Prog(ProgCommand),
     /// Frontends (VIP:port/proto) and their backend slots.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -85,6 +89,12 @@ enum MapCommand {
         /// (`lbctl map list` names them all).
         name: MapKind,
     },
+}
+
+#[derive(Subcommand)]
+enum ProgCommand {
+    /// Every link the agent pinned and the program behind it.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -139,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
         Command::Map(MapCommand::Dump { name }) => {
             print(&dump::dump(&read_snapshot(dir, &[name])?, name), format)
         }
+        Command::Prog(ProgCommand::List) => print(&lbctl::progs::prog_list(dir), format),
         Command::Service(ServiceCommand::List) => print(
             &services::service_list(&read_snapshot(dir, services::READS)?),
             format,

@@ -1,8 +1,9 @@
-//! `lbctl explain` against real traffic: for 100 flows with chosen source
-//! ports, the backend `explain` names before the flow exists (the flow
-//! hash, computed in userspace as the kernel does) is the backend that
-//! answers, and afterwards `explain` names the same one from conntrack.
-//! Needs root and a bpffs; LB_SKIP_PRIVILEGED=1 skips.
+//! lbctl against an agent's real pinned maps and links: `explain` for 100
+//! flows with chosen source ports names, before the flow exists (the flow
+//! hash, computed in userspace as the kernel does), the backend that then
+//! answers, and afterwards the same one from conntrack; `service list`
+//! names the Services; `prog list` shows every attachment. Needs root and
+//! a bpffs; LB_SKIP_PRIVILEGED=1 skips.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
@@ -22,26 +23,29 @@ const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 const FLOWS: u16 = 50;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// `lbctl explain`'s backend and reason for the flow.
-fn explain(pin_dir: &Path, src: SocketAddrV4, dst: SocketAddrV4, proto: &str) -> (String, String) {
+/// `lbctl --json <args>` as a JSON document.
+fn lbctl_json(pin_dir: &Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(LBCTL)
         .arg("--bpffs")
         .arg(pin_dir)
-        .args([
-            "--json",
-            "explain",
-            &src.to_string(),
-            &dst.to_string(),
-            proto,
-        ])
+        .arg("--json")
+        .args(args)
         .output()
         .expect("running lbctl");
     assert!(
         out.status.success(),
-        "lbctl: {}",
+        "lbctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// `lbctl explain`'s backend and reason for the flow.
+fn explain(pin_dir: &Path, src: SocketAddrV4, dst: SocketAddrV4, proto: &str) -> (String, String) {
+    let doc = lbctl_json(
+        pin_dir,
+        &["explain", &src.to_string(), &dst.to_string(), proto],
+    );
     let backend = &doc["backend"];
     (
         format!(
@@ -114,13 +118,7 @@ fn explain_names_the_backend_real_traffic_reaches() {
     assert_eq!(spread.len(), 3, "{} flows reached {spread:?}", 2 * FLOWS);
 
     // The frontends carry the Service they come from.
-    let out = Command::new(LBCTL)
-        .arg("--bpffs")
-        .arg(pin_dir)
-        .args(["--json", "service", "list"])
-        .output()
-        .unwrap();
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = lbctl_json(pin_dir, &["service", "list"]);
     let names: Vec<&str> = doc["services"]
         .as_array()
         .unwrap()
@@ -128,4 +126,39 @@ fn explain_names_the_backend_real_traffic_reaches() {
         .filter_map(|s| s["service"].as_str())
         .collect();
     assert_eq!(names, ["default/web:dns", "default/web:http"], "{doc}");
+
+    // Every pod interface has its three programs, the cgroup its four.
+    let doc = lbctl_json(pin_dir, &["prog", "list"]);
+    let hooks: Vec<String> = doc["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert!(a["error"].is_null(), "{a}");
+            assert!(
+                a["prog_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("lb_")),
+                "{a}"
+            );
+            format!(
+                "{} {}",
+                a["interface"].as_str().unwrap_or("cgroup"),
+                a["hook"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for pod in bed.topo.backends().iter().chain([client]) {
+        for hook in ["xdp", "tc_egress", "tc_ingress"] {
+            expected.push(format!("{} {hook}", pod.host_if));
+        }
+    }
+    for hook in ["connect4", "getpeername4", "recvmsg4", "sendmsg4"] {
+        expected.push(format!("cgroup cgroup_{hook}"));
+    }
+    let (mut hooks, mut expected) = (hooks, expected);
+    hooks.sort();
+    expected.sort();
+    assert_eq!(hooks, expected, "{doc}");
 }
