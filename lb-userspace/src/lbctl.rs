@@ -19,10 +19,13 @@
 //! string, durations are integers in nanoseconds (`*_ns`).
 
 pub mod backends;
+pub mod checks;
 pub mod conntrack;
 pub mod decode;
+pub mod diagnose;
 pub mod dump;
 pub mod explain;
+pub mod lint;
 pub mod maplist;
 pub mod maps;
 pub mod progs;

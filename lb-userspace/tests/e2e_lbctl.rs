@@ -162,3 +162,113 @@ fn explain_names_the_backend_real_traffic_reaches() {
     expected.sort();
     assert_eq!(hooks, expected, "{doc}");
 }
+
+/// `lbctl diagnose`'s checks for a Service, run in the node's namespace
+/// (where the agent's /healthz is): status per check name.
+fn diagnose(bed: &WebBed, service: &str, extra: &[&str]) -> (Vec<(String, String)>, i32) {
+    let out = bed
+        .topo
+        .node()
+        .command(LBCTL)
+        .unwrap()
+        .arg("--bpffs")
+        .arg(bed.agent.pin_dir())
+        .args([
+            "--json",
+            "diagnose",
+            service,
+            "--service-cidr",
+            "10.96.0.0/12",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let checks = doc["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_owned(),
+                c["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (checks, out.status.code().unwrap_or(-1))
+}
+
+fn status_of(checks: &[(String, String)], check: &str) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|(c, _)| c == check)
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
+/// A Service without endpoints, and one whose selector matches no pod (its
+/// EndpointSlice, as the controller writes it then, is empty).
+const BROKEN: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: nobody, namespace: default}\nspec:\n  clusterIP: 10.96.0.21\n  ports: [{name: http, port: 80}]\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: wrong-selector, namespace: default}\nspec:\n  clusterIP: 10.96.0.22\n  selector: {app: typo}\n  ports: [{name: http, port: 80}]\n---\n\
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: wrong-selector-1\n  namespace: default\n  labels: {kubernetes.io/service-name: wrong-selector}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: []\n";
+
+#[test]
+fn diagnose_names_what_is_broken() {
+    if !require_privileged("diagnose_names_what_is_broken") {
+        return;
+    }
+    let mut bed = WebBed::start(
+        AGENT.as_ref(),
+        &[("web.yaml", WEB_YAML), ("broken.yaml", BROKEN)],
+        &[],
+    )
+    .unwrap();
+    // Names come with the sync; give the agent a moment to write them.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (healthy, code) = diagnose(&bed, "default/web", &[]);
+    println!("default/web: {healthy:?}");
+    assert_eq!(code, 0, "{healthy:?}");
+    assert!(healthy.iter().all(|(_, s)| s == "pass"), "{healthy:?}");
+
+    for service in ["default/nobody", "default/wrong-selector"] {
+        let (checks, code) = diagnose(&bed, service, &[]);
+        assert_eq!(
+            status_of(&checks, "endpoints ready"),
+            ["fail"],
+            "{service}: {checks:?}"
+        );
+        assert_eq!(status_of(&checks, "known to the dataplane"), ["pass"]);
+        assert_eq!(code, 1);
+    }
+    let (checks, _) = diagnose(&bed, "default/missing", &[]);
+    assert_eq!(status_of(&checks, "known to the dataplane"), ["fail"]);
+
+    let (checks, code) = diagnose(&bed, "default/web", &["--cluster-cidr", "10.96.0.0/16"]);
+    assert_eq!(
+        status_of(&checks, "CIDRs do not overlap"),
+        ["fail"],
+        "{checks:?}"
+    );
+    assert_eq!(code, 1);
+
+    // A program detached: the agent is gone (kill -9) and one interface's
+    // XDP link with it.
+    bed.agent.kill9().unwrap();
+    let pins = std::fs::read_dir(bed.agent.pin_dir().join("links")).unwrap();
+    let first = pins.flatten().next().expect("an interface's pins").path();
+    for pin in std::fs::read_dir(&first).unwrap().flatten() {
+        if pin.file_name().to_string_lossy().starts_with("xdp-") {
+            std::fs::remove_file(pin.path()).unwrap();
+        }
+    }
+    let (checks, code) = diagnose(&bed, "default/web", &[]);
+    assert_eq!(
+        status_of(&checks, "programs attached"),
+        ["fail"],
+        "{checks:?}"
+    );
+    assert_eq!(status_of(&checks, "agent healthy"), ["fail"], "{checks:?}");
+    assert_eq!(code, 1);
+}

@@ -9,6 +9,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+use lb_userspace::agent::{net_config::parse_cidr, NetConfig};
 use lb_userspace::lbctl::{
     self, backends, conntrack, dump, explain, list_maps, read_snapshot, services, stats, Format,
     MapKind, Report,
@@ -65,12 +66,61 @@ enum Command {
         #[arg(long, value_enum, default_value = "pod")]
         via: explain::Via,
     },
+    /// The Service troubleshooting checklist for NAMESPACE/NAME, with a
+    /// pass/fail line and a hint for each check.
+    Diagnose {
+        /// `namespace/name`.
+        service: String,
+        #[command(flatten)]
+        ranges: Ranges,
+        /// The agent's health endpoint (kube-proxy's port).
+        #[arg(long, default_value = "127.0.0.1:10256")]
+        healthz: std::net::SocketAddr,
+    },
+    /// The static checks over a directory of manifests, before applying it.
+    Lint {
+        dir: PathBuf,
+        #[command(flatten)]
+        ranges: Ranges,
+    },
     /// Packets and bytes per verdict reason, summed over CPUs.
     Stats {
         /// Hide reasons that counted no packet.
         #[arg(long)]
         nonzero: bool,
     },
+}
+
+/// The cluster's address plan, as given to the agent.
+#[derive(clap::Args)]
+struct Ranges {
+    /// The Service range (kube-apiserver --service-cluster-ip-range).
+    #[arg(long, value_parser = |s: &str| parse_cidr("service-cidr", s))]
+    service_cidr: Vec<ipnet::IpNet>,
+    /// The Pod range (kube-controller-manager --cluster-cidr).
+    #[arg(long, value_parser = |s: &str| parse_cidr("cluster-cidr", s))]
+    cluster_cidr: Vec<ipnet::IpNet>,
+    /// kube-apiserver --service-node-port-range.
+    #[arg(long, default_value = "30000-32767", value_parser = port_range)]
+    nodeport_range: (u16, u16),
+}
+
+impl Ranges {
+    fn net(&self) -> NetConfig {
+        NetConfig {
+            service_cidrs: self.service_cidr.clone(),
+            cluster_cidrs: self.cluster_cidr.clone(),
+            nodeport_addresses: Vec::new(),
+        }
+    }
+}
+
+fn port_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected FIRST-LAST"))?;
+    let parse = |p: &str| p.parse::<u16>().map_err(|e| format!("{p:?}: {e}"));
+    Ok((parse(a)?, parse(b)?))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -156,6 +206,27 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
         ),
         Command::Backend(BackendCommand::List) => print(
             &backends::backend_list(&read_snapshot(dir, backends::READS)?),
+            format,
+        ),
+        Command::Diagnose {
+            service,
+            ranges,
+            healthz,
+        } => {
+            let ctx = lbctl::diagnose::Context {
+                net: ranges.net(),
+                nodeport_range: ranges.nodeport_range,
+                healthz: Some(healthz),
+            };
+            let snap = read_snapshot(dir, lbctl::diagnose::READS)?;
+            let progs = lbctl::progs::prog_list(dir);
+            print(
+                &lbctl::diagnose::diagnose(&snap, &progs, &service, &ctx),
+                format,
+            )
+        }
+        Command::Lint { dir, ranges } => print(
+            &lbctl::lint::lint(&dir, &ranges.net(), ranges.nodeport_range),
             format,
         ),
         Command::Explain {

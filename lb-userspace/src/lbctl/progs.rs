@@ -57,8 +57,10 @@ pub fn prog_list(dir: &Path) -> ProgList {
     ] {
         for pins in link_pins::scan(&dir.join(links_subdir)) {
             let mut hooks = Vec::new();
-            if let Some((path, mode)) = pins.pinned_xdp() {
-                hooks.push(("xdp".to_string(), Some(mode), path));
+            match pins.pinned_xdp() {
+                Some((path, mode)) => hooks.push(("xdp".to_string(), Some(mode), path)),
+                // Reads as a missing pin: the interface lost its XDP program.
+                None => hooks.push(("xdp".to_string(), None, pins.xdp("native"))),
             }
             hooks.push(("tc_egress".into(), None, pins.tc()));
             hooks.push(("tc_ingress".into(), None, pins.tc_ingress()));
