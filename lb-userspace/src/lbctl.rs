@@ -18,6 +18,7 @@
 //! string, conntrack directions `"forward"`, `"reply"` or the number as a
 //! string, durations are integers in nanoseconds (`*_ns`).
 
+pub mod affinity;
 pub mod backends;
 pub mod checks;
 pub mod conntrack;

@@ -161,6 +161,28 @@ fn explain_names_the_backend_real_traffic_reaches() {
     hooks.sort();
     expected.sort();
     assert_eq!(hooks, expected, "{doc}");
+
+    // `stats --watch` reports rates while traffic flows.
+    let watching = std::thread::spawn({
+        let pin_dir = pin_dir.to_owned();
+        move || lbctl_json(&pin_dir, &["stats", "--watch", "1", "--count", "1"])
+    });
+    let dst = SocketAddrV4::new(WEB_VIP, WEB_TCP_PORT);
+    for sport in 42_000..42_020 {
+        let src = SocketAddrV4::new(client.ip, sport);
+        client.ns.run(move || request(src, dst, "tcp")).unwrap();
+    }
+    let doc = watching.join().unwrap();
+    let new_flows = doc["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "dnat_new_flow")
+        .expect("dnat_new_flow");
+    assert!(
+        new_flows["pps"].as_f64().is_some_and(|pps| pps >= 10.0),
+        "{new_flows}"
+    );
 }
 
 /// `lbctl diagnose`'s checks for a Service, run in the node's namespace

@@ -50,6 +50,9 @@ enum Command {
     /// Connection tracking.
     #[command(subcommand)]
     Ct(CtCommand),
+    /// sessionAffinity ClientIP memory.
+    #[command(subcommand)]
+    Affinity(AffinityCommand),
     /// What the datapath does with a flow: which frontend matches, which
     /// backend it gets and why (conntrack, affinity, or the flow hash,
     /// computed as the kernel does), and the exact rewrite.
@@ -88,6 +91,13 @@ enum Command {
         /// Hide reasons that counted no packet.
         #[arg(long)]
         nonzero: bool,
+        /// Refresh every this many seconds, with packet rates, like top
+        /// (JSON: one document per refresh). Stop with Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, requires = "watch")]
+        count: Option<u64>,
     },
 }
 
@@ -148,6 +158,13 @@ enum ProgCommand {
 }
 
 #[derive(Subcommand)]
+enum AffinityCommand {
+    /// Per frontend and client: the backend new flows go to, and for how
+    /// much longer.
+    List,
+}
+
+#[derive(Subcommand)]
 enum ServiceCommand {
     /// One row per backend slot; flags the slots the datapath cannot use.
     List,
@@ -199,6 +216,10 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
         Command::Map(MapCommand::Dump { name }) => {
             print(&dump::dump(&read_snapshot(dir, &[name])?, name), format)
         }
+        Command::Affinity(AffinityCommand::List) => print(
+            &lbctl::affinity::affinity_list(&read_snapshot(dir, lbctl::affinity::READS)?),
+            format,
+        ),
         Command::Prog(ProgCommand::List) => print(&lbctl::progs::prog_list(dir), format),
         Command::Service(ServiceCommand::List) => print(
             &services::service_list(&read_snapshot(dir, services::READS)?),
@@ -265,10 +286,40 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
                 format,
             )
         }
-        Command::Stats { nonzero } => print(
+        Command::Stats {
+            nonzero,
+            watch: None,
+            ..
+        } => print(
             &stats::stats(&read_snapshot(dir, stats::READS)?, nonzero),
             format,
         ),
+        Command::Stats {
+            nonzero,
+            watch: Some(secs),
+            count,
+        } => {
+            let period = std::time::Duration::from_secs_f64(secs.max(0.1));
+            let mut before = stats::stats(&read_snapshot(dir, stats::READS)?, false);
+            let mut at = std::time::Instant::now();
+            for _ in 0..count.unwrap_or(u64::MAX) {
+                std::thread::sleep(period);
+                let now = stats::stats(&read_snapshot(dir, stats::READS)?, false);
+                let elapsed = at.elapsed().as_secs_f64();
+                at = std::time::Instant::now();
+                let mut shown = stats::with_rates(now, &before, elapsed);
+                before = stats::stats(&read_snapshot(dir, stats::READS)?, false);
+                if nonzero {
+                    shown.reasons.retain(|r| r.packets > 0);
+                }
+                if format == Format::Table {
+                    // Clear the terminal and home the cursor, as top does.
+                    print!("\x1b[2J\x1b[H");
+                }
+                print(&shown, format)?;
+            }
+            Ok(0)
+        }
     }
 }
 

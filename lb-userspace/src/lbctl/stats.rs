@@ -22,6 +22,8 @@ pub struct ReasonStats {
     pub drop: bool,
     pub packets: u64,
     pub bytes: u64,
+    /// Packets per second since the previous read (`--watch` only).
+    pub pps: Option<f64>,
 }
 
 /// All reasons, or with `nonzero` only those that counted packets.
@@ -35,21 +37,42 @@ pub fn stats(snapshot: &Snapshot, nonzero: bool) -> Stats {
             drop: lb_common::stats::is_drop(index),
             packets: counter.packets,
             bytes: counter.bytes,
+            pps: None,
         })
         .collect();
     Stats { reasons }
 }
 
+/// `now` with each reason's packet rate since `before`, `secs` earlier.
+pub fn with_rates(mut now: Stats, before: &Stats, secs: f64) -> Stats {
+    for r in &mut now.reasons {
+        let earlier = before.reasons.iter().find(|b| b.index == r.index);
+        let delta = r.packets.saturating_sub(earlier.map_or(0, |b| b.packets));
+        r.pps = Some(delta as f64 / secs.max(1e-9));
+    }
+    now
+}
+
 impl Report for Stats {
     fn table(&self) -> String {
-        let mut table = Table::new(["REASON", "PACKETS", "BYTES", "DROP"]).right_align(&[1, 2]);
+        let watching = self.reasons.iter().any(|r| r.pps.is_some());
+        let mut header = vec!["REASON", "PACKETS", "BYTES"];
+        if watching {
+            header.push("PKT/S");
+        }
+        header.push("DROP");
+        let mut table = Table::new(header).right_align(&[1, 2, 3]);
         for reason in &self.reasons {
-            table.row(vec![
+            let mut row = vec![
                 reason.name.clone(),
                 reason.packets.to_string(),
                 reason.bytes.to_string(),
-                if reason.drop { "drop" } else { "" }.to_owned(),
-            ]);
+            ];
+            if watching {
+                row.push(format!("{:.0}", reason.pps.unwrap_or(0.0)));
+            }
+            row.push(if reason.drop { "drop" } else { "" }.to_owned());
+            table.row(row);
         }
         table.render()
     }
