@@ -16,6 +16,20 @@ const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 /// checksums. A UDP checksum of 0 (none) stays 0. A later fragment has no
 /// L4 header: only its destination address and IP checksum change (the
 /// first fragment's L4 checksum covers the whole datagram).
+///
+/// The L4 field holds one of two things, and XDP has no skb to say which:
+/// a complete checksum (packets from a NIC, or sent without offload), or,
+/// for a packet a local stack sent with checksum offload (CHECKSUM_PARTIAL:
+/// pods behind a veth, in both XDP modes), only the folded pseudo-header
+/// sum, from which the NIC or the kernel computes the checksum later. The
+/// latter must stay exactly the pseudo-header sum of the new addresses
+/// (ports are not in it); updating it as a checksum leaves a seed from
+/// which every later computation is wrong, and the packet is dropped by its
+/// receiver as soon as it leaves through a device that computes checksums.
+/// A field equal to the pseudo-header sum is taken for a partial checksum:
+/// a complete checksum has that value with a probability of 1 in 65535,
+/// and then that one packet gets a bad checksum and is dropped (a TCP
+/// retransmission, whose timestamp differs, goes through).
 #[inline(always)]
 pub fn dnat_xdp(
     data: usize,
@@ -33,9 +47,21 @@ pub fn dnat_xdp(
         // header is still unchanged: the pseudo-header update reads its
         // old destination.
         unsafe {
+            let old_daddr = (*ip).daddr_be;
+            let l4_len =
+                u16::from_be((*ip).tot_len_be).wrapping_sub((h.l4_off - ETH_HLEN) as u16);
             let old = *l4_check;
-            let mut new = csum::replace4(old, (*ip).daddr_be, daddr_be);
-            new = csum::replace2(new, (*ports)[1], dport_be);
+            let seed =
+                |daddr_be| csum::fold(csum::pseudo_header(h.saddr_be, daddr_be, h.proto, l4_len));
+            let new = if old == seed(old_daddr) {
+                seed(daddr_be)
+            } else {
+                csum::replace2(
+                    csum::replace4(old, old_daddr, daddr_be),
+                    (*ports)[1],
+                    dport_be,
+                )
+            };
             *l4_check = if h.proto == IPPROTO_UDP {
                 csum::udp_fixup(old, new)
             } else {
@@ -46,8 +72,7 @@ pub fn dnat_xdp(
     }
     // SAFETY: bounds-checked above.
     unsafe {
-        let old_daddr = (*ip).daddr_be;
-        (*ip).check = csum::replace4((*ip).check, old_daddr, daddr_be);
+        (*ip).check = csum::replace4((*ip).check, (*ip).daddr_be, daddr_be);
         (*ip).daddr_be = daddr_be;
     }
     Ok(())

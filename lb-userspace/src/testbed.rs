@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 pub mod agent;
 pub mod apiserver;
+pub mod bulk;
 pub mod cgroup;
 pub mod client;
 pub mod http;
@@ -37,6 +38,7 @@ pub mod multinode;
 pub mod netns;
 pub mod node_client;
 mod ns_command;
+pub mod port_servers;
 pub mod privileged;
 pub mod scratch;
 pub mod servers;

@@ -112,6 +112,53 @@ fn udp_to_frontend_is_dnated_and_zero_checksum_stays_zero() {
     assert!(decode(&out).unwrap().udp_no_checksum);
 }
 
+/// `f` as a pod sends it with checksum offload (CHECKSUM_PARTIAL): the L4
+/// checksum field holds only the folded pseudo-header sum, from which the
+/// NIC (or the kernel, for a device without offload) computes the checksum.
+/// No IP options.
+fn partial(mut f: Vec<u8>) -> Vec<u8> {
+    let word = |b: &[u8]| u32::from_ne_bytes(b.try_into().unwrap());
+    let (saddr, daddr, proto) = (word(&f[26..30]), word(&f[30..34]), f[23]);
+    let seed = lb_common::csum::fold(lb_common::csum::pseudo_header(
+        saddr,
+        daddr,
+        proto,
+        (f.len() - 34) as u16,
+    ));
+    let off = 34 + if proto == IPPROTO_TCP { 16 } else { 6 };
+    f[off..off + 2].copy_from_slice(&seed.to_ne_bytes());
+    f
+}
+
+/// A partial checksum must stay exactly the pseudo-header sum of the new
+/// addresses (the ports are not in it): updated as a complete checksum, it
+/// becomes a seed from which the NIC computes a wrong checksum, and the
+/// packet is dropped as soon as it leaves through a device that computes
+/// checksums (e2e: `checksums_hold_when_the_node_computes_them`).
+#[test]
+fn offloaded_checksums_stay_pseudo_header_sums() {
+    let Some(f) = one_backend() else { return };
+    let (verdict, out) = f
+        .run_xdp(&partial(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"")))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, partial(frame(L4::TcpSyn, CLIENT, BACKEND, &[], b"")));
+    let data = partial(frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"some data"));
+    let (verdict, out) = f.run_xdp(&data).unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(
+        out,
+        partial(frame(L4::TcpAck, CLIENT, BACKEND, &[], b"some data"))
+    );
+    let dns = SocketAddrV4::new(VIP, 53);
+    let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
+    let (verdict, out) = f
+        .run_xdp(&partial(frame(L4::Udp, CLIENT, dns, &[], b"query")))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, partial(frame(L4::Udp, CLIENT, backend, &[], b"query")));
+}
+
 #[test]
 fn ip_options_are_skipped_correctly() {
     let Some(f) = one_backend() else { return };
