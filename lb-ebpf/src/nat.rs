@@ -48,8 +48,7 @@ pub fn dnat_xdp(
         // old destination.
         unsafe {
             let old_daddr = (*ip).daddr_be;
-            let l4_len =
-                u16::from_be((*ip).tot_len_be).wrapping_sub((h.l4_off - ETH_HLEN) as u16);
+            let l4_len = u16::from_be((*ip).tot_len_be).wrapping_sub((h.l4_off - ETH_HLEN) as u16);
             let old = *l4_check;
             let seed =
                 |daddr_be| csum::fold(csum::pseudo_header(h.saddr_be, daddr_be, h.proto, l4_len));

@@ -212,30 +212,21 @@ fn full_conntrack_map_still_balances_every_new_flow() {
 
 /// 10 long-lived connections (an exchange every 100 ms) while 1000 short
 /// connections churn through a 64-entry conntrack map: the long-lived
-/// connections must keep working, each with its own pod.
+/// connections must keep working, each with its own pod, and the
+/// re-balancing that keeps them is counted.
 ///
-/// It fails today, and is ignored until the datapath changes. The short
-/// connections open one every 0.1 to 1 ms, so an entry left unused for the
-/// 100 ms between two exchanges is among the least recently used of 64 and
-/// is evicted, as any LRU of that size would. The connection's next packet
-/// finds no forward entry and is balanced as a new flow: to another pod
-/// (2 times in 3), which answers the unknown connection with a RST. Seen
-/// in two runs: 9 and 10 of the 10 connections reset; `dnat_new_flow`
-/// counted 1000 short + 10 long-lived + 14 (16) mid-connection packets
-/// re-balanced, while every reply was still reverse-NATed
-/// (`tc_pass_not_reply` = the DNATed packets). The same happens at the
-/// default size whenever the new-flow rate times a connection's idle time
-/// exceeds the map (131072 flows: e.g. a connection idle for a minute on a
-/// node opening 2200 connections a second). kube-proxy has no such failure:
-/// a full netfilter conntrack table evicts only entries not yet assured
-/// (unanswered), never an established connection's, and drops new
+/// The short connections open one every 0.1 to 1 ms, so an entry left
+/// unused for the 100 ms between two exchanges is among the least recently
+/// used of 64 and is evicted. The connection's next packet finds no
+/// forward entry and is balanced again; with a random choice it would go
+/// to another pod (2 times in 3), which resets it (9-10 of 10 connections
+/// broke before the choice became a hash of the 5-tuple). Now it lands on
+/// the same pod. kube-proxy gets the same outcome differently: a full
+/// netfilter table never evicts an established connection, and drops new
 /// connections instead.
 ///
 /// Upstream has no counterpart.
 #[test]
-#[ignore = "fails: conntrack churn evicts the entries of idle long-lived connections, and \
-            their next packet is re-balanced to a random pod, which resets them (9-10 of 10 \
-            connections reset with a 64-entry map); needs a datapath change, see the doc comment"]
 fn long_lived_connections_survive_conntrack_churn() {
     if !require_privileged("long_lived_connections_survive_conntrack_churn") {
         return;
@@ -269,6 +260,8 @@ fn long_lived_connections_survive_conntrack_churn() {
         window.summary()
     );
     assert_eq!(short_failed, 0, "short connections failed");
+    let midflow = stats.get("ct_miss_midflow").copied().unwrap_or(0);
+    assert!(midflow > 0, "no eviction was counted: {stats:?}");
     assert_window(
         &window,
         (took.as_millis() / 100 / 2) as u64,
