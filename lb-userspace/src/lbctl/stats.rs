@@ -23,6 +23,7 @@ pub struct ReasonStats {
     pub packets: u64,
     pub bytes: u64,
     /// Packets per second since the previous read (`--watch` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pps: Option<f64>,
 }
 
@@ -101,6 +102,11 @@ mod tests {
         };
         assert_eq!(stats(&s, false).reasons.len(), 14);
         let report = stats(&s, true);
+        let mut later = s.clone();
+        later.stats[0].packets = 23;
+        let rates = with_rates(stats(&later, true), &report, 2.0);
+        assert_eq!(rates.reasons[0].pps, Some(10.0));
+        assert!(rates.table().contains("PKT/S"));
         assert_eq!(
             report.table(),
             "\
