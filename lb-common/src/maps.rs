@@ -43,7 +43,7 @@ pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 pub const MAP_STATS: &str = "lb_stats_v6";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -57,6 +57,7 @@ pub const ALL_MAPS: [&str; 13] = [
     crate::sock::MAP_SOCK_NETNS,
     crate::sock::MAP_SOCK_REVNAT,
     crate::names::MAP_SVC_NAMES,
+    crate::names::MAP_SVC_STATS,
 ];
 
 /// Default sizes. The agent sets the real ones at load time (flags

@@ -6,6 +6,10 @@ use bytemuck::{Pod, Zeroable};
 
 /// Key `RevNatId` (one per frontend), value [`SvcName`].
 pub const MAP_SVC_NAMES: &str = "lb_svcname_v1";
+/// Per-CPU array of [`crate::StatsCounter`]: at `2 * rev-NAT id` the
+/// packets and bytes forwarded to the frontend's backends, at `2 * id + 1`
+/// those dropped or refused at it. Sized twice the rev-NAT map.
+pub const MAP_SVC_STATS: &str = "lb_svcstats_v1";
 
 /// `namespace/name` of a Service, or `namespace/name:port` for a named
 /// port: UTF-8, NUL-padded, cut at 128 bytes (namespace and name are at

@@ -9,7 +9,7 @@ use crate::{
     maps::CONFIG,
     nat, node,
     parse::{self, Fragment, Headers},
-    reject, select,
+    reject, select, svc_stats,
 };
 
 /// Where the XDP program sits, which decides the two things that differ.
@@ -53,9 +53,12 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
         return Ok(stats::PASS_NO_SERVICE);
     };
 
+    // Per-frontend counters: what reached it, and what of it was refused.
+    let len = (data_end - data) as u64;
     let fwd = flow::forward_key(h);
     if let Some((addr_be, port_be)) = flow::tracked(h, &fwd) {
         nat::dnat_xdp(data, data_end, h, addr_be, port_be)?;
+        svc_stats::count(master.rev_nat_id, len, false);
         return Ok(stats::DNAT_ESTABLISHED);
     }
     // The first fragment's flow is gone (or its backend, for UDP): the
@@ -69,15 +72,17 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
         && master.flags & SVC_F_SOURCE_RANGES != 0
         && !node::source_allowed(master.rev_nat_id, h.saddr_be)
     {
+        svc_stats::count(master.rev_nat_id, len, true);
         return Err(stats::DROP_SOURCE_RANGE);
     }
     // A Local traffic policy without an endpoint on this node: drop, as
     // kube-proxy does (never forward to another node's endpoints).
-    if master.count == 0 && master.flags & SVC_F_LOCAL_ONLY != 0 {
-        return Err(stats::DROP_NO_LOCAL_BACKENDS);
-    }
-    // No endpoints at all: refuse at once (RST / ICMP unreachable).
     if master.count == 0 {
+        svc_stats::count(master.rev_nat_id, len, true);
+        if master.flags & SVC_F_LOCAL_ONLY != 0 {
+            return Err(stats::DROP_NO_LOCAL_BACKENDS);
+        }
+        // No endpoints at all: refuse at once (RST / ICMP unreachable).
         return reject::reject(ctx, h);
     }
     // A connection whose entry is gone: balanced again, to the same backend
@@ -102,6 +107,7 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
     }
     flow::record(&fwd, &backend, &value);
     nat::dnat_xdp(data, data_end, h, backend.addr_be, backend.port_be)?;
+    svc_stats::count(master.rev_nat_id, len, false);
     Ok(if snat {
         stats::DNAT_SNAT_NEW_FLOW
     } else {

@@ -47,6 +47,7 @@ mod reject;
 mod select;
 mod sock;
 mod stats;
+mod svc_stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},

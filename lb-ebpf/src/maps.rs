@@ -61,5 +61,10 @@ pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
 #[map(name = "lb_svcname_v1")]
 pub static SVC_NAMES: HashMap<RevNatId, SvcName> = HashMap::pinned(REVNAT_MAX_ENTRIES, 1);
 
+/// Per frontend: packets and bytes at `2 * rev-NAT id`, the dropped or
+/// refused ones at `2 * id + 1` (see `svc_stats.rs`).
+#[map(name = "lb_svcstats_v1")]
+pub static SVC_STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(2 * REVNAT_MAX_ENTRIES, 0);
+
 #[map(name = "lb_stats_v6")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -183,6 +183,21 @@ fn explain_names_the_backend_real_traffic_reaches() {
         new_flows["pps"].as_f64().is_some_and(|pps| pps >= 10.0),
         "{new_flows}"
     );
+
+    // Per frontend: every request above reached web's TCP or UDP port.
+    let doc = lbctl_json(pin_dir, &["stats", "--services"]);
+    let web_http = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "default/web:http")
+        .expect("web's TCP frontend");
+    // 50 explained connections and 20 more, a few packets each.
+    assert!(
+        web_http["packets"].as_u64().is_some_and(|n| n >= 70 * 3),
+        "{web_http}"
+    );
+    assert_eq!(web_http["refused"], 0, "{web_http}");
 }
 
 /// `lbctl diagnose`'s checks for a Service, run in the node's namespace
@@ -254,8 +269,24 @@ fn diagnose_names_what_is_broken() {
     assert_eq!(code, 0, "{healthy:?}");
     assert!(healthy.iter().all(|(_, s)| s == "pass"), "{healthy:?}");
 
+    // A refused connection to each broken Service, counted at it.
+    for vip in ["10.96.0.21", "10.96.0.22"] {
+        let to: SocketAddr = format!("{vip}:80").parse().unwrap();
+        let refused = bed
+            .topo
+            .client()
+            .ns
+            .run(move || TcpStream::connect_timeout(&to, TIMEOUT))
+            .unwrap();
+        assert!(refused.is_err(), "{vip} answered");
+    }
     for service in ["default/nobody", "default/wrong-selector"] {
         let (checks, code) = diagnose(&bed, service, &[]);
+        assert_eq!(
+            status_of(&checks, "refused at this Service"),
+            ["warn"],
+            "{checks:?}"
+        );
         assert_eq!(
             status_of(&checks, "endpoints ready"),
             ["fail"],

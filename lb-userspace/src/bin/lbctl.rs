@@ -91,6 +91,10 @@ enum Command {
         /// Hide reasons that counted no packet.
         #[arg(long)]
         nonzero: bool,
+        /// Per frontend instead: packets and bytes that reached it, and how
+        /// many were dropped or refused.
+        #[arg(long, conflicts_with = "watch")]
+        services: bool,
         /// Refresh every this many seconds, with packet rates, like top
         /// (JSON: one document per refresh). Stop with Ctrl-C.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
@@ -286,6 +290,10 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
                 format,
             )
         }
+        Command::Stats { services: true, .. } => print(
+            &stats::service_stats(&read_snapshot(dir, stats::SERVICE_READS)?),
+            format,
+        ),
         Command::Stats {
             nonzero,
             watch: None,
@@ -298,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
             nonzero,
             watch: Some(secs),
             count,
+            ..
         } => {
             let period = std::time::Duration::from_secs_f64(secs.max(0.1));
             let mut before = stats::stats(&read_snapshot(dir, stats::READS)?, false);

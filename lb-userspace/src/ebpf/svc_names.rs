@@ -6,13 +6,17 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{HashMap, MapData},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
     Ebpf,
 };
-use lb_common::{RevNatId, SvcName, MAP_SVC_NAMES};
+use lb_common::{RevNatId, StatsCounter, SvcName, MAP_SVC_NAMES, MAP_SVC_STATS};
 
 pub struct SvcNameMap {
     map: HashMap<MapData, RevNatId, SvcName>,
+    /// The per-frontend counters, zeroed when an id gets a new name (a
+    /// rev-NAT id freed by one frontend may be reused by another).
+    counters: PerCpuArray<MapData, StatsCounter>,
     /// What the map holds (read once at start: a previous agent's entries).
     written: BTreeMap<RevNatId, String>,
 }
@@ -29,7 +33,15 @@ impl SvcNameMap {
             .filter_map(Result::ok)
             .map(|(id, name)| (id, name.as_str().to_owned()))
             .collect();
-        Ok(Self { map, written })
+        let counters = ebpf
+            .take_map(MAP_SVC_STATS)
+            .ok_or_else(|| anyhow!("map {MAP_SVC_STATS} missing from the object"))?;
+        let counters = PerCpuArray::try_from(counters).context(MAP_SVC_STATS)?;
+        Ok(Self {
+            map,
+            counters,
+            written,
+        })
     }
 
     /// Makes the map hold exactly `wanted`; returns how many entries were
@@ -41,6 +53,7 @@ impl SvcNameMap {
                 self.map
                     .insert(id, SvcName::new(name), 0)
                     .with_context(|| format!("writing {MAP_SVC_NAMES}[{id}]"))?;
+                self.zero_counters(*id);
                 changes += 1;
             }
         }
@@ -51,5 +64,18 @@ impl SvcNameMap {
         }
         self.written = wanted;
         Ok(changes)
+    }
+
+    /// A new frontend's counters start from zero. Out of range ids (a
+    /// rev-NAT map resized since the counters were pinned) are not counted
+    /// by the datapath either.
+    fn zero_counters(&mut self, id: RevNatId) {
+        let Ok(cpus) = nr_cpus() else { return };
+        for slot in [id.wrapping_mul(2), id.wrapping_mul(2) + 1] {
+            let zeros = PerCpuValues::try_from(vec![StatsCounter::default(); cpus]);
+            if let Ok(zeros) = zeros {
+                let _ = self.counters.set(slot, zeros, 0);
+            }
+        }
     }
 }

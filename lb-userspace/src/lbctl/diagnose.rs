@@ -23,6 +23,7 @@ pub const READS: &[MapKind] = &[
     MapKind::Backends,
     MapKind::RevNat,
     MapKind::SvcNames,
+    MapKind::SvcStats,
     MapKind::Stats,
 ];
 
@@ -194,7 +195,20 @@ pub fn diagnose(snap: &Snapshot, progs: &ProgList, service: &str, ctx: &Context)
         });
     }
 
-    // 7. Drops (node-wide: the counters are per reason).
+    // 7. Drops: this Service's count, and the node's by reason.
+    let refused: u64 = ours
+        .iter()
+        .filter_map(|s| s.rev_nat_id)
+        .filter_map(|id| snap.svc_stats.get(id as usize * 2 + 1))
+        .map(|c| c.packets)
+        .sum();
+    if refused > 0 {
+        checks.push(Check::warn(
+            "refused at this Service",
+            format!("{refused} packet(s) dropped or refused at its frontends"),
+            "no (local) endpoint, or a client outside loadBalancerSourceRanges: see the checks above and the node-wide reasons below",
+        ));
+    }
     let drops: Vec<String> = snap
         .stats
         .iter()

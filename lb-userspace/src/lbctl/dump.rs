@@ -244,6 +244,17 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
+        MapKind::SvcStats => (0u32..)
+            .zip(&snapshot.svc_stats)
+            .filter(|(_, v)| v.packets > 0)
+            .map(|(index, v)| Entry {
+                key: vec![
+                    ("rev_nat_id", (index / 2).into()),
+                    ("refused", (index % 2).into()),
+                ],
+                value: vec![("packets", v.packets.into()), ("bytes", v.bytes.into())],
+            })
+            .collect(),
         MapKind::SvcNames => snapshot
             .svc_names
             .iter()

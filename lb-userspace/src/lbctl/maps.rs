@@ -244,6 +244,10 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
             snapshot.sock_revnat = read_hash(map, limit)?;
             snapshot.sock_revnat.len()
         }
+        MapKind::SvcStats => {
+            snapshot.svc_stats = read_stats(map)?;
+            snapshot.svc_stats.len()
+        }
         MapKind::SvcNames => {
             snapshot.svc_names = read_hash(map, limit)?;
             snapshot.svc_names.len()

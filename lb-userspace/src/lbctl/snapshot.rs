@@ -8,7 +8,7 @@ use lb_common::{
     RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter,
     SvcName, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS,
     MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
-    MAP_SVC_NAMES,
+    MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -27,11 +27,12 @@ pub enum MapKind {
     SockNetns,
     SockRevNat,
     SvcNames,
+    SvcStats,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 13] = [
+    pub const ALL: [MapKind; 14] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
@@ -45,6 +46,7 @@ impl MapKind {
         MapKind::SockNetns,
         MapKind::SockRevNat,
         MapKind::SvcNames,
+        MapKind::SvcStats,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +64,7 @@ impl MapKind {
             MapKind::SockNetns => MAP_SOCK_NETNS,
             MapKind::SockRevNat => MAP_SOCK_REVNAT,
             MapKind::SvcNames => MAP_SVC_NAMES,
+            MapKind::SvcStats => MAP_SVC_STATS,
         }
     }
 }
@@ -115,6 +118,9 @@ pub struct Snapshot {
     /// `lb_svcname_v1`: the Service (namespace/name[:port]) of each
     /// frontend, by rev-NAT id.
     pub svc_names: BTreeMap<RevNatId, SvcName>,
+    /// `lb_svcstats_v1`, summed over CPUs: per frontend, at `2 * id` what
+    /// reached it, at `2 * id + 1` what of it was dropped or refused.
+    pub svc_stats: Vec<StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
     pub now_ns: u64,

@@ -124,3 +124,69 @@ drop_no_backends       12  1000000  drop
         );
     }
 }
+
+/// The maps [`service_stats`] needs.
+pub const SERVICE_READS: &[MapKind] = &[MapKind::Services, MapKind::SvcNames, MapKind::SvcStats];
+
+/// JSON: `{"services": [FrontendStats, ...]}`, by frontend.
+#[derive(Debug, Serialize)]
+pub struct ServiceStats {
+    pub services: Vec<FrontendStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FrontendStats {
+    pub frontend: super::decode::Endpoint,
+    pub service: Option<String>,
+    /// Packets (and bytes) forwarded to the frontend's backends at XDP.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets dropped (Local policy without endpoints, source ranges) or
+    /// refused (no endpoints: RST / ICMP) at the frontend.
+    pub refused: u64,
+}
+
+/// Per-frontend counters, summed over CPUs.
+pub fn service_stats(snapshot: &Snapshot) -> ServiceStats {
+    let counter = |slot: u32| {
+        snapshot
+            .svc_stats
+            .get(slot as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let services = snapshot
+        .services
+        .iter()
+        .filter(|(key, _)| key.slot == 0)
+        .map(|(key, master)| {
+            let id = master.rev_nat_id;
+            let (reached, refused) = (counter(id * 2), counter(id * 2 + 1));
+            FrontendStats {
+                frontend: super::decode::Endpoint::frontend(key),
+                service: snapshot.svc_names.get(&id).map(|n| n.as_str().to_owned()),
+                packets: reached.packets,
+                bytes: reached.bytes,
+                refused: refused.packets,
+            }
+        })
+        .collect();
+    ServiceStats { services }
+}
+
+impl Report for ServiceStats {
+    fn table(&self) -> String {
+        let header = ["FRONTEND", "SERVICE", "PACKETS", "BYTES", "REFUSED"];
+        let mut table = Table::new(header).right_align(&[2, 3, 4]);
+        for s in &self.services {
+            table.row(vec![
+                s.frontend.to_string(),
+                super::table::or_dash(s.service.as_deref()),
+                s.packets.to_string(),
+                s.bytes.to_string(),
+                s.refused.to_string(),
+            ]);
+        }
+        table.render()
+    }
+}
