@@ -121,7 +121,7 @@ struct Args {
     /// the cgroup2 mount, which covers them all; an empty value turns this
     /// off.
     #[arg(long, default_value = "auto")]
-    cgroup: PathBuf,
+    cgroup: String,
     /// Size of the service map: frontends x (1 + backends each).
     #[arg(long, default_value_t = MapSizes::default().services)]
     services_map_max: u32,
@@ -229,14 +229,14 @@ async fn main() -> anyhow::Result<()> {
         },
         ct_gc_interval: Duration::from_secs(args.ct_gc_interval_secs),
         resync_interval: Duration::from_secs(args.resync_interval_secs),
-        cgroup: match args.cgroup.to_str() {
-            Some("") => None,
-            Some("auto") => {
+        cgroup: match args.cgroup.as_str() {
+            "" => None,
+            "auto" => {
                 Some(lb_userspace::ebpf::sock_lb::cgroup2_mount().context(
                     "--cgroup auto (pass a cgroup v2 directory, or \"\" to turn it off)",
                 )?)
             }
-            _ => Some(args.cgroup),
+            path => Some(PathBuf::from(path)),
         },
     })
     .await
