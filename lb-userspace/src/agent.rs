@@ -282,6 +282,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = monitor_tick.tick() => {
                 monitor(&mut dp, &reconciler, &telemetry);
                 name_frontends(&mut dp, &reconciler, source.desired());
+                repair_detached(&mut dp, &cfg, &telemetry);
                 if let Source::Kube(k) = &source {
                     for _ in 0..k.take_watch_failures() {
                         telemetry.error("watch");
@@ -564,6 +565,28 @@ fn collect_conntrack_garbage(dp: &mut Datapath, timeouts: &CtTimeouts) {
         tracing::debug!(seen, removed, "conntrack entries expired");
     }
     dp.ct_entries = Some(seen - removed);
+}
+
+/// Re-attaches what was detached behind our back: interfaces' programs at
+/// the next interface sync, the socket programs here.
+fn repair_detached(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
+    let mut repaired = dp.attacher.drop_severed();
+    if let Some((_, uplinks)) = &mut dp.uplinks {
+        repaired += uplinks.drop_severed();
+    }
+    if let (Some(sock), Some(cgroup)) = (&dp.sock, &cfg.cgroup) {
+        if sock.severed() {
+            warn!("the socket programs were detached behind our back; attaching again");
+            match ebpf::sock_lb::SockBalancer::attach(&mut dp.ebpf, cgroup, &cfg.bpffs) {
+                Ok(again) => dp.sock = Some(again),
+                Err(e) => warn!("re-attaching the socket programs: {e:#}"),
+            }
+            repaired += 1;
+        }
+    }
+    for _ in 0..repaired {
+        telemetry.error("detached");
+    }
 }
 
 /// Keeps the frontend -> Service name map (for lbctl) equal to what is

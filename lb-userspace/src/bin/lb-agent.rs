@@ -111,9 +111,10 @@ struct Args {
     ct_gc_interval_secs: u64,
     /// Seconds between full read-backs of the maps, which repair entries
     /// changed or deleted behind the agent's back (kube-proxy:
-    /// --iptables-sync-period). Changes from the API are applied at once,
-    /// whatever this is.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    /// --iptables-sync-period; upstream's e2e expects a repair within 2
+    /// minutes). Changes from the API are applied at once, whatever this
+    /// is.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..))]
     resync_interval_secs: u64,
     /// cgroup v2 directory whose sockets in the agent's network namespace
     /// (node processes, hostNetwork pods) are balanced at connect() and

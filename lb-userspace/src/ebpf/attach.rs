@@ -162,6 +162,7 @@ impl Attacher {
             // removing the pins releases them.
             remove_pins(&a.pins, "interface gone");
         }
+
         for (name, ifindex) in present {
             if self.attached.contains_key(name) {
                 continue;
@@ -178,6 +179,25 @@ impl Attacher {
                 }
             }
         }
+    }
+
+    /// Forgets the interfaces whose links were detached behind our back
+    /// (`bpftool link detach`), so that the next [`Attacher::sync`]
+    /// attaches them anew like new interfaces. A few syscalls per link:
+    /// called on the monitor tick, not on every sync. Returns how many.
+    pub fn drop_severed(&mut self) -> usize {
+        let severed: Vec<String> = self
+            .attached
+            .iter()
+            .filter(|(_, a)| a.severed())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &severed {
+            let a = self.attached.remove(name).expect("listed above");
+            warn!(interface = %name, "a program of ours was detached behind our back; attaching again");
+            remove_pins(&a.pins, "severed");
+        }
+        severed.len()
     }
 
     /// Detaches everything: removes the pins, then the fds.
@@ -229,6 +249,17 @@ impl Attacher {
             _tc: tc_link,
             _tc_ingress: tc_ingress,
         })
+    }
+}
+
+impl Attached {
+    /// Whether any of its links lost its interface (see
+    /// `link_pins::is_severed`); a link that cannot be read counts too.
+    fn severed(&self) -> bool {
+        let xdp = self.pins.xdp(&self.xdp_mode);
+        [xdp, self.pins.tc(), self.pins.tc_ingress()]
+            .iter()
+            .any(|pin| link_pins::is_severed(pin).unwrap_or(true))
     }
 }
 

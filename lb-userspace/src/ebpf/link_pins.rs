@@ -124,3 +124,65 @@ mod tests {
         assert_eq!(parse_dir_name("7"), None);
     }
 }
+
+/// Whether the link pinned at `pin` no longer has a target: its interface
+/// or cgroup let go of it (`bpftool link detach`, an interface re-created
+/// under the same index...). The kernel keeps such a link object alive for
+/// its holders but its program no longer runs, and a program update on it
+/// fails with ENOLINK; the only repair is a new link. Read from the link's
+/// info: the XDP, tcx and cgroup variants all start with their target
+/// (ifindex, or cgroup id) right after the common fields, and report 0
+/// once detached.
+pub fn is_severed(pin: &Path) -> io::Result<bool> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut get = [0u64; 2];
+    get[0] = path.as_ptr() as u64;
+    let fd = bpf(
+        BPF_OBJ_GET,
+        get.as_mut_ptr().cast(),
+        std::mem::size_of_val(&get),
+    )?;
+    // SAFETY: a fresh fd the kernel just gave us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // struct bpf_link_info: type, id, prog_id (u32 each), then the
+    // per-type union at offset 16.
+    let mut info = [0u8; 64];
+    let mut by_fd = [0u32; 4];
+    by_fd[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32;
+    by_fd[1] = info.len() as u32;
+    let info_ptr = info.as_mut_ptr() as u64;
+    by_fd[2] = info_ptr as u32;
+    by_fd[3] = (info_ptr >> 32) as u32;
+    bpf(
+        BPF_OBJ_GET_INFO_BY_FD,
+        by_fd.as_mut_ptr().cast(),
+        std::mem::size_of_val(&by_fd),
+    )?;
+    let target = u64::from_ne_bytes(info[16..24].try_into().expect("8 bytes"));
+    let link_type = u32::from_ne_bytes(info[0..4].try_into().expect("4 bytes"));
+    // XDP and tcx: a u32 ifindex (the next u32 is tcx's attach type);
+    // cgroup: a u64 cgroup id.
+    let target = if link_type == BPF_LINK_TYPE_CGROUP {
+        target
+    } else {
+        target & 0xffff_ffff
+    };
+    Ok(target == 0)
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> io::Result<i32> {
+    // SAFETY: `attr` points at `size` bytes laid out as `cmd` expects.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as i32)
+    }
+}

@@ -57,7 +57,10 @@ impl SockBalancer {
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()
                 .context(name)?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
+            // Loaded once; attached again after a detach behind our back.
+            if prog.fd().is_err() {
+                prog.load().with_context(|| format!("verifying {name}"))?;
+            }
             // A bpf_link: links of several programs (ours, a previous
             // agent's, other tools') coexist on a cgroup whatever the mode,
             // and link_create refuses the multi flag.
@@ -74,6 +77,13 @@ impl SockBalancer {
             links.push(pinned.into());
         }
         Ok(Self { _links: links, dir })
+    }
+
+    /// Whether any of the links was detached behind our back.
+    pub fn severed(&self) -> bool {
+        PROGRAMS
+            .iter()
+            .any(|name| super::link_pins::is_severed(&self.dir.join(name)).unwrap_or(true))
     }
 
     /// Detaches the programs (removes the pins; our fds go with `self`).
