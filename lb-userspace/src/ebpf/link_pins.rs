@@ -95,36 +95,6 @@ fn parse_dir_name(name: &str) -> Option<(u32, &str)> {
     (!ifname.is_empty()).then_some((ifindex, ifname))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_round_trip_including_dashes_in_interface_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let pins = InterfacePins::new(dir.path(), 12, "lbh-pod-1");
-        fs::create_dir_all(&pins.dir).unwrap();
-        fs::write(pins.xdp("generic"), b"").unwrap();
-        fs::create_dir_all(dir.path().join("not-a-pin")).unwrap();
-        assert_eq!(scan(dir.path()), vec![pins.clone()]);
-        assert_eq!(
-            pins.pinned_xdp(),
-            Some((pins.xdp("generic"), "generic".to_string()))
-        );
-        pins.remove().unwrap();
-        pins.remove().unwrap();
-        assert!(scan(dir.path()).is_empty());
-    }
-
-    #[test]
-    fn malformed_names_are_skipped() {
-        assert_eq!(parse_dir_name("7-veth0"), Some((7, "veth0")));
-        assert_eq!(parse_dir_name("x-veth0"), None);
-        assert_eq!(parse_dir_name("7-"), None);
-        assert_eq!(parse_dir_name("7"), None);
-    }
-}
-
 /// Whether the link pinned at `pin` no longer has a target: its interface
 /// or cgroup let go of it (`bpftool link detach`, an interface re-created
 /// under the same index...). The kernel keeps such a link object alive for
@@ -184,5 +154,35 @@ fn bpf(cmd: libc::c_long, attr: *mut libc::c_void, size: usize) -> io::Result<i3
         Err(io::Error::last_os_error())
     } else {
         Ok(rc as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_including_dashes_in_interface_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let pins = InterfacePins::new(dir.path(), 12, "lbh-pod-1");
+        fs::create_dir_all(&pins.dir).unwrap();
+        fs::write(pins.xdp("generic"), b"").unwrap();
+        fs::create_dir_all(dir.path().join("not-a-pin")).unwrap();
+        assert_eq!(scan(dir.path()), vec![pins.clone()]);
+        assert_eq!(
+            pins.pinned_xdp(),
+            Some((pins.xdp("generic"), "generic".to_string()))
+        );
+        pins.remove().unwrap();
+        pins.remove().unwrap();
+        assert!(scan(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn malformed_names_are_skipped() {
+        assert_eq!(parse_dir_name("7-veth0"), Some((7, "veth0")));
+        assert_eq!(parse_dir_name("x-veth0"), None);
+        assert_eq!(parse_dir_name("7-"), None);
+        assert_eq!(parse_dir_name("7"), None);
     }
 }
