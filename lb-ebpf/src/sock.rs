@@ -19,7 +19,7 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use lb_common::{SockRevNatKey, SockRevNatValue, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{SockRevNatKey, SockRevNatValue, IPPROTO_TCP, IPPROTO_UDP, SVC_F_SOURCE_RANGES};
 
 use crate::{
     affinity,
@@ -64,6 +64,16 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
         return REJECT;
     }
     let client_be = CONFIG.get(0).map_or(0, |c| c.snat_addr_be);
+    // loadBalancerSourceRanges hold for the node's own connections too,
+    // whose source is the node's address (kube-proxy applies them to all
+    // traffic to the load-balancer IP).
+    if master.flags & SVC_F_SOURCE_RANGES != 0
+        && !crate::node::source_allowed(master.rev_nat_id, client_be)
+    {
+        // SAFETY: plain helper call.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return REJECT;
+    }
     let vip_be = if wildcard { 0 } else { dst_be };
     let (backend_id, backend) = match affinity::recall(&master, client_be) {
         Some(chosen) => chosen,
