@@ -67,9 +67,10 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
         return Ok(stats::PASS_FRAGMENT);
     }
 
-    // loadBalancerSourceRanges guard load-balancer IPs, reached from outside.
-    if side == Side::Uplink
-        && master.flags & SVC_F_SOURCE_RANGES != 0
+    // loadBalancerSourceRanges guard load-balancer IPs, from outside and
+    // from pods alike: kube-proxy's firewall chain sees both, and upstream's
+    // e2e test uses pods as the allowed and the refused clients.
+    if master.flags & SVC_F_SOURCE_RANGES != 0
         && !node::source_allowed(master.rev_nat_id, h.saddr_be)
     {
         svc_stats::count(master.rev_nat_id, len, true);

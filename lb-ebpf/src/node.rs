@@ -10,8 +10,9 @@
 //! node:SNAT-port and is un-SNATed here, before netfilter, which then sees
 //! the backend -> client reply of the client -> backend connection it
 //! tracked. The stack does all routing and neighbour resolution. The
-//! program body is `ingress.rs` (`Side::Uplink`); this module holds what
-//! only the uplinks check: loadBalancerSourceRanges.
+//! program body is `ingress.rs` (`Side::Uplink`); this module holds the
+//! loadBalancerSourceRanges lookup (which the pod side makes too: a pod
+//! reaching a load-balancer IP is held to its ranges, as with kube-proxy).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::SourceRange;

@@ -759,6 +759,19 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
         .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
+    // Pods reaching the load-balancer IP are held to the ranges too, as
+    // with kube-proxy: outside them dropped, inside balanced.
+    let (verdict, _) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 3);
+    f.allow_source(id, *CLIENT.ip(), 32).unwrap();
+    let (verdict, out) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""));
 }
 
 #[test]

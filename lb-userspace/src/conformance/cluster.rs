@@ -8,6 +8,7 @@
 use std::ffi::OsStr;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -126,6 +127,28 @@ impl Cluster {
 
     pub fn agent(&mut self, node: usize) -> &mut AgentProcess {
         &mut self.agents[node]
+    }
+
+    /// Starts node `node`'s agent again after it exited (e.g.
+    /// [`AgentProcess::kill9`]), on the same pin directory, as a DaemonSet
+    /// restarts its pod; returns once it reports healthy again. (The agent
+    /// and its node namespace cannot both be borrowed through
+    /// [`Self::agent`] and `topo`.)
+    pub fn restart_agent(&mut self, node: usize) -> Result<Duration> {
+        let ns = self.topo.node(node);
+        let agent = &mut self.agents[node];
+        agent.restart(ns)?;
+        agent
+            .wait_ready(READY_TIMEOUT, || {
+                matches!(http::get(ns, HEALTHZ, "/healthz"), Ok((200, _)))
+            })
+            .with_context(|| format!("restarted agent on {}", self.topo.node_name(node)))
+    }
+
+    /// A `Command` for `program` as a process of node `node` (a hostNetwork
+    /// pod): in its namespace and the cgroup its agent balances.
+    pub fn node_process(&self, node: usize, program: impl AsRef<OsStr>) -> Result<Command> {
+        self.agents[node].node_process(self.topo.node(node), program)
     }
 
     /// Applies every Service and EndpointSlice of a multi-document YAML.

@@ -24,8 +24,8 @@ pub async fn serve_health(bind: SocketAddr, t: Telemetry) -> anyhow::Result<Join
 }
 
 /// Binds now (so a bad or busy address fails at start), then serves
-/// /metrics, and /healthz as kube-proxy's metrics server also does, in a
-/// spawned task.
+/// /metrics, and /healthz and /proxyMode as kube-proxy's metrics server
+/// also does, in a spawned task.
 pub async fn serve_metrics(bind: SocketAddr, t: Telemetry) -> anyhow::Result<JoinHandle<()>> {
     let listener = bind_listener(bind, "metrics").await?;
     Ok(spawn_server(listener, "metrics", metrics_routes(t)))
@@ -48,6 +48,7 @@ fn metrics_routes(t: Telemetry) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/proxyMode", get(proxy_mode))
         .with_state(t)
 }
 
@@ -87,6 +88,20 @@ fn probe(t: &Telemetry, with_node_eligible: bool) -> Response {
         code,
         [(header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
         Json(report.json(with_node_eligible)),
+    )
+        .into_response()
+}
+
+/// What kube-proxy's /proxyMode answers with its mode (`iptables`,
+/// `ipvs`, `nftables`); ours has one.
+const PROXY_MODE: &str = "ebpf";
+
+/// kube-proxy's /proxyMode: the mode's name as plain text (the upstream
+/// e2e "kube-proxy urls" check asks for a 200 here).
+async fn proxy_mode() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        PROXY_MODE,
     )
         .into_response()
 }
@@ -174,6 +189,8 @@ mod tests {
         );
 
         assert_eq!(get(addr, "/healthz").await.0, 503);
+        let (code, _, body) = get(addr, "/proxyMode").await;
+        assert_eq!((code, body.as_str()), (200, PROXY_MODE));
         assert_eq!(get(addr, "/nope").await.0, 404);
     }
 
