@@ -254,7 +254,7 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
     }
 
     // 4. Admission.
-    if flow.via == Via::Uplink && master.flags & SVC_F_SOURCE_RANGES != 0 {
+    if master.flags & SVC_F_SOURCE_RANGES != 0 {
         if !source_allowed(snap, master.rev_nat_id, saddr) {
             e.step(
                 "loadBalancerSourceRanges",
