@@ -34,6 +34,7 @@ pub mod bulk;
 pub mod cgroup;
 pub mod client;
 pub mod http;
+pub mod kube_bed;
 pub mod links;
 pub mod multinode;
 pub mod netns;

@@ -10,30 +10,19 @@ use std::net::Ipv4Addr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::{EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lb_userspace::{
-    manifest,
-    testbed::{
-        agent::AgentProcess,
-        apiserver::{FakeApiServer, RecordedRequest},
-        client::{Client, DEFAULT_TIMEOUT},
-        privileged::require_privileged,
-        scratch::ScratchDir,
-        servers::{Servers, LINE_PORT},
-        stream::{
-            self, describe_failures, ConnectionStream, Outcome, RequestStream, StreamSnapshot,
-        },
-        topology::{ClusterIpTopology, Pod},
-        wait_until, WEB_TCP_PORT, WEB_VIP,
-    },
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lb_userspace::testbed::{
+    apiserver::RecordedRequest,
+    client::{Client, DEFAULT_TIMEOUT},
+    kube_bed::{web_objects, KubeBed, LINES_PORT},
+    privileged::require_privileged,
+    stream::{self, describe_failures, ConnectionStream, Outcome, RequestStream, StreamSnapshot},
+    topology::Pod,
+    wait_until, WEB_TCP_PORT, WEB_VIP,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-/// The `web` Service port this file adds for the line-echo servers.
-const LINES_PORT: u16 = 81;
 const POD1_IP: &str = "10.244.1.2";
 const POD2_IP: &str = "10.244.2.2";
 const POD3_IP: &str = "10.244.3.2";
@@ -52,7 +41,8 @@ fn api_server_down_keeps_the_dataplane_then_converges() {
         return;
     }
     let (web, slice) = web_objects();
-    let mut bed = Bed::start(&[web], std::slice::from_ref(&slice)).unwrap();
+    let mut bed =
+        KubeBed::start(AGENT.as_ref(), &[web], std::slice::from_ref(&slice), &[]).unwrap();
     let client = Client::new(bed.topo.client());
 
     // Every request now gets 503, and the open watches are dropped.
@@ -136,7 +126,13 @@ fn relist_after_410_converges_without_flushing() {
     let (web, slice) = web_objects();
     let old = service_like(&web, "old", OLD_VIP);
     let old_slice = slice_like(&slice, "old-1", "old", &[POD2_IP]);
-    let mut bed = Bed::start(&[web.clone(), old], &[slice.clone(), old_slice]).unwrap();
+    let mut bed = KubeBed::start(
+        AGENT.as_ref(),
+        &[web.clone(), old],
+        &[slice.clone(), old_slice],
+        &[],
+    )
+    .unwrap();
     let client = Client::new(bed.topo.client());
     assert!(
         wait_until(Instant::now() + Duration::from_secs(5), || {
@@ -244,7 +240,8 @@ fn kill9_restart_keeps_established_connections() {
         return;
     }
     let (web, slice) = web_objects();
-    let mut bed = Bed::start(&[web], std::slice::from_ref(&slice)).unwrap();
+    let mut bed =
+        KubeBed::start(AGENT.as_ref(), &[web], std::slice::from_ref(&slice), &[]).unwrap();
     let client_pod = bed.topo.client();
     let client = Client::new(client_pod);
 
@@ -343,7 +340,8 @@ fn removed_endpoint_keeps_its_established_connections() {
         return;
     }
     let (web, slice) = web_objects();
-    let mut bed = Bed::start(&[web], std::slice::from_ref(&slice)).unwrap();
+    let mut bed =
+        KubeBed::start(AGENT.as_ref(), &[web], std::slice::from_ref(&slice), &[]).unwrap();
     let conns = open_connections(bed.topo.client());
     thread::sleep(Duration::from_millis(500));
     let before = conns.snapshot();
@@ -376,7 +374,7 @@ fn open_connections(client: &Pod) -> ConnectionStream {
 /// included, must not fail from `since` on and keep exchanging for a second
 /// after the change.
 fn shrink_to_pod1_keeping_connections(
-    bed: &mut Bed,
+    bed: &mut KubeBed,
     conns: &ConnectionStream,
     slice: &EndpointSlice,
     since: StreamSnapshot,
@@ -411,83 +409,6 @@ fn shrink_to_pod1_keeping_connections(
         "the agent exited\n{}",
         bed.agent.log()
     );
-}
-
-/// A topology with three backend pods and a client, the pod servers, the
-/// fake API server in the node namespace holding the given objects, and the
-/// agent watching it, ready (the ClusterIP of `web` answers).
-struct Bed {
-    // Field order is drop order: the agent and the API server go before the
-    // namespaces they run in.
-    agent: AgentProcess,
-    api: FakeApiServer,
-    _servers: Servers,
-    _scratch: ScratchDir,
-    topo: ClusterIpTopology,
-}
-
-impl Bed {
-    fn start(services: &[Service], slices: &[EndpointSlice]) -> anyhow::Result<Bed> {
-        let topo = ClusterIpTopology::create(3)?;
-        let servers = Servers::start(topo.backends())?;
-        let api = FakeApiServer::start_in(topo.node())?;
-        let scratch = ScratchDir::new()?;
-        let kubeconfig = scratch.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig)?;
-        for s in services {
-            api.apply_service(s.clone());
-        }
-        for s in slices {
-            api.apply_slice(s.clone());
-        }
-        let source = [std::ffi::OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
-        let mut agent = AgentProcess::start_with_source(
-            AGENT.as_ref(),
-            topo.node(),
-            &source,
-            &topo.pod_interfaces(),
-            &[],
-        )?;
-        let client = Client::new(topo.client());
-        let ready = agent.wait_ready(Duration::from_secs(20), || {
-            matches!(
-                client.tcp_request(WEB_VIP, WEB_TCP_PORT, DEFAULT_TIMEOUT),
-                Ok(Ok(_))
-            )
-        })?;
-        println!("agent ready after {ready:?}");
-        Ok(Bed {
-            agent,
-            api,
-            _servers: servers,
-            _scratch: scratch,
-            topo,
-        })
-    }
-}
-
-/// `examples/web.yaml`'s Service and EndpointSlice, with one more TCP port
-/// for the line-echo servers: `lines`, [`LINES_PORT`] -> [`LINE_PORT`].
-fn web_objects() -> (Service, EndpointSlice) {
-    let loaded = manifest::load_dir(EXAMPLES.as_ref());
-    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    let mut service = loaded.services[0].object.clone();
-    let mut slice = loaded.slices[0].object.clone();
-    let spec = service.spec.as_mut().expect("web has a spec");
-    spec.ports.get_or_insert_with(Vec::new).push(ServicePort {
-        name: Some("lines".into()),
-        port: LINES_PORT.into(),
-        protocol: Some("TCP".into()),
-        target_port: Some(IntOrString::Int(LINE_PORT.into())),
-        ..ServicePort::default()
-    });
-    slice.ports.get_or_insert_with(Vec::new).push(EndpointPort {
-        name: Some("lines".into()),
-        port: Some(LINE_PORT.into()),
-        protocol: Some("TCP".into()),
-        ..EndpointPort::default()
-    });
-    (service, slice)
 }
 
 /// `service` under another name and ClusterIP.

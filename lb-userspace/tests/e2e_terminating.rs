@@ -13,28 +13,17 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Service, ServicePort};
-use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use lb_userspace::{
-    manifest,
-    testbed::{
-        agent::AgentProcess,
-        apiserver::FakeApiServer,
-        client::{Client, RequestError, DEFAULT_TIMEOUT},
-        privileged::require_privileged,
-        scratch::ScratchDir,
-        servers::{Servers, LINE_PORT},
-        stream::{self, ConnectionStream, StreamSnapshot},
-        topology::{ClusterIpTopology, Pod},
-        wait_until, WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP,
-    },
+use k8s_openapi::api::discovery::v1::{EndpointConditions, EndpointSlice};
+use lb_userspace::testbed::{
+    client::{Client, RequestError, DEFAULT_TIMEOUT},
+    kube_bed::{web_objects, KubeBed, LINES_PORT},
+    privileged::require_privileged,
+    stream::{self, ConnectionStream, StreamSnapshot},
+    topology::{ClusterIpTopology, Pod},
+    wait_until, WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
-/// The `web` Service port this file adds for the line-echo servers.
-const LINES_PORT: u16 = 81;
 /// How long the agent gets to bring a slice change to traffic.
 const CONVERGE: Duration = Duration::from_secs(5);
 /// Long-lived connections exchange every 50 ms; a window of a second must
@@ -73,7 +62,7 @@ fn terminating_endpoint_keeps_its_connections_and_gets_no_new_ones() {
         return;
     }
     let (web, slice) = web_objects();
-    let mut bed = Bed::start(web, slice.clone(), &[]).unwrap();
+    let mut bed = KubeBed::start(AGENT.as_ref(), &[web], &[slice.clone()], &[]).unwrap();
     let client = bed.topo.client();
 
     // 12 long-lived connections; the pod of the first one will terminate.
@@ -177,7 +166,13 @@ fn serving_terminating_endpoints_take_new_connections_when_none_is_ready() {
     // Generic XDP: the refusal at the end is sent with XDP_TX, which native
     // mode on a veth delivers only with NAPI on the pod's end (see
     // docs/datapath.md); e2e_reject.rs does the same.
-    let bed = Bed::start(web, slice.clone(), &["--xdp-mode", "generic"]).unwrap();
+    let bed = KubeBed::start(
+        AGENT.as_ref(),
+        &[web],
+        &[slice.clone()],
+        &["--xdp-mode", "generic"],
+    )
+    .unwrap();
     let client = bed.topo.client();
     let [pod1, pod2, pod3] = ["10.244.1.2", "10.244.2.2", "10.244.3.2"];
     use State::*;
@@ -296,81 +291,6 @@ fn serving_terminating_endpoints_take_new_connections_when_none_is_ready() {
         results.iter().all(|r| r == &Err(RequestError::Refused)),
         "{results:?}"
     );
-}
-
-/// A topology with three backend pods and a client, the pod servers, the
-/// fake API server in the node namespace holding `service` and `slice`,
-/// and the agent (with `agent_args`) watching it, ready (the ClusterIP of
-/// `web` answers).
-struct Bed {
-    // Field order is drop order: the agent and the API server go before the
-    // namespaces they run in.
-    agent: AgentProcess,
-    api: FakeApiServer,
-    _servers: Servers,
-    _scratch: ScratchDir,
-    topo: ClusterIpTopology,
-}
-
-impl Bed {
-    fn start(service: Service, slice: EndpointSlice, agent_args: &[&str]) -> anyhow::Result<Bed> {
-        let topo = ClusterIpTopology::create(3)?;
-        let servers = Servers::start(topo.backends())?;
-        let api = FakeApiServer::start_in(topo.node())?;
-        let scratch = ScratchDir::new()?;
-        let kubeconfig = scratch.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig)?;
-        api.apply_service(service);
-        api.apply_slice(slice);
-        let source = [std::ffi::OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
-        let mut agent = AgentProcess::start_with_source(
-            AGENT.as_ref(),
-            topo.node(),
-            &source,
-            &topo.pod_interfaces(),
-            agent_args,
-        )?;
-        let client = Client::new(topo.client());
-        let ready = agent.wait_ready(Duration::from_secs(20), || {
-            matches!(
-                client.tcp_request(WEB_VIP, WEB_TCP_PORT, DEFAULT_TIMEOUT),
-                Ok(Ok(_))
-            )
-        })?;
-        println!("agent ready after {ready:?}");
-        Ok(Bed {
-            agent,
-            api,
-            _servers: servers,
-            _scratch: scratch,
-            topo,
-        })
-    }
-}
-
-/// `examples/web.yaml`'s Service and EndpointSlice (three ready pods), with
-/// one more TCP port for the line-echo servers: `lines`, [`LINES_PORT`] ->
-/// [`LINE_PORT`].
-fn web_objects() -> (Service, EndpointSlice) {
-    let loaded = manifest::load_dir(EXAMPLES.as_ref());
-    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
-    let mut service = loaded.services[0].object.clone();
-    let mut slice = loaded.slices[0].object.clone();
-    let spec = service.spec.as_mut().expect("web has a spec");
-    spec.ports.get_or_insert_with(Vec::new).push(ServicePort {
-        name: Some("lines".into()),
-        port: LINES_PORT.into(),
-        protocol: Some("TCP".into()),
-        target_port: Some(IntOrString::Int(LINE_PORT.into())),
-        ..ServicePort::default()
-    });
-    slice.ports.get_or_insert_with(Vec::new).push(EndpointPort {
-        name: Some("lines".into()),
-        port: Some(LINE_PORT.into()),
-        protocol: Some("TCP".into()),
-        ..EndpointPort::default()
-    });
-    (service, slice)
 }
 
 /// `slice` with the endpoints at the given addresses set to the given

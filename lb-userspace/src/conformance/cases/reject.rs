@@ -60,33 +60,7 @@ fn reject_without_endpoints(bins: &Binaries) -> Result<Outcome> {
             Ok([Err(RequestError::Refused)])
         )
     })?;
-    let mut slowest = Duration::ZERO;
-    for node in 0..2 {
-        let pod = cluster.topo.client_pod(node);
-        // Connected UDP, as upstream's clients: only a connected socket
-        // hears the ICMP error.
-        for (transport, to) in [(Transport::Tcp, tcp), (Transport::UdpConnected, udp)] {
-            let start = Instant::now();
-            let results = cluster.from_pod(pod, transport, to, 1)?;
-            let took = start.elapsed();
-            ensure!(
-                results == [Err(RequestError::Refused)],
-                "{} -> {to} ({transport:?}): {results:?}",
-                pod.name
-            );
-            ensure!(
-                took < REFUSED_WITHIN,
-                "{} -> {to}: refused after {took:?}",
-                pod.name
-            );
-            slowest = slowest.max(took);
-        }
-    }
-    let results = cluster.from_node(0, Transport::Tcp, tcp, 1)?;
-    ensure!(
-        results == [Err(RequestError::Refused)],
-        "node process -> {tcp}: {results:?}"
-    );
+    let slowest = refused_everywhere(&cluster, tcp, udp, 0)?;
     Ok(Outcome::new(format!(
         "REFUSED (TCP RST, UDP ICMP) from pods on both nodes and a node process; rule in place {:.2} s after the Service (upstream: 30 s); slowest refusal {:.1} ms",
         programmed.as_secs_f64(),
@@ -138,9 +112,27 @@ fn reject_evicted_pods(bins: &Binaries) -> Result<Outcome> {
             Ok([Err(RequestError::Refused)])
         )
     })?;
+    let slowest = refused_everywhere(&cluster, tcp, udp, 1)?;
+    Ok(Outcome::new(format!(
+        "served, then REFUSED (TCP RST, UDP ICMP) {:.2} s after the slice was emptied (upstream: 30 s), from pods on both nodes and a node process; slowest refusal {:.1} ms",
+        emptied.as_secs_f64(),
+        slowest.as_secs_f64() * 1e3
+    )))
+}
+
+/// Every client refused at once: TCP and connected UDP (as upstream's
+/// clients: only a connected socket hears the ICMP error) from the client
+/// pods of both nodes, and TCP from a process of node `node`; returns the
+/// slowest refusal.
+fn refused_everywhere(
+    cluster: &Cluster,
+    tcp: SocketAddr,
+    udp: SocketAddr,
+    node: usize,
+) -> Result<Duration> {
     let mut slowest = Duration::ZERO;
-    for node in 0..2 {
-        let pod = cluster.topo.client_pod(node);
+    for i in 0..2 {
+        let pod = cluster.topo.client_pod(i);
         for (transport, to) in [(Transport::Tcp, tcp), (Transport::UdpConnected, udp)] {
             let start = Instant::now();
             let results = cluster.from_pod(pod, transport, to, 1)?;
@@ -158,14 +150,10 @@ fn reject_evicted_pods(bins: &Binaries) -> Result<Outcome> {
             slowest = slowest.max(took);
         }
     }
-    let results = cluster.from_node(1, Transport::Tcp, tcp, 1)?;
+    let results = cluster.from_node(node, Transport::Tcp, tcp, 1)?;
     ensure!(
         results == [Err(RequestError::Refused)],
         "node process -> {tcp}: {results:?}"
     );
-    Ok(Outcome::new(format!(
-        "served, then REFUSED (TCP RST, UDP ICMP) {:.2} s after the slice was emptied (upstream: 30 s), from pods on both nodes and a node process; slowest refusal {:.1} ms",
-        emptied.as_secs_f64(),
-        slowest.as_secs_f64() * 1e3
-    )))
+    Ok(slowest)
 }
