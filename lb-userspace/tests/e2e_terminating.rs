@@ -62,7 +62,8 @@ fn terminating_endpoint_keeps_its_connections_and_gets_no_new_ones() {
         return;
     }
     let (web, slice) = web_objects();
-    let mut bed = KubeBed::start(AGENT.as_ref(), &[web], &[slice.clone()], &[]).unwrap();
+    let mut bed =
+        KubeBed::start(AGENT.as_ref(), &[web], std::slice::from_ref(&slice), &[]).unwrap();
     let client = bed.topo.client();
 
     // 12 long-lived connections; the pod of the first one will terminate.
@@ -163,13 +164,12 @@ fn serving_terminating_endpoints_take_new_connections_when_none_is_ready() {
         return;
     }
     let (web, slice) = web_objects();
-    // Generic XDP: the refusal at the end is sent with XDP_TX, which native
-    // mode on a veth delivers only with NAPI on the pod's end (see
-    // docs/datapath.md); e2e_reject.rs does the same.
+    // Generic XDP here, native in the other test: the refusal at the end
+    // works in both modes (see docs/datapath.md).
     let bed = KubeBed::start(
         AGENT.as_ref(),
         &[web],
-        &[slice.clone()],
+        std::slice::from_ref(&slice),
         &["--xdp-mode", "generic"],
     )
     .unwrap();
