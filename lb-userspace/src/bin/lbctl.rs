@@ -138,6 +138,12 @@ fn port_range(s: &str) -> Result<(u16, u16), String> {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum CtState {
+    Open,
+    Closing,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum ProtoArg {
     Tcp,
     Udp,
@@ -193,6 +199,15 @@ enum CtCommand {
         /// Only flows of this client.
         #[arg(long)]
         client: Option<Ipv4Addr>,
+        /// Only TCP flows closing (a FIN or RST seen) or open.
+        #[arg(long, value_enum)]
+        state: Option<CtState>,
+        /// Only flows at least this many seconds old.
+        #[arg(long, default_value_t = 0.0)]
+        min_age: f64,
+        /// Only flows idle at least this many seconds.
+        #[arg(long, default_value_t = 0.0)]
+        min_idle: f64,
     },
 }
 
@@ -279,11 +294,17 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
             service,
             backend,
             client,
+            state,
+            min_age,
+            min_idle,
         }) => {
             let filter = conntrack::CtFilter {
                 service,
                 backend,
                 client,
+                closing: state.map(|s| matches!(s, CtState::Closing)),
+                min_age_ns: (min_age * 1e9) as u64,
+                min_idle_ns: (min_idle * 1e9) as u64,
             };
             print(
                 &conntrack::ct_list(&read_snapshot(dir, conntrack::READS)?, &filter),

@@ -66,6 +66,13 @@ pub struct CtFilter {
     /// Entries of this client: the source of forward entries, the
     /// destination of replies.
     pub client: Option<Ipv4Addr>,
+    /// Only TCP entries that saw a FIN or RST (`Some(true)`), or only the
+    /// others (`Some(false)`).
+    pub closing: Option<bool>,
+    /// Entries at least this old, in ns.
+    pub min_age_ns: u64,
+    /// Entries idle at least this long, in ns.
+    pub min_idle_ns: u64,
 }
 
 impl CtFilter {
@@ -82,9 +89,13 @@ impl CtFilter {
                 .backend
                 .is_some_and(|b| b.ip == want.ip && want.port.is_none_or(|p| p == b.port))
         };
+        let closing = entry.flags & lb_common::CT_F_CLOSING != 0;
         self.service.is_none_or(service)
             && self.backend.is_none_or(backend)
             && self.client.is_none_or(|client| entry.client() == client)
+            && self.closing.is_none_or(|want| want == closing)
+            && entry.age_ns >= self.min_age_ns
+            && entry.idle_ns >= self.min_idle_ns
     }
 }
 
@@ -261,5 +272,18 @@ reply    10.244.1.5:8080  10.0.0.5:43210  tcp    #7 10.244.1.5:8080  #1 10.96.0.
         assert_eq!(count(service("10.96.0.10:80")), 3);
         assert_eq!(count(service("10.96.0.10:443")), 0);
         assert!("10.0.0.300".parse::<HostPort>().is_err());
+        // Ages 60 s, 10 s, 60 s; idle 1 s, 5 s, 1 s; none closing.
+        let aged = |min_age_s: u64, min_idle_s: u64| CtFilter {
+            min_age_ns: min_age_s * S,
+            min_idle_ns: min_idle_s * S,
+            ..Default::default()
+        };
+        assert_eq!(count(aged(30, 0)), 2);
+        assert_eq!(count(aged(0, 3)), 1);
+        let state = |closing| CtFilter {
+            closing: Some(closing),
+            ..Default::default()
+        };
+        assert_eq!((count(state(true)), count(state(false))), (0, 3));
     }
 }
