@@ -28,6 +28,10 @@ pub enum ReadError {
         .0.display()
     )]
     NotPinned(PathBuf),
+    #[error(
+        "{ours} is not pinned but {pinned} is: the agent that pinned it writes another layout than this lbctl reads; use the lbctl of the agent's version"
+    )]
+    OtherVersion { ours: &'static str, pinned: String },
     #[error("permission denied on {}: lbctl needs root (CAP_BPF)", .0.display())]
     PermissionDenied(PathBuf),
     #[error("cannot access {}: {error}", path.display())]
@@ -88,6 +92,10 @@ fn map_status(pin_dir: &Path, kind: MapKind) -> MapStatus {
             status.error = Some("not pinned".to_owned());
             return status;
         }
+        Err(ReadError::OtherVersion { pinned, .. }) => {
+            status.error = Some(format!("not pinned; {pinned} is (another agent version)"));
+            return status;
+        }
         Err(e) => {
             status.error = Some(e.to_string());
             return status;
@@ -145,17 +153,34 @@ fn check_pin_dir(pin_dir: &Path) -> Result<(), ReadError> {
 }
 
 fn open(pin_dir: &Path, kind: MapKind) -> Result<MapData, ReadError> {
-    let path = pin_dir.join(kind.name());
+    let name = kind.name();
+    let path = pin_dir.join(name);
     MapData::from_pin(&path).map_err(|error| {
         let kind = match &error {
             MapError::SyscallError(e) => Some(e.io_error.kind()),
             _ => None,
         };
         match kind {
-            Some(io::ErrorKind::NotFound) => ReadError::NotPinned(path),
+            Some(io::ErrorKind::NotFound) => match other_version(pin_dir, name) {
+                Some(pinned) => ReadError::OtherVersion { ours: name, pinned },
+                None => ReadError::NotPinned(path),
+            },
             Some(io::ErrorKind::PermissionDenied) => ReadError::PermissionDenied(path),
             _ => ReadError::Open { path, error },
         }
+    })
+}
+
+/// A pin of the same map under another layout version (`lb_svc_v2` for
+/// `lb_svc_v3`): maps are versioned by name so that a reader of another
+/// layout finds nothing to misread, and says why.
+fn other_version(pin_dir: &Path, name: &str) -> Option<String> {
+    let (base, _) = name.rsplit_once("_v")?;
+    let prefix = format!("{base}_v");
+    std::fs::read_dir(pin_dir).ok()?.flatten().find_map(|e| {
+        let file = e.file_name().into_string().ok()?;
+        let version = file.strip_prefix(&prefix)?;
+        (version.chars().all(|c| c.is_ascii_digit()) && file != name).then_some(file)
     })
 }
 
@@ -333,5 +358,17 @@ mod tests {
             .maps
             .iter()
             .all(|m| m.error.is_some() && m.meta.is_none()));
+    }
+
+    #[test]
+    fn another_layout_version_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("lb_svc_v2"), b"").unwrap();
+        std::fs::write(dir.path().join("lb_svc_v3x"), b"").unwrap();
+        assert_eq!(
+            other_version(dir.path(), "lb_svc_v3").as_deref(),
+            Some("lb_svc_v2")
+        );
+        assert_eq!(other_version(dir.path(), "lb_backend_v1"), None);
     }
 }
