@@ -694,6 +694,10 @@ fn granular_update_endpoints(bins: &Binaries) -> Result<Outcome> {
     let start = Instant::now();
     cluster.apply(&slice("netexec-1", "netexec", &[HTTP, DNS], &remaining))?;
     let took = verify_up(&cluster, &checks, &expected, TRIES, start)?;
+    // 3 s per request, not 1: now and then (1 in ~600, twice in four runs
+    // on a loaded 2-core machine) one connection took over a second, as a
+    // SYN retransmission does; the cause is not pinned down yet. What this
+    // checks is who answers: never the removed pod, every try answered.
     for &(from, transport, to) in &checks {
         let a = Answers::of(&requests(
             &cluster,
@@ -701,7 +705,7 @@ fn granular_update_endpoints(bins: &Binaries) -> Result<Outcome> {
             transport,
             to,
             100,
-            Duration::from_secs(1),
+            Duration::from_secs(3),
         )?);
         ensure!(
             a.all_by(&expected),
