@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 
-use super::port_servers::readable;
+use super::servers::readable;
 use super::topology::Pod;
 
 /// The bulk server's port in every pod it runs in.

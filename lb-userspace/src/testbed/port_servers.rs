@@ -3,26 +3,19 @@
 //! targetPort that resolves to different numbers in different
 //! EndpointSlices, TCP and UDP on one port number).
 //!
-//! Same answers as [`super::servers`], so [`super::client::Client`] reads
-//! them: `"<pod name> <peer ip>:<peer port>\n"`, after one request line on
+//! The same server loops as [`super::servers`], so [`super::client::Client`]
+//! reads their answers: `"<pod name> <peer ip>:<peer port>\n"`, after one request line on
 //! TCP (then the server closes), for every datagram on UDP.
 
-use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
-use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd as _;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
+use super::servers;
 use super::topology::Pod;
-
-/// How long a server waits before looking at its stop flag again.
-const STOP_POLL: Duration = Duration::from_millis(100);
-/// How long a TCP client may take to send its request line.
-const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What to listen on, in every pod given to [`PortServers::start`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,15 +52,15 @@ impl PortServers {
                             .ns
                             .run(move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
                             .with_context(|| format!("binding TCP {port} in {}", pod.name))?;
-                        Box::new(move || serve_tcp(&name, &listener, &stop))
+                        Box::new(move || servers::serve_tcp(name, listener)(stop))
                     }
                     Listen::Udp(port) => {
                         let socket = pod
                             .ns
                             .run(move || UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))?
                             .with_context(|| format!("binding UDP {port} in {}", pod.name))?;
-                        socket.set_read_timeout(Some(STOP_POLL))?;
-                        Box::new(move || serve_udp(&name, &socket, &stop))
+                        socket.set_read_timeout(Some(servers::STOP_POLL))?;
+                        Box::new(move || servers::serve_udp(name, socket)(stop))
                     }
                 };
                 let thread = thread::Builder::new()
@@ -88,66 +81,4 @@ impl Drop for PortServers {
             let _ = thread.join();
         }
     }
-}
-
-fn serve_tcp(name: &str, listener: &TcpListener, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        // Wait in poll, not accept, so the stop flag is seen within STOP_POLL.
-        if !readable(listener) {
-            continue;
-        }
-        match listener.accept() {
-            // One thread per connection: a slow client must not hold up others.
-            Ok((stream, _)) => {
-                let name = name.to_owned();
-                thread::spawn(move || answer_tcp(&name, stream));
-            }
-            Err(e) => eprintln!("{name}: tcp accept: {e}"),
-        }
-    }
-}
-
-fn answer_tcp(name: &str, stream: TcpStream) {
-    let Ok(peer) = stream.peer_addr() else { return };
-    if stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
-        return;
-    }
-    let mut line = String::new();
-    // Read the whole request line first: closing with unread data would
-    // send an RST instead of a FIN.
-    if BufReader::new((&stream).take(1024))
-        .read_line(&mut line)
-        .is_err()
-    {
-        return;
-    }
-    let _ = (&stream).write_all(format!("{name} {peer}\n").as_bytes());
-}
-
-fn serve_udp(name: &str, socket: &UdpSocket, stop: &AtomicBool) {
-    let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        match socket.recv_from(&mut buf) {
-            Ok((_, peer)) => {
-                if let Err(e) = socket.send_to(format!("{name} {peer}\n").as_bytes(), peer) {
-                    eprintln!("{name}: udp reply to {peer}: {e}");
-                }
-            }
-            // The read timeout, there to look at the stop flag.
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) => eprintln!("{name}: udp receive: {e}"),
-        }
-    }
-}
-
-/// Waits up to STOP_POLL for a connection to accept.
-pub(super) fn readable(listener: &TcpListener) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, for the duration of the call.
-    let ready = unsafe { libc::poll(&mut pfd, 1, STOP_POLL.as_millis() as libc::c_int) };
-    ready > 0
 }

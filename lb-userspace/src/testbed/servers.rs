@@ -39,7 +39,7 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 pub const LINE_PORT: u16 = 8081;
 
 /// How long a server waits before looking at its stop flag again.
-const STOP_POLL: Duration = Duration::from_millis(100);
+pub(super) const STOP_POLL: Duration = Duration::from_millis(100);
 /// How long a TCP connection may take to send its line.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest line the line-echo server accepts.
@@ -113,7 +113,7 @@ impl Drop for Servers {
     }
 }
 
-fn serve_tcp(name: String, listener: TcpListener) -> impl FnOnce(Arc<AtomicBool>) {
+pub(super) fn serve_tcp(name: String, listener: TcpListener) -> impl FnOnce(Arc<AtomicBool>) {
     move |stop| {
         while !stop.load(Ordering::Relaxed) {
             // Wait in poll, not accept, so the stop flag is seen within STOP_POLL.
@@ -149,7 +149,7 @@ fn answer_tcp(name: &str, stream: TcpStream) {
     let _ = (&stream).write_all(format!("{name} {peer}\n").as_bytes());
 }
 
-fn serve_udp(name: String, socket: UdpSocket) -> impl FnOnce(Arc<AtomicBool>) {
+pub(super) fn serve_udp(name: String, socket: UdpSocket) -> impl FnOnce(Arc<AtomicBool>) {
     move |stop| {
         let mut buf = vec![0u8; MAX_UDP_PAYLOAD];
         let mut answer = Vec::with_capacity(MAX_UDP_PAYLOAD);
@@ -229,7 +229,7 @@ fn echo_lines(name: &str, stream: TcpStream, stop: &AtomicBool) {
 }
 
 /// Waits up to STOP_POLL for a connection to accept.
-fn readable(listener: &TcpListener) -> bool {
+pub(super) fn readable(listener: &TcpListener) -> bool {
     let mut pfd = libc::pollfd {
         fd: listener.as_raw_fd(),
         events: libc::POLLIN,

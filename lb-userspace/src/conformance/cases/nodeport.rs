@@ -318,7 +318,7 @@ fn type_update_same_port_different_protocols(bins: &Binaries) -> Result<Outcome>
 fn external_name(name: &str, ports: &[Port]) -> String {
     let mut yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec:\n  type: ExternalName\n  externalName: foo.example.com\n  ports:\n"
+         spec:\n  type: ExternalName\n  externalName: web.lb.invalid\n  ports:\n"
     );
     for p in ports {
         yaml.push_str(&format!(
