@@ -10,7 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 /// Frontends and their backend slots. Key [`ServiceKey`], value [`ServiceValue`].
-pub const MAP_SERVICES: &str = "lb_svc_v3";
+pub const MAP_SERVICES: &str = "lb_svc_v4";
 /// Backends by id. Key `u32` backend id, value [`Backend`].
 pub const MAP_BACKENDS: &str = "lb_backend_v1";
 /// Reverse-NAT targets by id. Key [`RevNatId`], value [`RevNat`].
@@ -43,7 +43,7 @@ pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 pub const MAP_STATS: &str = "lb_stats_v6";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -58,6 +58,7 @@ pub const ALL_MAPS: [&str; 14] = [
     crate::sock::MAP_SOCK_REVNAT,
     crate::names::MAP_SVC_NAMES,
     crate::names::MAP_SVC_STATS,
+    crate::names::MAP_BACKEND_STATS,
 ];
 
 /// Default sizes. The agent sets the real ones at load time (flags
@@ -136,8 +137,30 @@ pub struct ServiceValue {
     /// affinity). A new flow from a client that had one to this frontend
     /// less than this long ago goes to the same backend.
     pub affinity_timeout_s: u32,
+    /// Master entry: number of backend slots for clients inside the node
+    /// (its pods and its own sockets), `>= count`. An external frontend
+    /// (NodePort, externalIP, load-balancer IP) with externalTrafficPolicy
+    /// Local has its node's endpoints in slots `1..=count` and the
+    /// cluster's other endpoints after them: traffic from outside uses the
+    /// first `count`, the node's own clients all `internal_count`, as
+    /// kube-proxy sends them through the cluster policy. Everywhere else
+    /// equal to `count`. Backend slots: 0.
+    pub internal_count: u16,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 20);
+
+impl ServiceValue {
+    /// The master as the node's own clients see it: with all the slots
+    /// they may use (see [`ServiceValue::internal_count`]).
+    #[inline(always)]
+    pub fn for_internal_clients(mut self) -> Self {
+        if self.internal_count > self.count {
+            self.count = self.internal_count;
+        }
+        self
+    }
+}
 
 /// Value of [`MAP_BACKENDS`], keyed by a `u32` backend id (never reused while
 /// the agent runs, so a stale conntrack entry cannot reach a new pod).
@@ -350,6 +373,18 @@ pub struct StatsCounter {
     pub bytes: u64,
 }
 const _: () = assert!(core::mem::size_of::<StatsCounter>() == 16);
+
+impl StatsCounter {
+    /// The counters added up: a per-CPU counter's total.
+    pub fn total<'a>(counters: impl IntoIterator<Item = &'a StatsCounter>) -> StatsCounter {
+        counters
+            .into_iter()
+            .fold(StatsCounter::default(), |sum, c| StatsCounter {
+                packets: sum.packets + c.packets,
+                bytes: sum.bytes + c.bytes,
+            })
+    }
+}
 
 #[cfg(feature = "user")]
 mod user {

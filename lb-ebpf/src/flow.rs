@@ -21,8 +21,8 @@ pub fn forward_key(h: &Headers) -> CtKey {
     )
 }
 
-/// The backend `(addr, port)` of the packet's tracked flow, if it stays
-/// with it. A TCP connection stays with its backend even after the backend
+/// The backend `(addr, port, id)` of the packet's tracked flow, if it
+/// stays with it. A TCP connection stays with its backend even after the backend
 /// left the Service: it is the pod's to finish (kube-proxy keeps it too). A
 /// UDP flow, or a new TCP connection (SYN) reusing the tuple, whose backend
 /// is gone falls through to a new pick, so that the next datagram (a DNS
@@ -30,7 +30,7 @@ pub fn forward_key(h: &Headers) -> CtKey {
 /// backend id that names another backend after the ids wrapped cannot
 /// hold a flow.
 #[inline(always)]
-pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16)> {
+pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16, u32)> {
     let (entry, refreshed) = conntrack::lookup(fwd, h.is_tcp_closing())?;
     let (addr_be, port_be) = (entry.backend_addr_be, entry.backend_port_be);
     let keep = (h.proto == IPPROTO_TCP && !h.is_tcp_syn())
@@ -43,7 +43,7 @@ pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16)> {
         // Keeps the reply entry alive should the LRU have evicted it.
         let _ = conntrack::insert_reply(fwd, addr_be, port_be, &entry);
     }
-    Some((addr_be, port_be))
+    Some((addr_be, port_be, entry.backend_id))
 }
 
 /// Balances a new flow: picks a backend of `master` and prepares its

@@ -52,13 +52,20 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
     else {
         return Ok(stats::PASS_NO_SERVICE);
     };
+    // A pod reaching an external frontend with a Local policy is not
+    // external traffic: it may use the whole cluster's endpoints.
+    let master = match side {
+        Side::Pod => master.for_internal_clients(),
+        Side::Uplink => master,
+    };
 
     // Per-frontend counters: what reached it, and what of it was refused.
     let len = (data_end - data) as u64;
     let fwd = flow::forward_key(h);
-    if let Some((addr_be, port_be)) = flow::tracked(h, &fwd) {
+    if let Some((addr_be, port_be, backend_id)) = flow::tracked(h, &fwd) {
         nat::dnat_xdp(data, data_end, h, addr_be, port_be)?;
         svc_stats::count(master.rev_nat_id, len, false);
+        svc_stats::count_backend(backend_id, len);
         return Ok(stats::DNAT_ESTABLISHED);
     }
     // The first fragment's flow is gone (or its backend, for UDP): the
@@ -109,6 +116,7 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
     flow::record(&fwd, &backend, &value);
     nat::dnat_xdp(data, data_end, h, backend.addr_be, backend.port_be)?;
     svc_stats::count(master.rev_nat_id, len, false);
+    svc_stats::count_backend(value.backend_id, len);
     Ok(if snat {
         stats::DNAT_SNAT_NEW_FLOW
     } else {

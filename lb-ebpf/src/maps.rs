@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use lb_common::{
     stats, AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig,
@@ -14,7 +14,7 @@ use lb_common::{
     SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
-#[map(name = "lb_svc_v3")]
+#[map(name = "lb_svc_v4")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(SERVICES_MAX_ENTRIES, 0);
 
 #[map(name = "lb_backend_v1")]
@@ -65,6 +65,12 @@ pub static SVC_NAMES: HashMap<RevNatId, SvcName> = HashMap::pinned(REVNAT_MAX_EN
 /// refused ones at `2 * id + 1` (see `svc_stats.rs`).
 #[map(name = "lb_svcstats_v1")]
 pub static SVC_STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(2 * REVNAT_MAX_ENTRIES, 0);
+
+/// Per backend id: packets and bytes forwarded to it. Entries come and go
+/// with the backends (the agent's); the datapath only increments.
+#[map(name = "lb_backendstats_v1")]
+pub static BACKEND_STATS: PerCpuHashMap<u32, StatsCounter> =
+    PerCpuHashMap::pinned(BACKENDS_MAX_ENTRIES, 0);
 
 #[map(name = "lb_stats_v6")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -56,6 +56,9 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     let Some((master, wildcard)) = select::external_frontend(dst_be, port_be, proto) else {
         return ALLOW;
     };
+    // The node's own sockets may use every endpoint of an external
+    // frontend with a Local policy (kube-proxy: `--src-type LOCAL`).
+    let master = master.for_internal_clients();
     if master.count == 0 {
         // Also for a Local policy without local endpoints, where
         // kube-proxy drops: a refusal fails as surely, and at once.

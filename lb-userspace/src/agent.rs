@@ -359,6 +359,7 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
             (lb_common::MAP_REVNAT, sizes.revnat),
             (lb_common::MAP_SVC_NAMES, sizes.revnat),
             (lb_common::MAP_SVC_STATS, sizes.revnat.saturating_mul(2)),
+            (lb_common::MAP_BACKEND_STATS, sizes.backends),
             (lb_common::MAP_CONNTRACK, sizes.conntrack),
         ],
     )?;

@@ -3,6 +3,7 @@
 //! `Dataplane` implementation over the pinned maps.
 
 mod attach;
+mod backend_stats;
 mod dataplane;
 pub mod fixture;
 pub(crate) mod link_pins;

@@ -10,7 +10,8 @@
 //! * `map list`: [`maplist`], from [`list_maps`] (every map, pin by pin);
 //! * `map dump NAME`: [`dump`], one map;
 //! * `service list`: [`services`]; `backend list`: [`backends`];
-//! * `ct list`: [`conntrack`]; `stats`: [`stats`].
+//! * `ct list`: [`conntrack`]; `stats`: [`stats`] (`--services` there too,
+//!   `--backends` in [`backend_stats`]).
 //!
 //! JSON documents are stable: field names are those of the report structs
 //! (documented there), IPv4 addresses are strings, ports and counters are
@@ -19,6 +20,7 @@
 //! string, durations are integers in nanoseconds (`*_ns`).
 
 pub mod affinity;
+pub mod backend_stats;
 pub mod backends;
 pub mod checks;
 pub mod conntrack;

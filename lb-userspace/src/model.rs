@@ -146,6 +146,12 @@ pub struct DesiredFrontend {
     /// internalTrafficPolicy Local (the cluster IP): `backends`
     /// are this node's endpoints only, and none means drop.
     pub local_only: bool,
+    /// An external frontend with `local_only`: the cluster's other
+    /// endpoints, which the node's own clients (its pods and host-network
+    /// sockets) use too: kube-proxy sends them through the cluster policy,
+    /// so that a pod reaches a Local Service's load-balancer IP from any
+    /// node. Empty for every other frontend.
+    pub internal_backends: BTreeSet<BackendAddr>,
     /// loadBalancerSourceRanges (load-balancer IP frontends); empty: any
     /// client.
     pub source_ranges: Vec<ipnet::Ipv4Net>,

@@ -873,6 +873,60 @@ fn internal_local_policy_without_local_endpoints_drops_pod_traffic() {
 }
 
 #[test]
+fn pods_reach_a_local_policy_external_frontend_through_every_endpoint() {
+    if !require_privileged("datapath") {
+        return;
+    }
+    // A load-balancer IP with externalTrafficPolicy Local on a node without
+    // a local endpoint: none for traffic from outside, the cluster's one
+    // (on another node) for the node's pods, as with kube-proxy.
+    let lb_ip = SocketAddrV4::new(Ipv4Addr::new(192, 168, 60, 1), 80);
+    let mut f = DatapathFixture::new().unwrap();
+    let remote = (*REMOTE.ip(), REMOTE.port(), BACKEND_F_REMOTE);
+    f.add_split_frontend(
+        *lb_ip.ip(),
+        lb_ip.port(),
+        IPPROTO_TCP,
+        &[],
+        &[remote],
+        SVC_F_LOCAL_ONLY,
+    )
+    .unwrap();
+    let (verdict, out) = f
+        .run_xdp(&frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, frame(L4::TcpSyn, CLIENT, REMOTE, &[], b""));
+    // The reply comes from the load-balancer IP.
+    let (_, out) = f
+        .run_tc(&frame(L4::TcpAck, REMOTE, CLIENT, &[], b""))
+        .unwrap();
+    assert_eq!(out, frame(L4::TcpAck, lb_ip, CLIENT, &[], b""));
+    // From outside the node: dropped, as before.
+    let (verdict, _) = f
+        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
+        .unwrap();
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+}
+
+#[test]
+fn packets_forwarded_to_a_backend_are_counted_for_it() {
+    let Some(f) = one_backend() else { return };
+    let syn = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
+    let data = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"GET / HTTP/1.1\r\n\r\n");
+    f.run_xdp(&syn).unwrap();
+    f.run_xdp(&data).unwrap();
+    // Not a Service: counted for no backend.
+    let other = SocketAddrV4::new(*BACKEND.ip(), 9999);
+    f.run_xdp(&frame(L4::TcpSyn, CLIENT, other, &[], b""))
+        .unwrap();
+    let counted = f.backend_counter(*BACKEND.ip(), BACKEND.port()).unwrap();
+    assert_eq!(counted.packets, 2);
+    assert_eq!(counted.bytes, (syn.len() + data.len()) as u64);
+}
+
+#[test]
 fn fin_and_rst_mark_their_conntrack_direction_closing() {
     let Some(f) = one_backend() else { return };
     f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))

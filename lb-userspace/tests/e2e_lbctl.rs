@@ -99,6 +99,8 @@ fn explain_names_the_backend_real_traffic_reaches() {
             .clone()
     };
     let mut spread = std::collections::BTreeSet::new();
+    // Flows per (protocol, backend address), for the per-backend counters.
+    let mut flows = std::collections::BTreeMap::<(String, String), u64>::new();
     for (proto, port) in [("tcp", WEB_TCP_PORT), ("udp", WEB_UDP_PORT)] {
         let dst = SocketAddrV4::new(WEB_VIP, port);
         for sport in 41_000..41_000 + FLOWS {
@@ -113,9 +115,31 @@ fn explain_names_the_backend_real_traffic_reaches() {
                 (predicted.as_str(), "conntrack")
             );
             spread.insert(answered);
+            *flows.entry((proto.to_owned(), predicted)).or_default() += 1;
         }
     }
     assert_eq!(spread.len(), 3, "{} flows reached {spread:?}", 2 * FLOWS);
+
+    // Per-backend counters: each UDP flow was one datagram, each TCP flow
+    // at least its SYN, request and ACKs.
+    let doc = lbctl_json(pin_dir, &["stats", "--backends"]);
+    for b in doc["backends"].as_array().unwrap() {
+        let (proto, addr) = (b["address"]["proto"].as_str().unwrap(), &b["address"]);
+        let key = (
+            proto.to_owned(),
+            format!("{}:{}", addr["ip"].as_str().unwrap(), addr["port"]),
+        );
+        let sent = flows.get(&key).copied().unwrap_or(0);
+        let packets = b["packets"].as_u64().unwrap();
+        match proto {
+            "udp" => assert_eq!(packets, sent, "{b}"),
+            _ => assert!(
+                packets >= 3 * sent && (packets > 0) == (sent > 0),
+                "{sent} flows: {b}"
+            ),
+        }
+        assert_eq!(b["services"].as_array().unwrap().len(), 1, "{b}");
+    }
 
     // The frontends carry the Service they come from.
     let doc = lbctl_json(pin_dir, &["service", "list"]);
@@ -167,8 +191,10 @@ fn explain_names_the_backend_real_traffic_reaches() {
         let pin_dir = pin_dir.to_owned();
         move || lbctl_json(&pin_dir, &["stats", "--watch", "1", "--count", "1"])
     });
+    // New connections for as long as the watch runs, so that its window
+    // sees traffic however slow a loaded machine is.
     let dst = SocketAddrV4::new(WEB_VIP, WEB_TCP_PORT);
-    for sport in 42_000..42_020 {
+    for sport in (42_000..43_000).take_while(|_| !watching.is_finished()) {
         let src = SocketAddrV4::new(client.ip, sport);
         client.ns.run(move || request(src, dst, "tcp")).unwrap();
     }
@@ -180,7 +206,7 @@ fn explain_names_the_backend_real_traffic_reaches() {
         .find(|r| r["name"] == "dnat_new_flow")
         .expect("dnat_new_flow");
     assert!(
-        new_flows["pps"].as_f64().is_some_and(|pps| pps >= 10.0),
+        new_flows["pps"].as_f64().is_some_and(|pps| pps >= 1.0),
         "{new_flows}"
     );
 

@@ -11,8 +11,8 @@ use std::{
 use clap::{Parser, Subcommand};
 use lb_userspace::agent::{net_config::parse_cidr, NetConfig};
 use lb_userspace::lbctl::{
-    self, backends, conntrack, dump, explain, list_maps, read_snapshot, services, stats, Format,
-    MapKind, Report,
+    self, backend_stats, backends, conntrack, dump, explain, list_maps, read_snapshot, services,
+    stats, Format, MapKind, Report,
 };
 
 /// Inspect the maps of the eBPF/XDP Service load balancer.
@@ -95,6 +95,10 @@ enum Command {
         /// many were dropped or refused.
         #[arg(long, conflicts_with = "watch")]
         services: bool,
+        /// Per backend instead: packets and bytes forwarded to it, with the
+        /// Services that use it.
+        #[arg(long, conflicts_with_all = ["watch", "services"])]
+        backends: bool,
         /// Refresh every this many seconds, with packet rates, like top
         /// (JSON: one document per refresh). Stop with Ctrl-C.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
@@ -311,6 +315,10 @@ fn run(cli: Cli) -> anyhow::Result<usize> {
                 format,
             )
         }
+        Command::Stats { backends: true, .. } => print(
+            &backend_stats::backend_stats(&read_snapshot(dir, backend_stats::READS)?),
+            format,
+        ),
         Command::Stats { services: true, .. } => print(
             &stats::service_stats(&read_snapshot(dir, stats::SERVICE_READS)?),
             format,

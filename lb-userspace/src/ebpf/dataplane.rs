@@ -13,9 +13,10 @@ use aya::{
 use ipnet::Ipv4Net;
 use lb_common::{
     Backend, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange, MAP_BACKENDS,
-    MAP_CONFIG, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
+    MAP_BACKEND_STATS, MAP_CONFIG, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
 };
 
+use super::backend_stats::BackendCounters;
 use super::monitor::max_entries;
 use crate::reconcile::{Dataplane, DataplaneError, MapOp, MapState};
 
@@ -27,6 +28,8 @@ pub struct BpfDataplane {
     revnat: HashMap<MapData, RevNatId, RevNat>,
     source_ranges: LpmTrie<MapData, SourceRange, u32>,
     config: Array<MapData, NodeConfig>,
+    /// Follows the backend map's entries.
+    counters: BackendCounters,
     /// Sizes of the three maps (services, backends, rev-NAT).
     max_entries: [u32; 3],
 }
@@ -45,9 +48,17 @@ impl BpfDataplane {
             max_entries(&backends).context(MAP_BACKENDS)?,
             max_entries(&revnat).context(MAP_REVNAT)?,
         ];
+        let backends: HashMap<_, u32, Backend> =
+            HashMap::try_from(backends).context(MAP_BACKENDS)?;
+        let mut counters = BackendCounters::new(take(MAP_BACKEND_STATS)?)?;
+        // Backends pinned by an earlier agent (or one without this map).
+        for id in backends.keys() {
+            counters.add(id.context(MAP_BACKENDS)?);
+        }
         Ok(Self {
             services: HashMap::try_from(services).context(MAP_SERVICES)?,
-            backends: HashMap::try_from(backends).context(MAP_BACKENDS)?,
+            backends,
+            counters,
             revnat: HashMap::try_from(revnat).context(MAP_REVNAT)?,
             source_ranges: LpmTrie::try_from(take(MAP_SOURCE_RANGES)?)
                 .context(MAP_SOURCE_RANGES)?,
@@ -122,7 +133,13 @@ impl Dataplane for BpfDataplane {
             MapOp::DeleteRevNat(id) => self.revnat.remove(id),
             MapOp::DeleteBackend(id) => self.backends.remove(id),
         };
-        res.map_err(|e| err(format!("{op:?}"), e))
+        res.map_err(|e| err(format!("{op:?}"), e))?;
+        match op {
+            MapOp::UpsertBackend(id, _) => self.counters.add(*id),
+            MapOp::DeleteBackend(id) => self.counters.remove(*id),
+            _ => {}
+        }
+        Ok(())
     }
 }
 

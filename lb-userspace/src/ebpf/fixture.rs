@@ -13,16 +13,17 @@ use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, PerCpuArray,
+        Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
     },
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf,
 };
 use lb_common::{
     stats, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat, RevNatId, ServiceKey,
-    ServiceValue, SourceRange, StatsCounter, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK,
-    MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES, MAP_STATS,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE,
+    ServiceValue, SourceRange, StatsCounter, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG,
+    MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
+    MAP_STATS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS,
+    PROG_XDP_NODE,
 };
 
 use super::object;
@@ -159,6 +160,21 @@ impl DatapathFixture {
         backends: &[(Ipv4Addr, u16, u8)],
         flags: u16,
     ) -> anyhow::Result<RevNatId> {
+        self.add_split_frontend(vip, port, proto, backends, &[], flags)
+    }
+
+    /// [`Self::add_frontend`] with backends after `backends` that only the
+    /// node's own clients use (an external frontend with a Local policy:
+    /// `internal_count` covers them, `count` does not).
+    pub fn add_split_frontend(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        backends: &[(Ipv4Addr, u16, u8)],
+        internal_only: &[(Ipv4Addr, u16, u8)],
+        flags: u16,
+    ) -> anyhow::Result<RevNatId> {
         let rev_nat_id = self.next_rev_nat_id;
         self.next_rev_nat_id += 1;
         let vip_be = be_addr(vip);
@@ -174,7 +190,7 @@ impl DatapathFixture {
             0,
         )?;
         let mut ids = Vec::new();
-        for (addr, bport, backend_flags) in backends {
+        for (addr, bport, backend_flags) in backends.iter().chain(internal_only) {
             let id = self.next_backend_id;
             self.next_backend_id += 1;
             let mut backend_map: HashMap<_, u32, Backend> = self.map(MAP_BACKENDS)?;
@@ -188,6 +204,7 @@ impl DatapathFixture {
                 },
                 0,
             )?;
+            self.add_backend_counters(id)?;
             ids.push(id);
         }
         let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
@@ -212,7 +229,8 @@ impl DatapathFixture {
         services.insert(
             key(0),
             ServiceValue {
-                count: ids.len() as u16,
+                count: backends.len() as u16,
+                internal_count: ids.len() as u16,
                 rev_nat_id,
                 flags,
                 ..Default::default()
@@ -296,14 +314,36 @@ impl DatapathFixture {
         (0..stats::COUNT)
             .map(|i| {
                 let per_cpu = map.get(&i, 0)?;
-                Ok(per_cpu
-                    .iter()
-                    .fold(StatsCounter::default(), |acc, c| StatsCounter {
-                        packets: acc.packets + c.packets,
-                        bytes: acc.bytes + c.bytes,
-                    }))
+                Ok(StatsCounter::total(per_cpu.iter()))
             })
             .collect()
+    }
+
+    /// Zeroed per-backend counters for backend `id`, as the agent adds
+    /// them with each backend.
+    fn add_backend_counters(&mut self, id: u32) -> anyhow::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let map = (self.ebpf.map_mut(MAP_BACKEND_STATS))
+            .ok_or_else(|| anyhow!("{MAP_BACKEND_STATS} missing"))?;
+        let mut counters: PerCpuHashMap<_, u32, StatsCounter> = PerCpuHashMap::try_from(map)?;
+        let zeroes = PerCpuValues::try_from(vec![StatsCounter::default(); cpus])?;
+        counters.insert(id, zeroes, 0)?;
+        Ok(())
+    }
+
+    /// What the backend `addr:port` was counted, summed over CPUs.
+    pub fn backend_counter(&self, addr: Ipv4Addr, port: u16) -> anyhow::Result<StatsCounter> {
+        let map = (self.ebpf.map(MAP_BACKENDS)).ok_or_else(|| anyhow!("{MAP_BACKENDS} missing"))?;
+        let backends: HashMap<_, u32, Backend> = HashMap::try_from(map)?;
+        let id = (backends.iter().filter_map(Result::ok))
+            .find(|(_, b)| b.addr_be == be_addr(addr) && b.port_be == port.to_be())
+            .map(|(id, _)| id)
+            .ok_or_else(|| anyhow!("no backend {addr}:{port}"))?;
+        let map = (self.ebpf.map(MAP_BACKEND_STATS))
+            .ok_or_else(|| anyhow!("{MAP_BACKEND_STATS} missing"))?;
+        let counters: PerCpuHashMap<_, u32, StatsCounter> = PerCpuHashMap::try_from(map)?;
+        let per_cpu = counters.get(&id, 0)?;
+        Ok(StatsCounter::total(per_cpu.iter()))
     }
 
     /// Packets counted under `reason`.

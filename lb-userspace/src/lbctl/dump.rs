@@ -11,7 +11,7 @@ use super::{
     MapKind, Report, Snapshot,
 };
 
-/// JSON: `{"map": "lb_svc_v3", "entries": [{"key": {..}, "value": {..}}, ..]}`
+/// JSON: `{"map": "lb_svc_v4", "entries": [{"key": {..}, "value": {..}}, ..]}`
 /// with the fields of the lb-common key and value, decoded: `_be` fields
 /// lose the suffix (`vip`, `port`, `saddr`, ...), `proto` and `dir` are
 /// names, padding is left out. Stats keys are `{"index", "reason"}`,
@@ -107,6 +107,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                     ("rev_nat_id", v.rev_nat_id.into()),
                     ("flags", Value::Flags(v.flags.into())),
                     ("affinity_timeout_s", v.affinity_timeout_s.into()),
+                    ("internal_count", v.internal_count.into()),
                 ],
             })
             .collect(),
@@ -255,6 +256,12 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 value: vec![("packets", v.packets.into()), ("bytes", v.bytes.into())],
             })
             .collect(),
+        MapKind::BackendStats => (snapshot.backend_stats.iter())
+            .map(|(&id, v)| Entry {
+                key: vec![("backend_id", id.into())],
+                value: vec![("packets", v.packets.into()), ("bytes", v.bytes.into())],
+            })
+            .collect(),
         MapKind::SvcNames => snapshot
             .svc_names
             .iter()
@@ -330,11 +337,11 @@ mod tests {
         assert_eq!(
             dump.table(),
             "\
-VIP         PORT  PROTO  SLOT  BACKEND_ID  COUNT  REV_NAT_ID  FLAGS  AFFINITY_TIMEOUT_S
-10.96.0.10  80    tcp    0     0           1      1           0x0    0
-10.96.0.10  80    tcp    1     7           0      0           0x0    0
-10.96.1.1   53    tcp    0     0           0      2           0x0    0
-lb_svc_v3: 3 entries
+VIP         PORT  PROTO  SLOT  BACKEND_ID  COUNT  REV_NAT_ID  FLAGS  AFFINITY_TIMEOUT_S  INTERNAL_COUNT
+10.96.0.10  80    tcp    0     0           1      1           0x0    0                   0
+10.96.0.10  80    tcp    1     7           0      0           0x0    0                   0
+10.96.1.1   53    tcp    0     0           0      2           0x0    0                   0
+lb_svc_v4: 3 entries
 "
         );
         let json: serde_json::Value = serde_json::from_str(&render(&dump, Format::Json)).unwrap();
@@ -342,7 +349,7 @@ lb_svc_v3: 3 entries
             json["entries"][1],
             serde_json::json!({
                 "key": {"vip": "10.96.0.10", "port": 80, "proto": "tcp", "slot": 1},
-                "value": {"backend_id": 7, "count": 0, "rev_nat_id": 0, "flags": 0, "affinity_timeout_s": 0},
+                "value": {"backend_id": 7, "count": 0, "rev_nat_id": 0, "flags": 0, "affinity_timeout_s": 0, "internal_count": 0},
             })
         );
     }

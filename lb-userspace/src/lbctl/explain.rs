@@ -186,6 +186,13 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
             return e.end("pass", "not a Service: passes untouched (pass_no_service)");
         }
     };
+    // A pod uses every endpoint of a Local external frontend (see
+    // `ServiceValue::internal_count`).
+    let internal = flow.via == Via::Pod && master.internal_count > master.count;
+    let master = match flow.via {
+        Via::Pod => master.for_internal_clients(),
+        Via::Uplink => master,
+    };
     let vip_be = if wildcard { 0 } else { daddr };
     e.frontend = Some(Endpoint {
         ip: Ipv4Addr::from(u32::from_be(vip_be)),
@@ -199,11 +206,16 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
     e.step(
         "frontend",
         format!(
-            "{}{} (Service {}): {} backend(s), rev-NAT id {}, flags {}",
+            "{}{} (Service {}): {} backend(s){}, rev-NAT id {}, flags {}",
             if wildcard { "NodePort " } else { "" },
             e.frontend.expect("just set"),
             e.service.as_deref().unwrap_or("unknown"),
             master.count,
+            if internal {
+                " for this node's pods (the traffic policy Local holds for traffic from outside)"
+            } else {
+                ""
+            },
             master.rev_nat_id,
             flags(&master)
         ),

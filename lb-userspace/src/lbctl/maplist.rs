@@ -79,8 +79,8 @@ mod tests {
         let list = MapList {
             maps: vec![
                 MapStatus {
-                    name: "lb_svc_v3",
-                    pin: "/sys/fs/bpf/lb/lb_svc_v3".into(),
+                    name: "lb_svc_v4",
+                    pin: "/sys/fs/bpf/lb/lb_svc_v4".into(),
                     meta: Some(MapMeta {
                         id: 42,
                         map_type: "hash".into(),
@@ -105,7 +105,7 @@ mod tests {
             list.table(),
             "\
 NAME       ID  TYPE  KEY  VALUE    MAX  ENTRIES  PIN                       ERROR
-lb_svc_v3  42  hash   12     12  65536        3  /sys/fs/bpf/lb/lb_svc_v3
+lb_svc_v4  42  hash   12     12  65536        3  /sys/fs/bpf/lb/lb_svc_v4
 lb_ct_v4    -  -       -      -      -        -  /sys/fs/bpf/lb/lb_ct_v4   not pinned
 "
         );

@@ -172,7 +172,7 @@ fn open(pin_dir: &Path, kind: MapKind) -> Result<MapData, ReadError> {
 }
 
 /// A pin of the same map under another layout version (`lb_svc_v2` for
-/// `lb_svc_v3`): maps are versioned by name so that a reader of another
+/// `lb_svc_v4`): maps are versioned by name so that a reader of another
 /// layout finds nothing to misread, and says why.
 fn other_version(pin_dir: &Path, name: &str) -> Option<String> {
     let (base, _) = name.rsplit_once("_v")?;
@@ -273,6 +273,10 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
             snapshot.svc_stats = read_stats(map)?;
             snapshot.svc_stats.len()
         }
+        MapKind::BackendStats => {
+            snapshot.backend_stats = read_per_cpu_hash(map, limit)?;
+            snapshot.backend_stats.len()
+        }
         MapKind::SvcNames => {
             snapshot.svc_names = read_hash(map, limit)?;
             snapshot.svc_names.len()
@@ -296,13 +300,18 @@ fn read_stats(map: Map) -> Result<Vec<StatsCounter>, MapError> {
     let array = PerCpuArray::<_, StatsCounter>::try_from(map)?;
     array
         .iter()
-        .map(|per_cpu| {
-            Ok(per_cpu?
-                .iter()
-                .fold(StatsCounter::default(), |sum, cpu| StatsCounter {
-                    packets: sum.packets + cpu.packets,
-                    bytes: sum.bytes + cpu.bytes,
-                }))
+        .map(|per_cpu| Ok(StatsCounter::total(per_cpu?.iter())))
+        .collect()
+}
+
+/// A per-CPU hash of counters, each summed over CPUs.
+fn read_per_cpu_hash(map: Map, limit: usize) -> Result<BTreeMap<u32, StatsCounter>, MapError> {
+    let hash = aya::maps::PerCpuHashMap::<_, u32, StatsCounter>::try_from(map)?;
+    hash.iter()
+        .take(limit)
+        .map(|entry| {
+            let (key, per_cpu) = entry?;
+            Ok((key, StatsCounter::total(per_cpu.iter())))
         })
         .collect()
 }
@@ -351,7 +360,7 @@ mod tests {
         );
         assert!(err
             .to_string()
-            .contains(&*dir.path().join("lb_svc_v3").to_string_lossy()));
+            .contains(&*dir.path().join("lb_svc_v4").to_string_lossy()));
         let list = list_maps(dir.path()).unwrap();
         assert_eq!(list.maps.len(), lb_common::ALL_MAPS.len());
         assert!(list
@@ -364,9 +373,9 @@ mod tests {
     fn another_layout_version_is_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("lb_svc_v2"), b"").unwrap();
-        std::fs::write(dir.path().join("lb_svc_v3x"), b"").unwrap();
+        std::fs::write(dir.path().join("lb_svc_v4x"), b"").unwrap();
         assert_eq!(
-            other_version(dir.path(), "lb_svc_v3").as_deref(),
+            other_version(dir.path(), "lb_svc_v4").as_deref(),
             Some("lb_svc_v2")
         );
         assert_eq!(other_version(dir.path(), "lb_backend_v1"), None);

@@ -38,6 +38,11 @@ pub struct Service {
     pub rev_nat_id: Option<RevNatId>,
     /// Backend slots the datapath picks from (`1..=count`).
     pub count: Option<u16>,
+    /// Backend slots the node's own clients (pods, host-network sockets)
+    /// pick from (`1..=internal_count`): more than `count` only for an
+    /// external frontend with externalTrafficPolicy Local, whose slots
+    /// after `count` hold the cluster's other endpoints.
+    pub internal_count: Option<u16>,
     pub flags: Option<u16>,
     /// Every backend slot in the map, by slot number.
     pub slots: Vec<Slot>,
@@ -59,11 +64,11 @@ pub struct Slot {
 pub enum Problem {
     /// Slots exist but no master entry: the datapath ignores the frontend.
     MasterMissing,
-    /// A slot within `1..=count` has no entry.
+    /// A slot within `1..=internal_count` has no entry.
     SlotMissing { slot: u16 },
     /// A slot names a backend id that the backend map lacks.
     BackendMissing { slot: u16, backend_id: u32 },
-    /// A slot above `count`, never picked: left over by an update.
+    /// A slot above `internal_count`, never picked: left over by an update.
     SlotBeyondCount { slot: u16 },
     /// The rev-NAT id is not in the rev-NAT map.
     RevNatMissing { rev_nat_id: RevNatId },
@@ -148,7 +153,8 @@ fn service(
                 }
                 Some(_) => {}
             }
-            let missing = (1..=master.count).filter(|slot| !entries.contains_key(slot));
+            let used = master.for_internal_clients().count;
+            let missing = (1..=used).filter(|slot| !entries.contains_key(slot));
             problems.extend(missing.map(|slot| Problem::SlotMissing { slot }));
         }
     }
@@ -164,7 +170,7 @@ fn service(
                 backend_id: entry.backend_id,
             });
         }
-        if master.is_some_and(|m| slot > m.count) {
+        if master.is_some_and(|m| slot > m.for_internal_clients().count) {
             problems.push(Problem::SlotBeyondCount { slot });
         }
         slots.push(Slot {
@@ -181,9 +187,20 @@ fn service(
         service: name,
         rev_nat_id: master.map(|m| m.rev_nat_id),
         count: master.map(|m| m.count),
+        internal_count: master.map(|m| m.internal_count),
         flags: master.map(|m| m.flags),
         slots,
         problems,
+    }
+}
+
+/// `count`, and `+n` when the node's own clients have `n` more slots.
+fn count_cell(service: &Service) -> String {
+    match (service.count, service.internal_count) {
+        (Some(count), Some(internal)) if internal > count => {
+            format!("{count}+{}", internal - count)
+        }
+        (count, _) => or_dash(count),
     }
 }
 
@@ -200,7 +217,7 @@ impl Report for ServiceList {
                 service.frontend.to_string(),
                 or_dash(service.service.as_deref()),
                 or_dash(service.rev_nat_id),
-                or_dash(service.count),
+                count_cell(service),
                 or_dash(service.flags.map(|flags| format!("{flags:#06x}"))),
             ];
             if service.slots.is_empty() {
@@ -272,6 +289,25 @@ FRONTEND           SERVICE           REVNAT  COUNT  FLAGS   SLOT  BACKEND  ADDRE
         );
         assert_eq!(json["services"][0]["problems"], serde_json::json!([]));
         assert_eq!(json["services"][0]["service"], "default/web:http");
+    }
+
+    #[test]
+    fn slots_for_the_nodes_own_clients_are_counted_not_flagged() {
+        let mut s = Snapshot::default();
+        add_service(&mut s, "192.0.2.10", 80, 1, &[7, 9]);
+        add_backend(&mut s, 7, "10.244.2.5", 8080);
+        add_backend(&mut s, 9, "10.244.3.6", 8080);
+        // A Local load-balancer IP without local endpoints: no slot for
+        // traffic from outside, both for this node's pods.
+        let master = s.services.get_mut(&svc_key("192.0.2.10", 80, 0)).unwrap();
+        (master.count, master.internal_count) = (0, 2);
+        let list = service_list(&s);
+        assert_eq!(list.findings(), 0, "{}", list.table());
+        assert!(list.table().contains("  0+2    "), "{}", list.table());
+        // One slot short of what the node's clients pick from: flagged.
+        s.services.remove(&svc_key("192.0.2.10", 80, 2));
+        let problems = &service_list(&s).services[0].problems;
+        assert_eq!(problems, &[Problem::SlotMissing { slot: 2 }]);
     }
 
     #[test]

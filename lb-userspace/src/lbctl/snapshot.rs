@@ -6,9 +6,9 @@ use std::{collections::BTreeMap, str::FromStr};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat,
     RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter,
-    SvcName, MAP_AFFINITY, MAP_BACKENDS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS,
-    MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
-    MAP_SVC_NAMES, MAP_SVC_STATS,
+    SvcName, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK,
+    MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT,
+    MAP_SOURCE_RANGES, MAP_STATS, MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -28,11 +28,12 @@ pub enum MapKind {
     SockRevNat,
     SvcNames,
     SvcStats,
+    BackendStats,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 14] = [
+    pub const ALL: [MapKind; 15] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
@@ -47,6 +48,7 @@ impl MapKind {
         MapKind::SockRevNat,
         MapKind::SvcNames,
         MapKind::SvcStats,
+        MapKind::BackendStats,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +67,7 @@ impl MapKind {
             MapKind::SockRevNat => MAP_SOCK_REVNAT,
             MapKind::SvcNames => MAP_SVC_NAMES,
             MapKind::SvcStats => MAP_SVC_STATS,
+            MapKind::BackendStats => MAP_BACKEND_STATS,
         }
     }
 }
@@ -90,7 +93,7 @@ impl FromStr for MapKind {
 /// build a snapshot exactly as the datapath would see the maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// `lb_svc_v3`: master entries (slot 0) and backend slots.
+    /// `lb_svc_v4`: master entries (slot 0) and backend slots.
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     /// `lb_backend_v1` by backend id.
     pub backends: BTreeMap<u32, Backend>,
@@ -121,6 +124,9 @@ pub struct Snapshot {
     /// `lb_svcstats_v1`, summed over CPUs: per frontend, at `2 * id` what
     /// reached it, at `2 * id + 1` what of it was dropped or refused.
     pub svc_stats: Vec<StatsCounter>,
+    /// `lb_backendstats_v1`, summed over CPUs: packets and bytes forwarded
+    /// to each backend, by backend id.
+    pub backend_stats: BTreeMap<u32, StatsCounter>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
     pub now_ns: u64,
@@ -139,6 +145,6 @@ mod tests {
         assert!("lb_svc_v0"
             .parse::<MapKind>()
             .unwrap_err()
-            .contains("lb_svc_v3"));
+            .contains("lb_svc_v4"));
     }
 }

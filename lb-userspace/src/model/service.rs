@@ -5,6 +5,7 @@
 
 mod external;
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
@@ -166,10 +167,19 @@ impl ServiceShape {
                     _ => Vec::new(),
                 };
                 let proto = claim.frontend.proto;
+                let backends_for =
+                    |local_only| backends(slices.clone(), name, proto, local_only, zone);
+                let chosen = backends_for(local_only);
+                let internal_backends = if external && local_only {
+                    backends_for(false).difference(&chosen).copied().collect()
+                } else {
+                    BTreeSet::new()
+                };
                 let wanted = DesiredFrontend {
                     service: service.clone(),
                     port_name: claim.port_name.clone(),
-                    backends: backends(slices.clone(), name, proto, local_only, zone),
+                    backends: chosen,
+                    internal_backends,
                     external,
                     local_only,
                     source_ranges,

@@ -224,13 +224,33 @@ fn external_traffic_policy_local_serves_local_ready_endpoints_on_external_fronte
     ] {
         assert!(d.frontends[&frontend].local_only, "{frontend}");
         assert_eq!(backends(&d, frontend), [(1, false)], "{frontend}");
+        // The node's own clients also get the others, as kube-proxy
+        // sends them through the cluster policy.
+        assert_eq!(internal_backends(&d, frontend), [(2, true), (3, true)]);
     }
+    assert!(cluster_ip.internal_backends.is_empty());
 
-    // No local endpoint: the frontend stays, empty, and the datapath drops.
+    // No local endpoint: the frontend stays, empty, and the datapath drops
+    // traffic from outside; the node's pods still reach the others.
     let elsewhere = LB_SLICE.replace("nodeName: node-a", "nodeName: node-b");
     let d = desired(&[local], &[slice(&elsewhere)]);
     let frontend = &d.frontends[&node_port(30080)];
     assert!(frontend.local_only && frontend.backends.is_empty());
+    assert_eq!(
+        internal_backends(&d, node_port(30080)),
+        [(1, true), (2, true), (3, true)]
+    );
+
+    // Cluster policy: every client uses the same backends.
+    let d = desired(std::slice::from_ref(&service(LB)), &[slice(LB_SLICE)]);
+    assert!(d.frontends[&node_port(30080)].internal_backends.is_empty());
+}
+
+/// [`backends`] of the node's own clients only.
+fn internal_backends(desired: &Desired, frontend: Frontend) -> Vec<(u8, bool)> {
+    let wanted = &desired.frontends[&frontend];
+    let backends = wanted.internal_backends.iter();
+    backends.map(|b| (b.ip.octets()[3], b.remote)).collect()
 }
 
 #[test]

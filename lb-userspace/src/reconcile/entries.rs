@@ -23,8 +23,12 @@ const MAX_SLOTS: usize = u16::MAX as usize;
 #[derive(Debug)]
 pub(super) struct FrontendIds {
     pub rev_nat_id: RevNatId,
-    /// Backends in slot order (slot 1 first), with their ids.
+    /// Backends in slot order (slot 1 first), with their ids: those for
+    /// every client, then those for the node's own clients only (see
+    /// [`DesiredFrontend::internal_backends`]).
     pub backends: Vec<(BackendAddr, u32)>,
+    /// How many of `backends` serve every client (the master's `count`).
+    pub external_count: usize,
     /// `SVC_F_*` bits of the master entry.
     pub flags: u16,
     /// Client networks admitted (see [`source_ranges`]); empty: any client.
@@ -43,18 +47,18 @@ impl FrontendIds {
         refs: &mut BackendRefs,
         ids: &mut Ids,
     ) -> Self {
-        if wanted.backends.len() > MAX_SLOTS {
-            tracing::warn!(%frontend, backends = wanted.backends.len(), "too many backends; using the first {MAX_SLOTS}");
+        let total = wanted.backends.len() + wanted.internal_backends.len();
+        if total > MAX_SLOTS {
+            tracing::warn!(%frontend, backends = total, "too many backends; using the first {MAX_SLOTS}");
         }
-        let backends = wanted
-            .backends
-            .iter()
+        let backends = slot_order(wanted)
             .take(MAX_SLOTS)
             .map(|&addr| (addr, refs.acquire(&backend(frontend, addr), ids)))
             .collect();
         FrontendIds {
             rev_nat_id,
             backends,
+            external_count: wanted.backends.len().min(MAX_SLOTS),
             flags: flags(wanted),
             source_ranges: source_ranges(wanted),
             affinity_timeout_s: wanted.affinity_timeout_s,
@@ -65,10 +69,12 @@ impl FrontendIds {
     /// for every frontend on every sync, so the cheap comparisons go first.
     pub(super) fn serves(&self, wanted: &DesiredFrontend) -> bool {
         // `zip` stops after the programmed backends, at most MAX_SLOTS.
-        wanted.backends.len().min(MAX_SLOTS) == self.backends.len()
+        let total = wanted.backends.len() + wanted.internal_backends.len();
+        total.min(MAX_SLOTS) == self.backends.len()
+            && wanted.backends.len().min(MAX_SLOTS) == self.external_count
             && self.flags == flags(wanted)
             && self.affinity_timeout_s == wanted.affinity_timeout_s
-            && (wanted.backends.iter().zip(&self.backends)).all(|(new, (old, _))| new == old)
+            && (slot_order(wanted).zip(&self.backends)).all(|(new, (old, _))| new == old)
             // Equal flags: both have ranges or neither, so only frontends
             // with ranges pay for collecting them.
             && (self.source_ranges.is_empty() || self.source_ranges == source_ranges(wanted))
@@ -80,23 +86,32 @@ impl FrontendIds {
         maps.revnat.insert(self.rev_nat_id, rev_nat(frontend));
         maps.source_ranges
             .extend((self.source_ranges.iter()).map(|&net| (self.rev_nat_id, net)));
-        let entry = |backend_id, count, flags, affinity_timeout_s| ServiceValue {
-            backend_id,
-            count,
-            rev_nat_id: self.rev_nat_id,
-            flags,
-            affinity_timeout_s,
-        };
         for (slot, &(addr, id)) in (1..).zip(&self.backends) {
             maps.backends.insert(id, backend(frontend, addr));
-            maps.services
-                .insert(service_key(frontend, slot), entry(id, 0, 0, 0));
+            let entry = ServiceValue {
+                backend_id: id,
+                rev_nat_id: self.rev_nat_id,
+                ..ServiceValue::default()
+            };
+            maps.services.insert(service_key(frontend, slot), entry);
         }
         // At most MAX_SLOTS backends.
-        let count = self.backends.len() as u16;
-        let master = entry(0, count, self.flags, self.affinity_timeout_s);
+        let master = ServiceValue {
+            backend_id: 0,
+            rev_nat_id: self.rev_nat_id,
+            count: self.external_count as u16,
+            flags: self.flags,
+            affinity_timeout_s: self.affinity_timeout_s,
+            internal_count: self.backends.len() as u16,
+            _pad: [0; 2],
+        };
         maps.services.insert(service_key(frontend, 0), master);
     }
+}
+
+/// `wanted`'s backends in slot order: those for every client first.
+fn slot_order(wanted: &DesiredFrontend) -> impl Iterator<Item = &BackendAddr> {
+    wanted.backends.iter().chain(&wanted.internal_backends)
 }
 
 /// The master's `SVC_F_*` bits for what `wanted` asks.

@@ -43,6 +43,7 @@ fn wanted(backends: impl IntoIterator<Item = BackendAddr>) -> DesiredFrontend {
         },
         port_name: None,
         backends: backends.into_iter().collect(),
+        internal_backends: Default::default(),
         external: false,
         local_only: false,
         source_ranges: Vec::new(),
@@ -203,7 +204,14 @@ fn adding_a_backend_writes_backend_then_slot_then_master() {
                     ..Default::default()
                 }
             ),
-            MapOp::UpsertService(key(http(), 0), ServiceValue { count: 4, ..master }),
+            MapOp::UpsertService(
+                key(http(), 0),
+                ServiceValue {
+                    count: 4,
+                    internal_count: 4,
+                    ..master
+                }
+            ),
         ]
     );
 }
@@ -226,7 +234,14 @@ fn removing_a_backend_shrinks_master_before_deleting_slot_and_backend() {
     assert_eq!(
         ops,
         [
-            MapOp::UpsertService(key(http(), 0), ServiceValue { count: 2, ..master }),
+            MapOp::UpsertService(
+                key(http(), 0),
+                ServiceValue {
+                    count: 2,
+                    internal_count: 2,
+                    ..master
+                }
+            ),
             MapOp::DeleteService(key(http(), 3)),
             MapOp::DeleteBackend(gone),
         ]
@@ -251,7 +266,14 @@ fn removing_a_backend_shrinks_master_before_deleting_slot_and_backend() {
                     ..Default::default()
                 }
             ),
-            MapOp::UpsertService(key(dns(), 0), ServiceValue { count: 1, ..master }),
+            MapOp::UpsertService(
+                key(dns(), 0),
+                ServiceValue {
+                    count: 1,
+                    internal_count: 1,
+                    ..master
+                }
+            ),
             MapOp::DeleteService(key(dns(), 2)),
             MapOp::DeleteService(key(dns(), 3)),
             MapOp::DeleteBackend(gone[0]),

@@ -10,6 +10,8 @@ use super::*;
 pub(super) struct Served {
     /// In slot order.
     pub backends: Vec<BackendAddr>,
+    /// Those after `backends`, for the node's own clients only.
+    pub internal_backends: Vec<BackendAddr>,
     pub local_only: bool,
     /// Empty: any client.
     pub source_ranges: BTreeSet<Ipv4Net>,
@@ -30,7 +32,11 @@ pub(super) fn assert_consistent(state: &MapState, context: &str) {
                 || !ranges_of(state, value.rev_nat_id).is_empty(),
             "{context}: master {master:?} flagged without source ranges"
         );
-        for slot in 1..=value.count {
+        assert!(
+            value.internal_count >= value.count,
+            "{context}: master {master:?} has fewer slots for the node's clients than for others"
+        );
+        for slot in 1..=value.internal_count {
             let entry = state.services.get(&ServiceKey { slot, ..*master });
             let entry =
                 entry.unwrap_or_else(|| panic!("{context}: {master:?} slot {slot} missing"));
@@ -129,7 +135,7 @@ pub(super) fn decode(state: &MapState) -> BTreeMap<Frontend, Served> {
                 _pad: 0
             }
         );
-        let backends = (1..=value.count)
+        let mut backends: Vec<BackendAddr> = (1..=value.internal_count)
             .map(|slot| {
                 let slot_value = state.services[&ServiceKey { slot, ..*master }];
                 assert_eq!(
@@ -146,6 +152,7 @@ pub(super) fn decode(state: &MapState) -> BTreeMap<Frontend, Served> {
                 }
             })
             .collect();
+        let internal_backends = backends.split_off(usize::from(value.count));
         assert_eq!(value.flags & !(SVC_F_LOCAL_ONLY | SVC_F_SOURCE_RANGES), 0);
         let source_ranges = ranges_of(state, value.rev_nat_id);
         assert_eq!(
@@ -155,6 +162,7 @@ pub(super) fn decode(state: &MapState) -> BTreeMap<Frontend, Served> {
         );
         let served = Served {
             backends,
+            internal_backends,
             local_only: value.flags & SVC_F_LOCAL_ONLY != 0,
             source_ranges,
         };
@@ -175,6 +183,7 @@ pub(super) fn expected(desired: &Desired) -> BTreeMap<Frontend, Served> {
         .map(|(f, d)| {
             let served = Served {
                 backends: d.backends.iter().copied().collect(),
+                internal_backends: d.internal_backends.iter().copied().collect(),
                 local_only: d.local_only,
                 source_ranges: d.source_ranges.iter().map(Ipv4Net::trunc).collect(),
             };

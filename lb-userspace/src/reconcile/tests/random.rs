@@ -32,17 +32,26 @@ pub(super) fn random_desired(rng: &mut Rng) -> Desired {
                     continue;
                 }
                 let pool = (1..=6).flat_map(|n| [pod(n, 8080), pod(n, 9090)]);
-                let backends = pool.filter(|_| rng.one_in(3)).map(|addr| BackendAddr {
-                    remote: remote[usize::from(addr.ip.octets()[2])],
-                    ..addr
-                });
+                let backends: Vec<_> = (pool.filter(|_| rng.one_in(3)))
+                    .map(|addr| BackendAddr {
+                        remote: remote[usize::from(addr.ip.octets()[2])],
+                        ..addr
+                    })
+                    .collect();
                 let frontend = Frontend {
                     vip: Ipv4Addr::new(10, 96, 0, vip),
                     port,
                     proto,
                 };
-                let mut wanted = wanted(backends.collect::<Vec<_>>());
+                let (internal, backends): (BTreeSet<_>, BTreeSet<_>) =
+                    backends.into_iter().partition(|_| rng.one_in(4));
+                let mut wanted = wanted(backends);
                 wanted.local_only = rng.one_in(4);
+                // Backends for the node's own clients only (a Local
+                // external frontend's others), sometimes.
+                if wanted.local_only && rng.one_in(2) {
+                    wanted.internal_backends = internal;
+                }
                 wanted.source_ranges = some_ranges(rng);
                 desired.frontends.insert(frontend, wanted);
             }
