@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bench;
 pub mod conformance;
 pub mod ebpf;
+pub mod fuzz;
 pub mod lbctl;
 pub mod manifest;
 pub mod model;

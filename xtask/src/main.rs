@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-/// Project tasks: setup, build, test, demo, bench, conformance.
+/// Project tasks: setup, build, test, demo, bench, conformance, fuzz.
 #[derive(Parser)]
 #[command(name = "xtask", bin_name = "cargo xtask")]
 struct Cli {
@@ -74,6 +74,15 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run setup, build release binaries, then `lb-testbed fuzz`: the
+    /// datapath fuzzed through BPF_PROG_TEST_RUN.
+    ///
+    /// E.g. `cargo xtask fuzz --packets 1000000 --seed 7`.
+    Fuzz {
+        /// Extra arguments for `lb-testbed fuzz`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,6 +107,13 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Demo { args } => demo::run(&args),
         Task::Bench { args } => bench::run(&args),
         Task::Conformance { args } => conformance::run(&args),
+        Task::Fuzz { args } => {
+            setup::run()?;
+            build::cargo_build(true)?;
+            let mut all: Vec<OsString> = vec!["fuzz".into()];
+            all.extend(args);
+            testbed::run(all)
+        }
     }
 }
 

@@ -109,6 +109,18 @@ enum Cmd {
         #[arg(long)]
         agent: Option<PathBuf>,
     },
+    /// Differential fuzzing of the datapath: seeded random and mutated
+    /// frames through the four packet programs (BPF_PROG_TEST_RUN), each
+    /// held to the properties of `lb_userspace::fuzz`. Exits 1 on any
+    /// violation, printing the first ones.
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// The random seed (the same seed replays the same run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Send requests to the testbed's echo servers from this process's own
     /// namespace, one result line each (tests run it as a node process).
     Probe {
@@ -155,6 +167,12 @@ fn main() -> ExitCode {
                 testbed: std::env::current_exe().context("finding this program's path")?,
             };
             run_conformance(&bins, &out, all, &only)
+        })(),
+        Cmd::Fuzz { packets, seed } => (|| {
+            let report = lb_userspace::fuzz::run(packets, seed)?;
+            print!("{report}");
+            anyhow::ensure!(report.clean(), "the datapath broke a property (above)");
+            Ok(())
         })(),
         Cmd::Probe {
             transport,
