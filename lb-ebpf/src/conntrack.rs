@@ -89,20 +89,39 @@ pub fn create_with(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) -
     }
 }
 
-/// (Re)writes the reply entry of a flow. Called for new flows and when a
-/// busy flow refreshes, so an LRU-evicted reply entry comes back.
+/// (Re)writes the reply entry of a flow, for a new flow.
 #[inline(always)]
 pub fn insert_reply(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue) -> Result<(), i32> {
+    CONNTRACK.insert(&reply_key(fwd, baddr_be, bport_be), value, 0)
+}
+
+/// Keeps the reply entry of a tracked flow whose forward packet just
+/// passed: looked up, which tells the LRU it is in use, and rewritten when
+/// it is gone or when the forward entry was refreshed. A flood of new flows
+/// turns an LRU map over faster than a quiet connection speaks; without
+/// its reply entry, the backend's next reply would leave un-reverse-NATed
+/// and the client would reset the connection.
+#[inline(always)]
+pub fn keep_reply(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue, refreshed: bool) {
+    let reply = reply_key(fwd, baddr_be, bport_be);
+    if refreshed || CONNTRACK.get_ptr(&reply).is_none() {
+        let _ = CONNTRACK.insert(&reply, value, 0);
+    }
+}
+
+/// The reply direction's key of forward key `fwd` balanced to `(baddr,
+/// bport)`.
+#[inline(always)]
+fn reply_key(fwd: &CtKey, baddr_be: u32, bport_be: u16) -> CtKey {
     debug_assert!(fwd.dir == CT_DIR_FORWARD);
-    let reply = key(
+    key(
         baddr_be,
         fwd.saddr_be,
         bport_be,
         fwd.sport_be,
         fwd.proto,
         CT_DIR_REPLY,
-    );
-    CONNTRACK.insert(&reply, value, 0)
+    )
 }
 
 /// Records the SNAT of a flow balanced to a remote backend, choosing a free

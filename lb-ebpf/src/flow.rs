@@ -39,10 +39,7 @@ pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16, u32)> {
     if !keep {
         return None;
     }
-    if refreshed {
-        // Keeps the reply entry alive should the LRU have evicted it.
-        let _ = conntrack::insert_reply(fwd, addr_be, port_be, &entry);
-    }
+    conntrack::keep_reply(fwd, addr_be, port_be, &entry, refreshed);
     Some((addr_be, port_be, entry.backend_id))
 }
 

@@ -9,12 +9,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lb_userspace::testbed::{
     agent::AgentProcess,
     client::{Client, RequestError, DEFAULT_TIMEOUT},
+    lbctl,
     privileged::require_privileged,
     scratch::ScratchDir,
     servers::{Servers, LINE_PORT, TCP_PORT, UDP_PORT},
@@ -440,25 +440,14 @@ fn until_answered_by_other(socket: &UdpSocket, old: &str, since: Instant) -> (Du
     );
 }
 
-/// `lbctl stats --json --nonzero` of the agent's maps: packets by reason.
+/// Packets by verdict reason in the agent's maps.
 fn datapath_stats(agent: &AgentProcess) -> BTreeMap<String, u64> {
-    let json = lbctl(agent, &["stats", "--json", "--nonzero"]);
-    json["reasons"]
-        .as_array()
-        .expect("reasons")
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap().to_owned(),
-                r["packets"].as_u64().unwrap(),
-            )
-        })
-        .collect()
+    lbctl::reason_counts(LBCTL.as_ref(), agent.pin_dir()).unwrap()
 }
 
 /// The row of `lbctl map list --json` for map `name`.
 fn map_status(agent: &AgentProcess, name: &str) -> Value {
-    let json = lbctl(agent, &["map", "list", "--json"]);
+    let json = lbctl(agent, &["map", "list"]);
     json["maps"]
         .as_array()
         .expect("maps")
@@ -468,21 +457,9 @@ fn map_status(agent: &AgentProcess, name: &str) -> Value {
         .clone()
 }
 
-/// Runs lbctl on the agent's pin directory (it reads pinned maps: no
-/// namespace needed) and parses its JSON.
+/// `lbctl --json <args>` on the agent's maps.
 fn lbctl(agent: &AgentProcess, args: &[&str]) -> Value {
-    let out = Command::new(LBCTL)
-        .args(args)
-        .arg("--bpffs")
-        .arg(agent.pin_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.code().is_some_and(|c| c <= 1),
-        "lbctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    lbctl::json(LBCTL.as_ref(), agent.pin_dir(), args).unwrap()
 }
 
 /// Fails on failed exchanges in the window, or connections with fewer than
