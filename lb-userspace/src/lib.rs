@@ -11,4 +11,5 @@ pub mod manifest;
 pub mod model;
 pub mod packets;
 pub mod reconcile;
+pub mod soak;
 pub mod testbed;

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-/// Project tasks: setup, build, test, demo, bench, conformance, fuzz.
+/// Project tasks: setup, build, test, demo, bench, conformance, fuzz, soak.
 #[derive(Parser)]
 #[command(name = "xtask", bin_name = "cargo xtask")]
 struct Cli {
@@ -74,6 +74,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run setup, build release binaries, then `lb-testbed soak`: endpoint
+    /// churn for 10 minutes (`--duration-secs N` for another length).
+    Soak {
+        /// Extra arguments for `lb-testbed soak`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Run setup, build release binaries, then `lb-testbed fuzz`: the
     /// datapath fuzzed through BPF_PROG_TEST_RUN.
     ///
@@ -107,14 +114,18 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Demo { args } => demo::run(&args),
         Task::Bench { args } => bench::run(&args),
         Task::Conformance { args } => conformance::run(&args),
-        Task::Fuzz { args } => {
-            setup::run()?;
-            build::cargo_build(true)?;
-            let mut all: Vec<OsString> = vec!["fuzz".into()];
-            all.extend(args);
-            testbed::run(all)
-        }
+        Task::Fuzz { args } => testbed_task("fuzz", args),
+        Task::Soak { args } => testbed_task("soak", args),
     }
+}
+
+/// Setup, a release build, then `lb-testbed <command> <args>`.
+fn testbed_task(command: &str, args: Vec<OsString>) -> Result<ExitCode> {
+    setup::run()?;
+    build::cargo_build(true)?;
+    let mut all: Vec<OsString> = vec![command.into()];
+    all.extend(args);
+    testbed::run(all)
 }
 
 #[cfg(test)]

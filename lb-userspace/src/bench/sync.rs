@@ -19,7 +19,7 @@
 mod api_list;
 mod cluster;
 mod latency;
-mod probe;
+pub(crate) mod probe;
 mod programmed;
 
 use std::collections::BTreeSet;

@@ -121,6 +121,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Endpoint churn soak: 100 Services' EndpointSlices rewritten every
+    /// 100 ms through the fake API server while a client connects to them;
+    /// exits 1 if a request failed, the agent's memory grew more than 5%
+    /// after warm-up, or conntrack or affinity occupancy left its bound.
+    Soak {
+        /// How long.
+        #[arg(long, default_value_t = 600)]
+        duration_secs: u64,
+        /// The agent binary [default: lb-agent next to this program].
+        #[arg(long)]
+        agent: Option<PathBuf>,
+    },
     /// Send requests to the testbed's echo servers from this process's own
     /// namespace, one result line each (tests run it as a node process).
     Probe {
@@ -167,6 +179,17 @@ fn main() -> ExitCode {
                 testbed: std::env::current_exe().context("finding this program's path")?,
             };
             run_conformance(&bins, &out, all, &only)
+        })(),
+        Cmd::Soak {
+            duration_secs,
+            agent,
+        } => (|| {
+            let agent = sibling_or(agent, "lb-agent")?;
+            let params = lb_userspace::soak::Params::new(Duration::from_secs(duration_secs));
+            let report = lb_userspace::soak::run(&agent, &params)?;
+            print!("{report}");
+            anyhow::ensure!(report.passed(), "the soak missed a goal (above)");
+            Ok(())
         })(),
         Cmd::Fuzz { packets, seed } => (|| {
             let report = lb_userspace::fuzz::run(packets, seed)?;
