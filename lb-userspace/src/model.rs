@@ -18,6 +18,8 @@ mod service;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+pub(crate) mod tests_bad_input;
+#[cfg(test)]
 mod tests_external;
 #[cfg(test)]
 mod tests_topology;
@@ -203,15 +205,36 @@ pub fn desired_state<'a>(
     index.into_desired()
 }
 
-/// Namespace and name of an object; `None` if it has no name. A manifest
-/// object without a namespace lands in `default`, as with `kubectl apply`.
+/// Namespace and name of an object; `None` if it has no name (or an empty
+/// one). A manifest object without a namespace (or with an empty one)
+/// lands in `default`, as with `kubectl apply`.
 pub fn object_ref(meta: &ObjectMeta) -> Option<ObjectRef> {
-    let name = meta.name.clone()?;
-    let namespace = meta
-        .namespace
-        .clone()
+    let name = meta.name.clone().filter(|n| !n.is_empty())?;
+    let namespace = (meta.namespace.clone())
+        .filter(|n| !n.is_empty())
         .unwrap_or_else(|| error::DEFAULT_NAMESPACE.into());
     Some(ObjectRef { namespace, name })
+}
+
+/// The API server refuses names longer than a DNS subdomain and
+/// namespaces longer than a DNS label; a manifest may still hold one
+/// (a paste gone wrong), which would then flood every log line naming it.
+/// Returns the field and the problem.
+fn name_problem(oref: &ObjectRef) -> Option<(&'static str, String)> {
+    const MAX_NAME: usize = 253;
+    const MAX_NAMESPACE: usize = 63;
+    let too_long = |what: &str, len: usize, max: usize| {
+        format!("{what} is {len} characters long; Kubernetes allows at most {max}")
+    };
+    if oref.name.len() > MAX_NAME {
+        let message = too_long("the name", oref.name.len(), MAX_NAME);
+        return Some(("metadata.name", message));
+    }
+    if oref.namespace.len() > MAX_NAMESPACE {
+        let message = too_long("the namespace", oref.namespace.len(), MAX_NAMESPACE);
+        return Some(("metadata.namespace", message));
+    }
+    None
 }
 
 /// An input object with its name resolved and its origin for error messages.
@@ -257,7 +280,11 @@ where
             errors.push(ConfigError::new(file, T::KIND, "metadata.name", message));
             continue;
         };
-        named.push(Named { oref, object, file });
+        let named_object = Named { oref, object, file };
+        match name_problem(&named_object.oref) {
+            Some((field, message)) => errors.push(named_object.error(field, message)),
+            None => named.push(named_object),
+        }
     }
     // Stable: of two copies the first in input order stays first.
     named.sort_by(|a, b| a.oref.cmp(&b.oref));

@@ -3,6 +3,7 @@
 //! be programmed. It names the file, the object and the field, so an
 //! operator can go straight to the line to fix.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -57,8 +58,26 @@ impl fmt::Display for Described<'_> {
 
 /// How errors and logs name an object: `Service default/web`. A manifest
 /// object without a namespace lands in `default`, as with `kubectl apply`.
+/// A name longer than Kubernetes allows is cut short, so that the error
+/// about it stays readable.
 pub(crate) fn object_label(kind: &str, namespace: Option<&str>, name: &str) -> String {
-    format!("{kind} {}/{name}", namespace.unwrap_or(DEFAULT_NAMESPACE))
+    let namespace = namespace.filter(|n| !n.is_empty());
+    format!(
+        "{kind} {}/{}",
+        shortened(namespace.unwrap_or(DEFAULT_NAMESPACE)),
+        shortened(name)
+    )
+}
+
+/// `text`, or its first characters and its length if it is longer than
+/// any Kubernetes name.
+fn shortened(text: &str) -> Cow<'_, str> {
+    const SHOWN: usize = 40;
+    if text.len() <= 253 {
+        return Cow::Borrowed(text);
+    }
+    let start: String = text.chars().take(SHOWN).collect();
+    Cow::Owned(format!("{start}… ({} characters)", text.len()))
 }
 
 pub(crate) const DEFAULT_NAMESPACE: &str = "default";

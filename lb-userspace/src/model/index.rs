@@ -25,7 +25,8 @@ use super::endpoints::{local_ready_count, read_slice, SliceEndpoints};
 use super::health_checks::HealthClaims;
 use super::service::ServiceShape;
 use super::{
-    named_objects, object_ref, ConfigError, Desired, DesiredFrontend, Frontend, Named, ObjectRef,
+    name_problem, named_objects, object_ref, ConfigError, Desired, DesiredFrontend, Frontend,
+    Named, ObjectRef,
 };
 
 /// Services and EndpointSlices, and the [`Desired`] state they give on one
@@ -130,7 +131,7 @@ impl DesiredIndex {
     pub fn apply_service(&mut self, service: &Service) {
         match named(service) {
             Some(named) => self.upsert_service(&named),
-            None => tracing::debug!("unnamed Service ignored"),
+            None => tracing::debug!("unnamed (or impossibly named) Service ignored"),
         }
         self.finish();
     }
@@ -145,7 +146,7 @@ impl DesiredIndex {
     pub fn apply_slice(&mut self, slice: &EndpointSlice) {
         match named(slice) {
             Some(named) => self.upsert_slice(&named),
-            None => tracing::debug!("unnamed EndpointSlice ignored"),
+            None => tracing::debug!("unnamed (or impossibly named) EndpointSlice ignored"),
         }
         self.finish();
     }
@@ -478,9 +479,10 @@ impl DesiredIndex {
     }
 }
 
-/// An object from the API server, which has no file.
+/// An object from the API server, which has no file; `None` for a name
+/// the API server would have refused (see `replace_services`).
 fn named<T: Metadata<Ty = ObjectMeta>>(object: &T) -> Option<Named<'_, T>> {
-    let oref = object_ref(object.metadata())?;
+    let oref = object_ref(object.metadata()).filter(|oref| name_problem(oref).is_none())?;
     Some(Named {
         oref,
         object,

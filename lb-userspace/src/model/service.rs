@@ -274,7 +274,11 @@ impl Reader<'_, '_> {
     /// Records the frontend claims and problems; returns what external
     /// frontends need besides, or `None` if the Service asks for nothing.
     fn read(&mut self) -> Option<external::Settings> {
-        let spec = self.object.object.spec.as_ref()?;
+        // The API server always stores one; a manifest may lack it.
+        let Some(spec) = self.object.object.spec.as_ref() else {
+            self.report("spec", "missing: the Service asks for nothing");
+            return None;
+        };
         if let Some(reason) = self.not_ours(spec) {
             tracing::debug!(service = %self.object.oref, reason, "not proxied");
             return None;
@@ -365,7 +369,10 @@ impl Reader<'_, '_> {
             .cluster_ip
             .iter()
             .map(|ip| ("spec.clusterIP".to_string(), ip));
-        let all = spec.cluster_ips.iter().flatten().enumerate();
+        // The API server keeps clusterIPs[0] equal to clusterIP: reading
+        // it again would report one bad address twice.
+        let all = (spec.cluster_ips.iter().flatten().enumerate())
+            .filter(|&(i, ip)| i > 0 || spec.cluster_ip.as_ref() != Some(ip));
         let fields = primary.chain(all.map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip)));
         let mut vips = Vec::new();
         for (field, text) in fields {
