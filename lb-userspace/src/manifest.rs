@@ -8,6 +8,8 @@
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_wrong_types;
 
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
