@@ -23,6 +23,7 @@
 //! maps may differ from that memory (at start, after a failed write, when
 //! asked) it reads them back and computes the whole target instead.
 
+mod capacity;
 mod display;
 mod entries;
 mod fake;
@@ -39,6 +40,7 @@ use ipnet::Ipv4Net;
 use lb_common::{Backend, RevNat, RevNatId, ServiceKey, ServiceValue};
 
 use crate::model::Desired;
+pub use capacity::{Capacity, LeftOut};
 pub use fake::FakeDataplane;
 use ids::Ids;
 use index::Programmed;
@@ -143,6 +145,14 @@ impl SyncReport {
             + self.deleted_backends
     }
 
+    /// Number of deletions (each frees an entry).
+    pub fn deleted(&self) -> usize {
+        self.deleted_services
+            + self.deleted_source_ranges
+            + self.deleted_revnat
+            + self.deleted_backends
+    }
+
     fn count(&mut self, op: &MapOp) {
         *match op {
             MapOp::UpsertBackend(..) => &mut self.upserted_backends,
@@ -154,6 +164,23 @@ impl SyncReport {
             MapOp::DeleteRevNat(..) => &mut self.deleted_revnat,
             MapOp::DeleteBackend(..) => &mut self.deleted_backends,
         } += 1;
+    }
+}
+
+impl std::ops::Add for SyncReport {
+    type Output = SyncReport;
+
+    fn add(self, other: SyncReport) -> SyncReport {
+        SyncReport {
+            upserted_backends: self.upserted_backends + other.upserted_backends,
+            upserted_revnat: self.upserted_revnat + other.upserted_revnat,
+            upserted_source_ranges: self.upserted_source_ranges + other.upserted_source_ranges,
+            upserted_services: self.upserted_services + other.upserted_services,
+            deleted_services: self.deleted_services + other.deleted_services,
+            deleted_source_ranges: self.deleted_source_ranges + other.deleted_source_ranges,
+            deleted_revnat: self.deleted_revnat + other.deleted_revnat,
+            deleted_backends: self.deleted_backends + other.deleted_backends,
+        }
     }
 }
 
@@ -169,6 +196,10 @@ pub struct Reconciler {
     /// (the adopted maps), after a failed write, and after
     /// [`Self::forget_maps`].
     known: Option<Programmed>,
+    /// The maps' sizes (`None`: unbounded, as in most tests).
+    capacity: Option<Capacity>,
+    /// What the last sync could not program for lack of room.
+    left_out: Vec<LeftOut>,
 }
 
 impl Default for Reconciler {
@@ -182,7 +213,24 @@ impl Reconciler {
         Reconciler {
             ids: Ids::new(),
             known: None,
+            capacity: None,
+            left_out: Vec::new(),
         }
+    }
+
+    /// A reconciler for maps of these sizes: frontends that do not fit
+    /// are left out before anything is written (see [`capacity`]).
+    pub fn with_capacity(capacity: Capacity) -> Self {
+        Reconciler {
+            capacity: Some(capacity),
+            ..Self::new()
+        }
+    }
+
+    /// The frontends the last sync left out, or kept with fewer backends,
+    /// because a map was full; in the order room was given out.
+    pub fn left_out(&self) -> &[LeftOut] {
+        &self.left_out
     }
 
     /// Brings the maps to `desired`: from what the last complete sync
@@ -191,7 +239,25 @@ impl Reconciler {
     /// later writes may depend on it (a master on its slots), and thanks to
     /// the write order the maps are consistent at that point, so the next
     /// sync (which reads the maps back) simply continues.
+    ///
+    /// With a capacity, what does not fit is left out ([`Self::left_out`]).
+    /// Room is counted with the entries the sync deletes, which it frees
+    /// only at its end; so when it left something out and deleted
+    /// anything, one more sync gives the freed room out at once.
     pub fn sync(
+        &mut self,
+        desired: &Desired,
+        dp: &mut dyn Dataplane,
+    ) -> Result<SyncReport, DataplaneError> {
+        let first = self.sync_once(desired, dp)?;
+        if self.left_out.is_empty() || first.deleted() == 0 {
+            return Ok(first);
+        }
+        let second = self.sync_once(desired, dp)?;
+        Ok(first + second)
+    }
+
+    fn sync_once(
         &mut self,
         desired: &Desired,
         dp: &mut dyn Dataplane,
@@ -220,7 +286,8 @@ impl Reconciler {
         dp: &mut dyn Dataplane,
     ) -> Result<SyncReport, DataplaneError> {
         let current = dp.read_state()?;
-        let target = self.full_target(desired, &current);
+        let fitted = self.fit(desired, &current);
+        let target = self.full_target(fitted.as_ref().unwrap_or(desired), &current);
         let report = apply(dp, &Self::plan(&current, &target.maps))?;
         self.known = Some(target);
         Ok(report)
@@ -234,12 +301,37 @@ impl Reconciler {
         mut known: Programmed,
         dp: &mut dyn Dataplane,
     ) -> Result<SyncReport, DataplaneError> {
-        let delta = self.delta(desired, &mut known);
+        let mut changes = known.changes(desired);
+        let fitted = match self.capacity {
+            // The common case costs the change only: no room was short
+            // last time and the change fits.
+            Some(capacity)
+                if !self.left_out.is_empty()
+                    || !capacity::changes_fit(&changes, &known, capacity) =>
+            {
+                self.fit(desired, &known.maps)
+            }
+            _ => None,
+        };
+        if let Some(fitted) = &fitted {
+            changes = known.changes(fitted);
+        }
+        let delta = self.delta(&changes, &mut known);
         let ops = Self::plan(&delta.current, &delta.target);
         let report = apply(dp, &ops)?;
         known.commit(delta.frontends, &ops);
         self.known = Some(known);
         Ok(report)
+    }
+}
+
+impl Reconciler {
+    /// `desired` cut down to what fits beside `current` (`None`: no
+    /// capacity set), remembering what was left out.
+    fn fit(&mut self, desired: &Desired, current: &MapState) -> Option<Desired> {
+        let (fitted, left_out) = capacity::fit(desired, current, self.capacity?);
+        self.left_out = left_out;
+        Some(fitted)
     }
 }
 

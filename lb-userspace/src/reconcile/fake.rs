@@ -1,6 +1,8 @@
 //! An in-memory [`Dataplane`] for tests, here and in other modules.
 
-use super::{Dataplane, DataplaneError, MapOp, MapState};
+use lb_common::{MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES};
+
+use super::{Capacity, Dataplane, DataplaneError, MapOp, MapState};
 
 /// In-memory Dataplane for tests; records every op applied.
 ///
@@ -16,6 +18,9 @@ pub struct FakeDataplane {
     pub fail_at: Option<usize>,
     /// How many times the whole state was read.
     pub reads: std::cell::Cell<usize>,
+    /// Map sizes: a write of a new entry into a full map fails, as the
+    /// kernel's does (E2BIG). `None`: unbounded.
+    pub capacity: Option<Capacity>,
 }
 
 impl FakeDataplane {
@@ -42,10 +47,45 @@ impl Dataplane for FakeDataplane {
         if self.fail_at == Some(self.applied.len()) {
             return Err(fail("injected failure"));
         }
+        if let Some(full) = self.capacity.and_then(|c| full_map(&self.state, op, c)) {
+            return Err(fail(&format!("map {full} is full")));
+        }
         if !self.state.apply(op) {
             return Err(fail("no such entry"));
         }
         self.applied.push(op.clone());
         Ok(())
     }
+}
+
+/// The map `op` would add an entry to beyond `capacity`, if any.
+fn full_map(state: &MapState, op: &MapOp, capacity: Capacity) -> Option<&'static str> {
+    let (adds, held, size, name) = match op {
+        MapOp::UpsertBackend(id, _) => (
+            !state.backends.contains_key(id),
+            state.backends.len(),
+            capacity.backends,
+            MAP_BACKENDS,
+        ),
+        MapOp::UpsertRevNat(id, _) => (
+            !state.revnat.contains_key(id),
+            state.revnat.len(),
+            capacity.revnat,
+            MAP_REVNAT,
+        ),
+        MapOp::UpsertService(key, _) => (
+            !state.services.contains_key(key),
+            state.services.len(),
+            capacity.services,
+            MAP_SERVICES,
+        ),
+        MapOp::UpsertSourceRange(id, net) => (
+            !state.source_ranges.contains(&(*id, *net)),
+            state.source_ranges.len(),
+            capacity.source_ranges,
+            MAP_SOURCE_RANGES,
+        ),
+        _ => return None,
+    };
+    (adds && held >= size).then_some(name)
 }

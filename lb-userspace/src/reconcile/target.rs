@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use lb_common::{RevNatId, ServiceKey};
 
 use super::entries::{service_key, FrontendIds};
-use super::index::{BackendRefs, Programmed};
+use super::index::{BackendRefs, Change, Programmed};
 use super::{MapState, Reconciler};
 use crate::model::{Desired, DesiredFrontend, Frontend};
 
@@ -58,16 +58,16 @@ impl Reconciler {
         }
     }
 
-    /// The entries that change for `desired`, given what the last complete
-    /// sync programmed: the changed frontends, the backends they start or
-    /// stop using (counted in `known.backends`) and their rev-NAT targets.
-    /// Ids come out as a full target would give them.
-    pub(super) fn delta(&mut self, desired: &Desired, known: &mut Programmed) -> Delta {
-        let changes = known.changes(desired);
+    /// The entries that change (`changes`, from [`Programmed::changes`]),
+    /// given what the last complete sync programmed: the changed
+    /// frontends, the backends they start or stop using (counted in
+    /// `known.backends`) and their rev-NAT targets. Ids come out as a full
+    /// target would give them.
+    pub(super) fn delta(&mut self, changes: &[Change<'_>], known: &mut Programmed) -> Delta {
         let mut delta = Delta::default();
         // New ids first, old uses released after: a backend moving between
         // two changed frontends keeps its id.
-        for &(frontend, wanted) in &changes {
+        for &(frontend, wanted) in changes {
             let ids =
                 wanted.and_then(|wanted| self.reassign(&frontend, wanted, known, &delta.target));
             if let Some(ids) = &ids {
@@ -75,7 +75,7 @@ impl Reconciler {
             }
             delta.frontends.push((frontend, ids));
         }
-        for (frontend, _) in &changes {
+        for (frontend, _) in changes {
             known.release(frontend, &mut delta.current);
         }
         // Of the backends the old entries used, those still used stay.

@@ -537,6 +537,7 @@ fn forgetting_the_maps_repairs_drift() {
     assert_eq!(decode(&dp.state), expected(&desired));
 }
 
+mod capacity;
 mod check;
 mod flags;
 mod incremental;
