@@ -4,6 +4,7 @@
 //! (from the API server or manifests), and report health and metrics.
 
 mod apply;
+mod backoff;
 pub mod ct_gc;
 pub mod health_check_ports;
 mod interfaces;
@@ -30,6 +31,7 @@ use crate::{
     reconcile::Reconciler,
 };
 use apply::{Applier, Pending};
+use backoff::Backoff;
 use ct_gc::CtTimeouts;
 use health_check_ports::HealthCheckPorts;
 use interfaces::InterfaceMatcher;
@@ -247,7 +249,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let telemetry = Telemetry::new(cfg.healthz_timeout);
     let _servers = start_servers(&cfg, &telemetry).await?;
     let mut source = Source::start(&cfg).await?;
-    let mut reconciler = Reconciler::new();
+    let mut reconciler = Reconciler::with_capacity(dp.dataplane.capacity());
     let mut applier = Applier::default();
     info!(
         mode = "ebpf-xdp",
@@ -269,6 +271,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut node: Option<NodeInfo> = None;
     let healthy = telemetry.clone();
     let mut health_check_ports = HealthCheckPorts::new(Vec::new(), move || healthy.healthy());
+    let mut backoff = Backoff::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -279,6 +282,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 sync_uplinks(&mut dp, &cfg, &telemetry);
             }
             _ = source.changed() => {}
+            _ = backoff.over() => {}
             _ = monitor_tick.tick() => {
                 monitor(&mut dp, &reconciler, &telemetry);
                 name_frontends(&mut dp, &reconciler, source.desired());
@@ -300,9 +304,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
         }
-        if let Some(pending) = source.take_pending() {
+        let pending = if backoff.waiting() {
+            None
+        } else {
+            source.take_pending()
+        };
+        if let Some(pending) = pending {
             let seen = pending.seen;
             let ok = sync(pending, &mut applier, &mut reconciler, &mut dp, &telemetry);
+            backoff.record(ok, tokio::time::Instant::now());
             source.done(ok, seen);
             // Names at once for small clusters; for large ones naming every
             // frontend on each sync would cost more than the sync, and the
@@ -452,6 +462,9 @@ fn sync(
     if !ok {
         telemetry.error("map_write");
     }
+    let left_out = reconciler.left_out();
+    let services: std::collections::BTreeSet<_> = left_out.iter().map(|l| &l.service).collect();
+    telemetry.set_left_out(services.len() as u64, left_out.len() as u64);
     telemetry.sync_done(started, started.elapsed(), ok, ok.then_some(seen));
     report_nodeports_out_of_range(desired, dp);
     let wanted: HealthCheckWanted = desired

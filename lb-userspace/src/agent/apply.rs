@@ -7,7 +7,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     model::{ConfigError, DesiredIndex, ObjectRef},
-    reconcile::{Dataplane, DataplaneError, Reconciler, SyncReport},
+    reconcile::{Dataplane, DataplaneError, LeftOut, Reconciler, SyncReport},
 };
 
 /// A desired state waiting to be programmed, lent by its source (a copy
@@ -32,6 +32,8 @@ const SERVICES_LOGGED_PER_SYNC: usize = 100;
 pub struct Applier {
     reported: BTreeSet<String>,
     reported_ipv6: BTreeSet<ObjectRef>,
+    /// Frontends left out for lack of map room, as last reported.
+    reported_left_out: BTreeSet<String>,
 }
 
 impl Applier {
@@ -47,6 +49,7 @@ impl Applier {
         let desired = pending.state.desired();
         match reconciler.sync(desired, dp) {
             Ok(report) => {
+                self.report_left_out(reconciler.left_out());
                 if report.total() > 0 {
                     info!(
                         frontends = desired.frontends.len(),
@@ -63,6 +66,23 @@ impl Applier {
                 Err(e)
             }
         }
+    }
+
+    /// Logs each frontend newly left out (or cut to fewer backends) for
+    /// lack of map room, and each that got its room back.
+    fn report_left_out(&mut self, left_out: &[LeftOut]) {
+        let now: BTreeSet<String> = left_out.iter().map(LeftOut::to_string).collect();
+        for e in now.difference(&self.reported_left_out) {
+            error!("{e}");
+        }
+        let back = self.reported_left_out.difference(&now).count();
+        if back > 0 {
+            info!(
+                frontends = back,
+                "frontends left out for lack of map room are programmed now"
+            );
+        }
+        self.reported_left_out = now;
     }
 
     /// Logs configuration problems and IPv6 skips that are new since the

@@ -71,6 +71,11 @@ impl Telemetry {
             .set_programmed(services, frontends, backends);
     }
 
+    /// What the last sync could not program for lack of map room.
+    pub fn set_left_out(&self, services: u64, frontends: u64) {
+        self.inner.metrics.set_left_out(services, frontends);
+    }
+
     pub fn set_map_occupancy(&self, map: &str, entries: u64, max_entries: u64) {
         self.inner
             .metrics
@@ -193,6 +198,7 @@ mod tests {
         t.set_conntrack_entries(7);
         t.set_map_occupancy("lb_backends", 5, 65536);
         t.set_map_occupancy("lb_conntrack", 7, 262144);
+        t.set_left_out(1, 2);
         t.error("map_write");
         t.error("map_write");
         t.error("config");
@@ -207,6 +213,8 @@ mod tests {
             ("lb_services_programmed", "gauge"),
             ("lb_frontends_programmed", "gauge"),
             ("lb_backends_programmed", "gauge"),
+            ("lb_services_left_out", "gauge"),
+            ("lb_frontends_left_out", "gauge"),
             ("lb_conntrack_entries", "gauge"),
             ("lb_map_entries", "gauge"),
             ("lb_map_max_entries", "gauge"),
@@ -231,6 +239,8 @@ mod tests {
         expect("lb_frontends_programmed 3");
         expect("lb_backends_programmed 5");
         expect("lb_conntrack_entries 7");
+        expect("lb_services_left_out 1");
+        expect("lb_frontends_left_out 2");
         expect(r#"lb_map_entries{map="lb_backends"} 5"#);
         expect(r#"lb_map_max_entries{map="lb_conntrack"} 262144"#);
         expect(r#"lb_errors_total{kind="map_write"} 2"#);

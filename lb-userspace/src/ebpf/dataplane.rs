@@ -18,7 +18,7 @@ use lb_common::{
 
 use super::backend_stats::BackendCounters;
 use super::monitor::max_entries;
-use crate::reconcile::{Dataplane, DataplaneError, MapOp, MapState};
+use crate::reconcile::{Capacity, Dataplane, DataplaneError, MapOp, MapState};
 
 /// The maps the reconciler writes (conntrack and stats are the datapath's
 /// own), and the node's settings.
@@ -32,6 +32,8 @@ pub struct BpfDataplane {
     counters: BackendCounters,
     /// Sizes of the three maps (services, backends, rev-NAT).
     max_entries: [u32; 3],
+    /// Size of the source-range trie.
+    source_ranges_max: u32,
 }
 
 impl BpfDataplane {
@@ -55,21 +57,36 @@ impl BpfDataplane {
         for id in backends.keys() {
             counters.add(id.context(MAP_BACKENDS)?);
         }
+        let source_ranges = take(MAP_SOURCE_RANGES)?;
+        let source_ranges_max =
+            super::monitor::max_entries(&source_ranges).context(MAP_SOURCE_RANGES)?;
         Ok(Self {
             services: HashMap::try_from(services).context(MAP_SERVICES)?,
             backends,
             counters,
             revnat: HashMap::try_from(revnat).context(MAP_REVNAT)?,
-            source_ranges: LpmTrie::try_from(take(MAP_SOURCE_RANGES)?)
-                .context(MAP_SOURCE_RANGES)?,
+            source_ranges: LpmTrie::try_from(source_ranges).context(MAP_SOURCE_RANGES)?,
             config: Array::try_from(take(MAP_CONFIG)?).context(MAP_CONFIG)?,
             max_entries,
+            source_ranges_max,
         })
     }
 
     /// Writes the node's datapath settings.
     pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
         self.config.set(0, config, 0).context(MAP_CONFIG)
+    }
+
+    /// What the maps the reconciler writes can hold (as created: pinned
+    /// maps keep the size they were created with).
+    pub fn capacity(&self) -> Capacity {
+        let [services, backends, revnat] = self.max_entries.map(|n| n as usize);
+        Capacity {
+            services,
+            backends,
+            revnat,
+            source_ranges: self.source_ranges_max as usize,
+        }
     }
 
     /// (map name, size) of the services, backends and rev-NAT maps.

@@ -99,7 +99,11 @@ impl DatapathMonitor {
 /// the agent now asks for another).
 pub fn max_entries(map: &Map) -> anyhow::Result<u32> {
     let data: &MapData = match map {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => d,
+        Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::Array(d)
+        | Map::LpmTrie(d) => d,
         _ => return Err(anyhow!("unexpected map type")),
     };
     Ok(data.info()?.max_entries())

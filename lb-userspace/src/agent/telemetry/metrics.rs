@@ -48,6 +48,8 @@ pub struct Metrics {
     services: U64Gauge,
     frontends: U64Gauge,
     backends: U64Gauge,
+    services_left_out: U64Gauge,
+    frontends_left_out: U64Gauge,
     conntrack_entries: U64Gauge,
     map_entries: Family<Label, U64Gauge>,
     map_max_entries: Family<Label, U64Gauge>,
@@ -66,6 +68,8 @@ impl Metrics {
             services: U64Gauge::default(),
             frontends: U64Gauge::default(),
             backends: U64Gauge::default(),
+            services_left_out: U64Gauge::default(),
+            frontends_left_out: U64Gauge::default(),
             conntrack_entries: U64Gauge::default(),
             map_entries: Family::default(),
             map_max_entries: Family::default(),
@@ -117,6 +121,16 @@ impl Metrics {
             self.backends.clone(),
         );
         r.register(
+            "services_left_out",
+            "Services with a frontend not programmed, or serving fewer backends, because a map is full",
+            self.services_left_out.clone(),
+        );
+        r.register(
+            "frontends_left_out",
+            "Frontends not programmed, or serving fewer backends, because a map is full",
+            self.frontends_left_out.clone(),
+        );
+        r.register(
             "conntrack_entries",
             "Flows in the conntrack map",
             self.conntrack_entries.clone(),
@@ -166,6 +180,11 @@ impl Metrics {
         self.services.set(services);
         self.frontends.set(frontends);
         self.backends.set(backends);
+    }
+
+    pub fn set_left_out(&self, services: u64, frontends: u64) {
+        self.services_left_out.set(services);
+        self.frontends_left_out.set(frontends);
     }
 
     pub fn set_map_occupancy(&self, map: &str, entries: u64, max_entries: u64) {
