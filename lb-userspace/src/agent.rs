@@ -14,6 +14,7 @@ mod kube_source;
 mod manifest_source;
 pub mod net_config;
 pub mod node_addresses;
+pub mod privileges;
 pub mod telemetry;
 
 use std::{
@@ -245,6 +246,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         bail!("refusing to start: {}", overlaps[0]);
     }
     let matcher = InterfaceMatcher::new(&cfg.pod_interfaces)?;
+    if let Err(e) = privileges::raise_memlock() {
+        warn!("cannot raise RLIMIT_MEMLOCK ({e}; needs CAP_SYS_RESOURCE): this kernel charges BPF maps to it, loading may fail");
+    }
     let mut dp = load_datapath(&cfg)?;
     let telemetry = Telemetry::new(cfg.healthz_timeout);
     let _servers = start_servers(&cfg, &telemetry).await?;

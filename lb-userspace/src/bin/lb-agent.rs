@@ -8,8 +8,8 @@ use clap::Parser;
 use ipnet::IpNet;
 use lb_userspace::{
     agent::{
-        self, ct_gc::CtTimeouts, net_config::parse_cidr, AgentConfig, MapSizes, NetConfig,
-        SourceConfig,
+        self, ct_gc::CtTimeouts, net_config::parse_cidr, privileges, AgentConfig, MapSizes,
+        NetConfig, SourceConfig,
     },
     ebpf::XdpModeArg,
 };
@@ -241,6 +241,24 @@ async fn main() -> anyhow::Result<()> {
         },
     })
     .await
+    .map_err(name_missing_capability)
+}
+
+/// Heads an error caused by a refused call with the capability the agent
+/// most likely lacks.
+fn name_missing_capability(error: anyhow::Error) -> anyhow::Error {
+    let needed = privileges::needed(privileges::memlock_charged());
+    let missing = match privileges::effective() {
+        Ok(effective) => privileges::missing(effective, &needed),
+        Err(e) => {
+            tracing::warn!("reading the capabilities: {e}");
+            Vec::new()
+        }
+    };
+    match privileges::explain(&error, &missing) {
+        Some(hint) => error.context(hint),
+        None => error,
+    }
 }
 
 #[cfg(test)]
