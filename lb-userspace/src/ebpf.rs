@@ -10,6 +10,7 @@ pub(crate) mod link_pins;
 mod monitor;
 mod node_addrs;
 mod object;
+mod private_dir;
 pub mod sock_lb;
 mod svc_names;
 

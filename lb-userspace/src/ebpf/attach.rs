@@ -111,7 +111,7 @@ impl Attacher {
                 .with_context(|| format!("verifying {}", role.tc_ingress))?;
         }
         let links_dir = pin_dir.join(role.links_subdir);
-        fs::create_dir_all(&links_dir)
+        super::private_dir::create(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
         Ok(Self {
             role,
@@ -237,7 +237,7 @@ impl Attacher {
             &pins.ifname,
             TcAttachType::Ingress,
         )?;
-        fs::create_dir_all(&pins.dir)
+        super::private_dir::create(&pins.dir)
             .with_context(|| format!("creating {}", pins.dir.display()))?;
         let xdp_link = pin(xdp_link, &pins.xdp(xdp_mode))?;
         let tc_link = pin(tc_link, &pins.tc())?;

@@ -1,7 +1,7 @@
 //! The eBPF object built by build.rs, embedded so that `lb-agent` is one
 //! self-contained file.
 
-use std::{fs, os::unix::fs::PermissionsExt as _, path::Path};
+use std::path::Path;
 
 use anyhow::Context as _;
 use aya::{Ebpf, EbpfLoader};
@@ -14,10 +14,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// already pinned there are reused, which is how a restarted agent adopts
 /// the running state. `max_entries` overrides map sizes by name.
 pub fn load(pin_dir: &Path, max_entries: &[(&str, u32)]) -> anyhow::Result<Ebpf> {
-    fs::create_dir_all(pin_dir)
-        .with_context(|| format!("creating pin dir {}", pin_dir.display()))?;
-    fs::set_permissions(pin_dir, fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("restricting pin dir {}", pin_dir.display()))?;
+    super::private_dir::create(pin_dir)
+        .with_context(|| format!("creating pin dir {} (mode 0700)", pin_dir.display()))?;
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(pin_dir);
     for (name, size) in max_entries {

@@ -49,7 +49,7 @@ impl SockBalancer {
         let cgroup_dir = File::open(cgroup)
             .with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
         let dir = pin_dir.join(SOCK_LINKS);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        super::private_dir::create(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut links = Vec::with_capacity(PROGRAMS.len());
         for name in PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
