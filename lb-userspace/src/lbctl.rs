@@ -32,6 +32,7 @@ pub mod lint;
 pub mod maplist;
 pub mod maps;
 pub mod progs;
+pub mod read_only;
 pub mod services;
 pub mod snapshot;
 pub mod stats;

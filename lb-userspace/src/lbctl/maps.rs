@@ -13,7 +13,7 @@ use lb_common::{NodeConfig, SourceRange, StatsCounter};
 
 use super::{
     maplist::{MapList, MapMeta, MapStatus},
-    MapKind, Snapshot,
+    read_only, MapKind, Snapshot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -152,23 +152,24 @@ fn check_pin_dir(pin_dir: &Path) -> Result<(), ReadError> {
     }
 }
 
+/// Opens the pinned map read-only (see [`read_only`]).
 fn open(pin_dir: &Path, kind: MapKind) -> Result<MapData, ReadError> {
     let name = kind.name();
     let path = pin_dir.join(name);
-    MapData::from_pin(&path).map_err(|error| {
-        let kind = match &error {
-            MapError::SyscallError(e) => Some(e.io_error.kind()),
-            _ => None,
-        };
-        match kind {
-            Some(io::ErrorKind::NotFound) => match other_version(pin_dir, name) {
+    let fd = match read_only::open_map(&path) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(match other_version(pin_dir, name) {
                 Some(pinned) => ReadError::OtherVersion { ours: name, pinned },
                 None => ReadError::NotPinned(path),
-            },
-            Some(io::ErrorKind::PermissionDenied) => ReadError::PermissionDenied(path),
-            _ => ReadError::Open { path, error },
+            })
         }
-    })
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(ReadError::PermissionDenied(path))
+        }
+        Err(error) => return Err(ReadError::Access { path, error }),
+    };
+    MapData::from_fd(fd).map_err(|error| ReadError::Open { path, error })
 }
 
 /// A pin of the same map under another layout version (`lb_svc_v2` for
