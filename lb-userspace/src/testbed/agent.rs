@@ -64,7 +64,30 @@ impl AgentProcess {
         pod_interfaces: &str,
         extra_args: &[&str],
     ) -> Result<AgentProcess> {
-        Self::spawn_new(binary, node, source, pod_interfaces, extra_args, true)
+        Self::spawn_new(binary, node, source, pod_interfaces, extra_args, true, &[])
+    }
+
+    /// Like [`Self::start`], with the agent run by `launcher` (a program
+    /// and its arguments, ending with what precedes the command it runs,
+    /// e.g. `setpriv ... --`): to start it with fewer privileges.
+    pub fn start_launched(
+        launcher: &[&str],
+        binary: &Path,
+        node: &NetNs,
+        manifests: &Path,
+        pod_interfaces: &str,
+        extra_args: &[&str],
+    ) -> Result<AgentProcess> {
+        let source = [OsStr::new("--manifests"), manifests.as_os_str()];
+        Self::spawn_new(
+            binary,
+            node,
+            &source,
+            pod_interfaces,
+            extra_args,
+            true,
+            launcher,
+        )
     }
 
     /// Like [`Self::start`] but without `--unpin-on-exit`: as in production,
@@ -77,7 +100,7 @@ impl AgentProcess {
         pod_interfaces: &str,
     ) -> Result<AgentProcess> {
         let source = [OsStr::new("--manifests"), manifests.as_os_str()];
-        Self::spawn_new(binary, node, &source, pod_interfaces, &[], false)
+        Self::spawn_new(binary, node, &source, pod_interfaces, &[], false, &[])
     }
 
     fn spawn_new(
@@ -87,6 +110,7 @@ impl AgentProcess {
         pod_interfaces: &str,
         extra_args: &[&str],
         unpin_on_exit: bool,
+        launcher: &[&str],
     ) -> Result<AgentProcess> {
         let scratch = ScratchDir::new()?;
         let log_path = scratch.path().join("agent.log");
@@ -103,11 +127,21 @@ impl AgentProcess {
             args.push("--unpin-on-exit".into());
         }
         args.extend(extra_args.iter().map(OsString::from));
-        let child = spawn(binary, node, &args, log)?;
+        // Launched: the launcher is the program, the agent its argument.
+        let (binary, args) = match launcher.split_first() {
+            None => (binary.to_owned(), args),
+            Some((program, launcher_args)) => {
+                let mut all: Vec<OsString> = launcher_args.iter().map(OsString::from).collect();
+                all.push(binary.into());
+                all.extend(args);
+                (PathBuf::from(program), all)
+            }
+        };
+        let child = spawn(&binary, node, &args, log)?;
         Ok(AgentProcess {
             child,
             exit: None,
-            binary: binary.to_owned(),
+            binary,
             args,
             node_name: node.name().to_owned(),
             pin_dir,
