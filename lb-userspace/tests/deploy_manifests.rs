@@ -47,9 +47,14 @@ const WATCHED_RESOURCES: &[(&str, &str)] = &[
 /// nothing to the API.
 const WATCH_VERBS: &[&str] = &["get", "list", "watch"];
 
-/// Capabilities the agent container adds after dropping ALL, as documented in
-/// deploy/daemonset.yaml and docs/kube-proxy-replacement.md.
-const ADDED_CAPABILITIES: &[&str] = &["BPF", "NET_ADMIN", "PERFMON", "SYS_RESOURCE"];
+/// Capabilities the agent container adds after dropping ALL: the ones the
+/// agent itself names when one is missing (`agent::privileges::ALL`, which
+/// docs/security.md documents), as Kubernetes spells them.
+fn added_capabilities() -> BTreeSet<&'static str> {
+    (lb_userspace::agent::privileges::ALL.iter())
+        .map(|cap| cap.name.trim_start_matches("CAP_"))
+        .collect()
+}
 
 /// The agent's --healthz-bind port (kube-proxy's): /healthz and /livez.
 const HEALTHZ_PORT: i32 = 10256;
@@ -469,12 +474,12 @@ fn daemonset_runs_unprivileged_with_exactly_the_documented_capabilities() {
         .iter()
         .map(String::as_str)
         .collect();
-    let expected: BTreeSet<&str> = ADDED_CAPABILITIES.iter().copied().collect();
+    let expected = added_capabilities();
     assert_eq!(
         added, expected,
         "{origin}: capabilities.add must be exactly the documented set (left: manifest, \
-         right: documented); update docs/kube-proxy-replacement.md and this test with a reason \
-         if it must change"
+         right: agent::privileges::ALL); update docs/security.md and \
+         docs/kube-proxy-replacement.md with a reason if it must change"
     );
     assert_eq!(
         caps.add.as_deref().unwrap_or_default().len(),
