@@ -489,9 +489,13 @@ fn sync(
     // Services and backends over 100k frontends would cost more than the
     // sync of a small change.
     if let Some(maps) = ok.then(|| reconciler.programmed()).flatten() {
+        let (services_out, frontends_out) = apply::not_programmed(pending.state, left_out);
         telemetry.set_programmed(
-            pending.state.serving_services() as u64,
-            desired.frontends.len() as u64,
+            pending
+                .state
+                .serving_services()
+                .saturating_sub(services_out) as u64,
+            desired.frontends.len().saturating_sub(frontends_out) as u64,
             maps.backends.len() as u64,
         );
     }

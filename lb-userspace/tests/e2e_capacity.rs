@@ -120,6 +120,13 @@ fn services_beyond_the_maps_are_left_out_and_named_the_rest_keep_working() {
     });
     assert!(counted, "{text}");
     assert_eq!(sample(&text, "lb_services_left_out"), Some(1.0), "{text}");
+    // web's two frontends and a-first's.
+    assert_eq!(
+        sample(&text, "lb_frontends_programmed"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "lb_services_programmed"), Some(2.0), "{text}");
 
     // No crash, no busy loop, and the error said once.
     let pid = bed.agent.pid();

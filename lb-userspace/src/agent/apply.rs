@@ -1,7 +1,10 @@
 //! Writes one desired state to the maps, and reports what it could not
 //! program, each problem once rather than on every change.
 
-use std::{collections::BTreeSet, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use tracing::{debug, error, info, warn};
 
@@ -108,6 +111,19 @@ impl Applier {
         }
         self.reported_ipv6 = ipv6.clone();
     }
+}
+
+/// How many Services and frontends of `state` are not programmed at all
+/// because of `left_out` (one keeping fewer backends is programmed).
+pub fn not_programmed(state: &DesiredIndex, left_out: &[LeftOut]) -> (usize, usize) {
+    let mut per_service: BTreeMap<&ObjectRef, usize> = BTreeMap::new();
+    for left in left_out.iter().filter(|l| l.kept_backends.is_none()) {
+        *per_service.entry(&left.service).or_default() += 1;
+    }
+    let services = (per_service.iter())
+        .filter(|&(service, &n)| state.frontends_of(service).count() == n)
+        .count();
+    (services, per_service.values().sum())
 }
 
 /// Logs each Service whose frontends or backends changed, as kube-proxy
