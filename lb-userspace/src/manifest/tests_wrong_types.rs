@@ -1,6 +1,6 @@
 //! Wrong types and missing fields in manifest files, as property tests:
 //! valid Services and EndpointSlices in one file with one broken document
-//! among them. The broken one gets exactly one error naming it and the
+//! (a Service or an EndpointSlice) among them. The broken one gets exactly one error naming it and the
 //! field; every other document still loads.
 
 use std::fs;
@@ -9,7 +9,9 @@ use proptest::prelude::*;
 use serde_yaml::{Mapping, Value};
 
 use super::*;
-use crate::model::tests_bad_input::objects::{build_valid, shape, valid_set};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::tests_bad_input::objects::{self, build_valid, shape, valid_set};
 
 /// What is done to one field of the broken Service.
 #[derive(Debug, Clone, Copy)]
@@ -20,7 +22,7 @@ enum Edit {
     Remove(&'static str),
 }
 
-fn edit() -> impl Strategy<Value = Edit> {
+fn service_edit() -> impl Strategy<Value = Edit> {
     prop::sample::select(vec![
         Edit::Set("spec.ports[0].port", "\"80\""),
         Edit::Set("spec.ports[0].port", "[80]"),
@@ -41,6 +43,34 @@ fn edit() -> impl Strategy<Value = Edit> {
         Edit::Set("spec.sessionAffinityConfig", "x"),
         Edit::Remove("spec.ports[0].port"),
     ])
+}
+
+fn slice_edit() -> impl Strategy<Value = Edit> {
+    prop::sample::select(vec![
+        Edit::Set("endpoints", "x"),
+        Edit::Set("endpoints", "{a: b}"),
+        Edit::Set("endpoints[0].addresses", "10.244.1.1"),
+        Edit::Set("endpoints[0].conditions.ready", "\"yes\""),
+        Edit::Set("endpoints[0].nodeName", "[node-a]"),
+        Edit::Set("ports[0].port", "\"http\""),
+        Edit::Set("ports", "{}"),
+        Edit::Set("addressType", "[IPv4]"),
+        Edit::Remove("addressType"),
+    ])
+}
+
+/// The broken document: a Service or an EndpointSlice, and its edit.
+#[derive(Debug, Clone, Copy)]
+enum Broken {
+    Service(Edit),
+    Slice(Edit),
+}
+
+fn broken() -> impl Strategy<Value = Broken> {
+    prop_oneof![
+        service_edit().prop_map(Broken::Service),
+        slice_edit().prop_map(Broken::Slice),
+    ]
 }
 
 /// The value at `path` (`a.b[2].c`) in `root`, created as an empty
@@ -73,8 +103,13 @@ fn apply(edit: Edit, document: &mut Value) {
             *field_mut(document, path) = serde_yaml::from_str(yaml).expect("test YAML");
         }
         Edit::Remove(path) => {
-            let (parent, key) = path.rsplit_once('.').expect("a nested path");
-            if let Some(map) = field_mut(document, parent).as_mapping_mut() {
+            let parent = match path.rsplit_once('.') {
+                Some((parent, key)) => field_mut(document, parent)
+                    .as_mapping_mut()
+                    .map(|m| (m, key)),
+                None => document.as_mapping_mut().map(|m| (m, path)),
+            };
+            if let Some((map, key)) = parent {
                 map.remove(key);
             }
         }
@@ -96,16 +131,22 @@ proptest! {
     fn wrong_type_is_one_error_and_the_other_documents_load(
         valid in valid_set(),
         shape in shape(),
-        edit in edit(),
+        broken in broken(),
         position in any::<prop::sample::Index>(),
     ) {
         let (services, slices) = build_valid(&valid);
         let mut documents: Vec<Value> = services.iter().map(document).collect();
         documents.extend(slices.iter().map(document));
-        let bad_service = crate::model::tests_bad_input::objects::service(
-            "zz-bad", "bad", "10.97.0.1", 32_000, &shape,
-        );
-        let mut bad = document(&bad_service);
+        let (mut bad, edit, kind, name) = match broken {
+            Broken::Service(edit) => {
+                let service = objects::service("zz-bad", "bad", "10.97.0.1", 32_000, &shape);
+                (document(&service), edit, "Service", "bad")
+            }
+            Broken::Slice(edit) => {
+                let slice = objects::slice("zz-bad", "bad-slice", Some("bad"), &shape);
+                (document(&slice), edit, "EndpointSlice", "bad-slice")
+            }
+        };
         apply(edit, &mut bad);
         let at = position.index(documents.len() + 1);
         documents.insert(at, bad);
@@ -123,23 +164,21 @@ proptest! {
         let errors: Vec<&ConfigError> = loaded.errors.iter().chain(&desired.errors).collect();
         prop_assert_eq!(errors.len(), 1, "{:?}", errors);
         let error = errors[0];
-        let label = match edit {
-            // Not a string: the namespace is the default one.
-            Edit::Set("metadata.namespace", _) => "Service default/bad",
-            _ => "Service zz-bad/bad",
-        };
-        prop_assert_eq!(&error.object, label);
-        let field = match edit {
-            Edit::Set(path, _) | Edit::Remove(path) => path,
-        };
+        let (Edit::Set(field, _) | Edit::Remove(field)) = edit;
+        // A namespace that is not a string: the default one.
+        let namespace = if field == "metadata.namespace" { "default" } else { "zz-bad" };
+        prop_assert_eq!(&error.object, &format!("{kind} {namespace}/{name}"));
         prop_assert_eq!(&error.field, field, "{}", error);
         prop_assert_eq!(error.file.as_deref(), Some(file.as_path()));
-        let is_bad = |s: &Sourced<Service>| s.object.metadata.name.as_deref() == Some("bad");
+        let is_bad = |meta: &ObjectMeta| meta.name.as_deref() == Some(name);
         let loaded_services: Vec<Service> = (loaded.services.iter())
-            .filter(|s| !is_bad(s))
+            .filter(|s| !is_bad(&s.object.metadata))
             .map(|s| s.object.clone())
             .collect();
-        let loaded_slices: Vec<_> = loaded.slices.iter().map(|s| s.object.clone()).collect();
+        let loaded_slices: Vec<EndpointSlice> = (loaded.slices.iter())
+            .filter(|s| !is_bad(&s.object.metadata))
+            .map(|s| s.object.clone())
+            .collect();
         prop_assert_eq!(loaded_services, services);
         prop_assert_eq!(loaded_slices, slices);
     }

@@ -75,9 +75,19 @@ pub(super) fn read_slice(
         tracing::debug!(slice = %slice.oref, "EndpointSlice without {LABEL_SERVICE_NAME} label ignored");
         return None;
     };
-    if slice.object.address_type != "IPv4" {
-        tracing::debug!(slice = %slice.oref, address_type = slice.object.address_type, "non-IPv4 EndpointSlice ignored");
-        return None;
+    match slice.object.address_type.as_str() {
+        "IPv4" => {}
+        "IPv6" | "FQDN" => {
+            tracing::debug!(slice = %slice.oref, address_type = slice.object.address_type, "non-IPv4 EndpointSlice ignored");
+            return None;
+        }
+        // A manifest without the (required) field reads as "".
+        other => {
+            let message =
+                format!("address type {other:?} is none of IPv4, IPv6 and FQDN; slice ignored");
+            errors.push(slice.error("addressType", message));
+            return None;
+        }
     }
     let service = ObjectRef {
         namespace: slice.oref.namespace.clone(),

@@ -182,8 +182,9 @@ impl DesiredIndex {
     ) {
         let mut naming = Vec::new();
         let named = named_objects(slices, &mut naming);
-        // Slices with errors are usable ones, so they have an owner too.
-        for gone in absent(self.slice_owners.keys(), &named) {
+        // A slice with errors may have no owner (a bad address type).
+        let known = self.slice_owners.keys().chain(self.slice_errors.keys());
+        for gone in absent(known, &named) {
             self.remove_slice(&gone);
         }
         for slice in &named {

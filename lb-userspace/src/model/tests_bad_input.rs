@@ -215,6 +215,26 @@ mod found {
     }
 
     #[test]
+    fn slice_without_address_type_is_reported_until_it_goes() {
+        let mut slice = objects::slice("default", "web-1", Some("web"), &one_port());
+        slice.address_type = String::new();
+        let mut index = DesiredIndex::new(Some(NODE.into()));
+        index.replace_slices([(&slice, None)]);
+        let errors = &index.desired().errors;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            (errors[0].object.as_str(), errors[0].field.as_str()),
+            ("EndpointSlice default/web-1", "addressType")
+        );
+        index.replace_slices([]);
+        assert!(
+            index.desired().errors.is_empty(),
+            "{:?}",
+            index.desired().errors
+        );
+    }
+
+    #[test]
     fn huge_name_is_reported_shortened_and_not_programmed() {
         let bad = service(|s| s.metadata.name = Some("w".repeat(100_000)));
         let d = desired(&[bad], &[]);

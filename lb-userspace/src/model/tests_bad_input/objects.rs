@@ -359,6 +359,7 @@ pub enum SliceFault {
     PortNumber(Index, i32),
     Address(Index, &'static str),
     NoAddress(Index),
+    AddressType(&'static str),
 }
 
 pub fn slice_fault() -> impl Strategy<Value = SliceFault> {
@@ -378,6 +379,7 @@ pub fn slice_fault() -> impl Strategy<Value = SliceFault> {
         (any::<Index>(), bad_port()).prop_map(|(i, p)| SliceFault::PortNumber(i, p)),
         (any::<Index>(), bad_address).prop_map(|(i, a)| SliceFault::Address(i, a)),
         any::<Index>().prop_map(SliceFault::NoAddress),
+        prop::sample::select(vec!["", "ipv4", "IPv5", "IPV4"]).prop_map(SliceFault::AddressType),
     ]
 }
 
@@ -443,6 +445,11 @@ pub fn bad_slice(
                 r.endpoints.remove(k);
             }
             format!("endpoints[{k}].addresses[0]")
+        }
+        SliceFault::AddressType(text) => {
+            object.address_type = (*text).into();
+            repaired = None;
+            "addressType".into()
         }
         SliceFault::NoAddress(i) => {
             let k = i.index(object.endpoints.len());
