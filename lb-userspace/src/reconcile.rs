@@ -326,12 +326,13 @@ impl Reconciler {
 }
 
 impl Reconciler {
-    /// `desired` cut down to what fits beside `current` (`None`: no
-    /// capacity set), remembering what was left out.
+    /// `desired` cut down to what fits beside `current` (`None`: all of
+    /// it fits, or no capacity is set), remembering what was left out.
     fn fit(&mut self, desired: &Desired, current: &MapState) -> Option<Desired> {
-        let (fitted, left_out) = capacity::fit(desired, current, self.capacity?);
-        self.left_out = left_out;
-        Some(fitted)
+        let fitted = capacity::fit(desired, current, self.capacity?);
+        let (fitted, left_out) = fitted.unzip();
+        self.left_out = left_out.unwrap_or_default();
+        fitted
     }
 }
 

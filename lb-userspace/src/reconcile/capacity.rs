@@ -76,17 +76,28 @@ fn resize_flag(map: &str) -> Option<&'static str> {
 }
 
 /// `desired` cut down to what fits beside what `current` holds, and what
-/// was left out.
+/// was left out; `None` when all of it fits (no copy is made then: this
+/// runs on every full sync).
 pub(super) fn fit(
     desired: &Desired,
     current: &MapState,
     capacity: Capacity,
-) -> (Desired, Vec<LeftOut>) {
+) -> Option<(Desired, Vec<LeftOut>)> {
     let held: HashSet<Backend> = current.backends.values().copied().collect();
+    let mut room = Room::new(current, capacity, |b| held.contains(b));
+    // Room is given out in order only when it runs short.
+    let everything = desired.frontends.iter().all(|(frontend, wanted)| {
+        room.need(frontend, wanted, wanted.backends.len())
+            .map(|need| room.take(need))
+            .is_ok()
+    });
+    if everything {
+        return None;
+    }
     let mut room = Room::new(current, capacity, |b| held.contains(b));
     let programmed = |fe: &Frontend| current.services.contains_key(&service_key(fe, 0));
     let mut order: Vec<(&Frontend, &DesiredFrontend)> = desired.frontends.iter().collect();
-    order.sort_by_key(|&(fe, wanted)| (!programmed(fe), &wanted.service, *fe));
+    order.sort_by_cached_key(|&(fe, wanted)| (!programmed(fe), &wanted.service, *fe));
     let mut fitted = Desired {
         frontends: BTreeMap::new(),
         errors: desired.errors.clone(),
@@ -118,7 +129,7 @@ pub(super) fn fit(
         }
         fitted.frontends.insert(*frontend, wanted);
     }
-    (fitted, left_out)
+    Some((fitted, left_out))
 }
 
 /// Whether the new entries of `changes` fit beside everything the maps
