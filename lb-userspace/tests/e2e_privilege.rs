@@ -30,9 +30,19 @@ use lb_userspace::testbed::{
 const AGENT: &str = env!("CARGO_BIN_EXE_lb-agent");
 const REQUESTS: usize = 50;
 
-/// The capabilities the agent needs on this kernel.
+/// The capabilities the agent needs on this kernel, which this test must
+/// be able to grant.
 fn capabilities() -> Vec<Capability> {
-    needed(memlock_charged())
+    let caps = needed(memlock_charged());
+    let bounding = cap_set(std::process::id(), "CapBnd");
+    for cap in &caps {
+        assert!(
+            bounding & 1 << cap.bit != 0,
+            "this test's bounding set lacks {}, so it cannot run the agent with it",
+            cap.name
+        );
+    }
+    caps
 }
 
 /// `setpriv` arguments that leave the agent (run as uid 0) exactly `caps`:
