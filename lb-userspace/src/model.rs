@@ -163,6 +163,30 @@ pub struct DesiredFrontend {
     pub affinity_timeout_s: u32,
 }
 
+impl DesiredFrontend {
+    /// Every backend in slot order: those for every client, then those
+    /// for the node's own clients only.
+    pub fn slots(&self) -> impl Iterator<Item = &BackendAddr> {
+        self.backends.iter().chain(&self.internal_backends)
+    }
+
+    /// How many slots [`Self::slots`] fills.
+    pub fn slot_count(&self) -> usize {
+        self.backends.len() + self.internal_backends.len()
+    }
+
+    /// Keeps the first `n` slots only.
+    pub fn truncate_slots(&mut self, n: usize) {
+        let external = self.backends.len().min(n);
+        self.backends = std::mem::take(&mut self.backends)
+            .into_iter()
+            .take(external)
+            .collect();
+        let internal = std::mem::take(&mut self.internal_backends);
+        self.internal_backends = internal.into_iter().take(n - external).collect();
+    }
+}
+
 /// A Service's health check node port (externalTrafficPolicy Local), as
 /// kube-proxy serves it for cloud load balancers.
 #[derive(Debug, Clone, PartialEq, Eq)]

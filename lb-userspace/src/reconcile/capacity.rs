@@ -87,7 +87,7 @@ pub(super) fn fit(
     let mut room = Room::new(current, capacity, |b| held.contains(b));
     // Room is given out in order only when it runs short.
     let everything = desired.frontends.iter().all(|(frontend, wanted)| {
-        room.need(frontend, wanted, wanted.backends.len())
+        room.need(frontend, wanted, wanted.slot_count())
             .map(|need| room.take(need))
             .is_ok()
     });
@@ -106,7 +106,7 @@ pub(super) fn fit(
     };
     let mut left_out = Vec::new();
     for (frontend, wanted) in order {
-        let all = wanted.backends.len();
+        let all = wanted.slot_count();
         let (kept, need) = match room.need(frontend, wanted, all) {
             Ok(need) => (all, need),
             Err(full) => {
@@ -125,7 +125,7 @@ pub(super) fn fit(
         room.take(need);
         let mut wanted = wanted.clone();
         if kept < all {
-            wanted.backends = wanted.backends.into_iter().take(kept).collect();
+            wanted.truncate_slots(kept);
         }
         fitted.frontends.insert(*frontend, wanted);
     }
@@ -138,7 +138,7 @@ pub(super) fn fit(
 pub(super) fn changes_fit(changes: &[Change<'_>], known: &Programmed, capacity: Capacity) -> bool {
     let mut room = Room::new(&known.maps, capacity, |b| known.backends.is_used(b));
     changes.iter().all(|(frontend, wanted)| match wanted {
-        Some(wanted) => match room.need(frontend, wanted, wanted.backends.len()) {
+        Some(wanted) => match room.need(frontend, wanted, wanted.slot_count()) {
             Ok(need) => {
                 room.take(need);
                 true
@@ -207,7 +207,7 @@ impl<'c, H: Fn(&Backend) -> bool> Room<'c, H> {
             .filter(|&slot| !current.services.contains_key(&service_key(frontend, slot)))
             .count();
         let rev_nat = master.filter(|m| current.revnat.contains_key(&m.rev_nat_id));
-        let new_backends: HashSet<Backend> = (wanted.backends.iter().take(n))
+        let new_backends: HashSet<Backend> = (wanted.slots().take(n))
             .map(|&addr| backend(frontend, addr))
             .filter(|b| !(self.held)(b) && !self.new_backends.contains(b))
             .collect();
@@ -286,7 +286,7 @@ impl<'c, H: Fn(&Backend) -> bool> Room<'c, H> {
             map,
             capacity,
             kept_backends,
-            backends: wanted.backends.len(),
+            backends: wanted.slot_count(),
         }
     }
 }

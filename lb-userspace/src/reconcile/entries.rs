@@ -47,11 +47,12 @@ impl FrontendIds {
         refs: &mut BackendRefs,
         ids: &mut Ids,
     ) -> Self {
-        let total = wanted.backends.len() + wanted.internal_backends.len();
+        let total = wanted.slot_count();
         if total > MAX_SLOTS {
             tracing::warn!(%frontend, backends = total, "too many backends; using the first {MAX_SLOTS}");
         }
-        let backends = slot_order(wanted)
+        let backends = wanted
+            .slots()
             .take(MAX_SLOTS)
             .map(|&addr| (addr, refs.acquire(&backend(frontend, addr), ids)))
             .collect();
@@ -69,12 +70,11 @@ impl FrontendIds {
     /// for every frontend on every sync, so the cheap comparisons go first.
     pub(super) fn serves(&self, wanted: &DesiredFrontend) -> bool {
         // `zip` stops after the programmed backends, at most MAX_SLOTS.
-        let total = wanted.backends.len() + wanted.internal_backends.len();
-        total.min(MAX_SLOTS) == self.backends.len()
+        wanted.slot_count().min(MAX_SLOTS) == self.backends.len()
             && wanted.backends.len().min(MAX_SLOTS) == self.external_count
             && self.flags == flags(wanted)
             && self.affinity_timeout_s == wanted.affinity_timeout_s
-            && (slot_order(wanted).zip(&self.backends)).all(|(new, (old, _))| new == old)
+            && (wanted.slots().zip(&self.backends)).all(|(new, (old, _))| new == old)
             // Equal flags: both have ranges or neither, so only frontends
             // with ranges pay for collecting them.
             && (self.source_ranges.is_empty() || self.source_ranges == source_ranges(wanted))
@@ -107,11 +107,6 @@ impl FrontendIds {
         };
         maps.services.insert(service_key(frontend, 0), master);
     }
-}
-
-/// `wanted`'s backends in slot order: those for every client first.
-fn slot_order(wanted: &DesiredFrontend) -> impl Iterator<Item = &BackendAddr> {
-    wanted.backends.iter().chain(&wanted.internal_backends)
 }
 
 /// The master's `SVC_F_*` bits for what `wanted` asks.

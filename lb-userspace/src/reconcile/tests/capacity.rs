@@ -2,7 +2,7 @@
 //! before any write, the rest is programmed, nothing already programmed is
 //! dropped, and no write ever meets a full map.
 
-use super::check::{assert_consistent, decode, expected};
+use super::check::{assert_consistent, decode, expected, Served};
 use super::random::some_ranges;
 use super::*;
 
@@ -186,10 +186,17 @@ fn no_write_ever_meets_a_full_map() {
                 match left.kept_backends {
                     None => assert!(!served.contains_key(&left.frontend), "{context}"),
                     Some(n) => {
-                        let kept = &served[&left.frontend].backends;
+                        let slots = |s: &Served| -> Vec<BackendAddr> {
+                            s.backends
+                                .iter()
+                                .chain(&s.internal_backends)
+                                .copied()
+                                .collect()
+                        };
+                        let kept = slots(&served[&left.frontend]);
                         assert_eq!(kept.len(), n, "{context}");
                         assert!(n < left.backends, "{context}");
-                        assert_eq!(kept[..], wanted[&left.frontend].backends[..n], "{context}");
+                        assert_eq!(kept[..], slots(&wanted[&left.frontend])[..n], "{context}");
                     }
                 }
             }
