@@ -30,6 +30,14 @@ impl Spread {
     }
 }
 
+/// The nearest-rank percentile `p` (0 < p <= 100) of a non-empty sample.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 impl fmt::Display for Spread {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.1} ({:.1}–{:.1})", self.median, self.min, self.max)
@@ -51,5 +59,14 @@ mod tests {
             }
         );
         assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+
+    #[test]
+    fn nearest_rank() {
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 99.0), 99.0);
+        assert_eq!(percentile(&hundred, 50.0), 50.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 99.0), 3.0);
+        assert_eq!(percentile(&[5.0], 1.0), 5.0);
     }
 }

@@ -17,7 +17,7 @@
 //! figures can be read against them.
 
 mod api_list;
-mod cluster;
+pub(super) mod cluster;
 mod latency;
 pub(crate) mod probe;
 mod programmed;
@@ -34,7 +34,7 @@ use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use self::cluster::{cluster_ip, initial_endpoints, ENDPOINTS_PER_SERVICE, SERVICE_PORT};
 use self::probe::AgentHelp;
 use self::programmed::PinnedMaps;
-use super::stats::Spread;
+use super::stats::{percentile, Spread};
 use crate::testbed::{
     agent::AgentProcess, apiserver::FakeApiServer, netns::NetNs, scratch::ScratchDir, unique_tag,
     wait_until,
@@ -286,7 +286,7 @@ impl Bench<'_> {
 
 /// Map sizes for `n` Services and a loopback health endpoint, for the flags
 /// this agent has.
-fn agent_args(help: &AgentHelp, n: usize) -> Vec<String> {
+pub(super) fn agent_args(help: &AgentHelp, n: usize) -> Vec<String> {
     let wanted = [
         (
             "--services-map-max",
@@ -363,7 +363,7 @@ pub fn report(r: &SyncResult) -> String {
             format!(
                 "{:.0} ms | {:.0} ms | {:.0} ms",
                 spread.median,
-                latency::percentile(&s.change_ms, 99.0),
+                percentile(&s.change_ms, 99.0),
                 spread.max
             )
         };

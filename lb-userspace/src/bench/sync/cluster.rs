@@ -12,11 +12,10 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
-use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::bench::frontends::{Frontend, Proto};
 use crate::testbed::apiserver::FakeApiServer;
 
 pub const ENDPOINTS_PER_SERVICE: usize = 10;
@@ -104,64 +103,33 @@ impl EndpointChanger {
     }
 }
 
-fn service_name(i: usize) -> String {
+pub(in crate::bench) fn service_name(i: usize) -> String {
     format!("svc-{i:06}")
 }
 
-fn service(i: usize) -> Service {
-    let ip = cluster_ip(i).to_string();
-    Service {
-        metadata: ObjectMeta {
-            name: Some(service_name(i)),
-            namespace: Some(NAMESPACE.into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            cluster_ip: Some(ip.clone()),
-            cluster_ips: Some(vec![ip]),
-            ports: Some(vec![ServicePort {
-                name: Some(PORT_NAME.into()),
-                port: SERVICE_PORT.into(),
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::Int(TARGET_PORT.into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
+/// Service `i` with these (ready) endpoints.
+pub(in crate::bench) fn frontend(i: usize, endpoints: &[Ipv4Addr]) -> Frontend {
+    Frontend {
+        namespace: NAMESPACE.into(),
+        name: service_name(i),
+        port_name: PORT_NAME.into(),
+        proto: Proto::Tcp,
+        cluster_ip: cluster_ip(i),
+        port: SERVICE_PORT,
+        node_port: None,
+        target_port: TARGET_PORT,
+        endpoints: endpoints.to_vec(),
     }
+}
+
+fn service(i: usize) -> Service {
+    frontend(i, &[]).service()
 }
 
 /// The slice the EndpointSlice controller would write for Service `i` with
 /// these (ready) endpoints.
 fn slice(i: usize, endpoints: &[Ipv4Addr]) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{}-0", service_name(i))),
-            namespace: Some(NAMESPACE.into()),
-            labels: Some([("kubernetes.io/service-name".into(), service_name(i))].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: endpoints
-            .iter()
-            .map(|ip| Endpoint {
-                addresses: vec![ip.to_string()],
-                conditions: Some(EndpointConditions {
-                    ready: Some(true),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some(PORT_NAME.into()),
-            port: Some(TARGET_PORT.into()),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-    }
+    frontend(i, endpoints).slice()
 }
 
 #[cfg(test)]

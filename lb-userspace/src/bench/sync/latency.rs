@@ -59,25 +59,3 @@ pub fn measure(
     }
     Ok(samples)
 }
-
-/// The nearest-rank percentile `p` (0 < p <= 100) of a non-empty sample.
-pub fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank() {
-        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&hundred, 99.0), 99.0);
-        assert_eq!(percentile(&hundred, 50.0), 50.0);
-        assert_eq!(percentile(&[3.0, 1.0, 2.0], 99.0), 3.0);
-        assert_eq!(percentile(&[5.0], 1.0), 5.0);
-    }
-}
