@@ -2,7 +2,11 @@
 
 pub mod anchors;
 pub mod datapath;
+pub mod dataplanes;
 pub mod frontends;
+mod iperf;
+mod nscmd;
+pub mod plot;
 pub mod stats;
 pub mod sync;
 pub mod traffic;

@@ -8,9 +8,17 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd;
 
-/// Debian packages the end-to-end tests, the demo and the benchmarks use.
+/// Debian packages the end-to-end tests, the demo and the benchmarks use
+/// (fonts-dejavu-core: the font of the benchmark plots).
 const APT_PACKAGES: &[&str] = &[
-    "iproute2", "iptables", "nftables", "ethtool", "bpftool", "iperf3", "wrk",
+    "iproute2",
+    "iptables",
+    "nftables",
+    "ethtool",
+    "bpftool",
+    "iperf3",
+    "wrk",
+    "fonts-dejavu-core",
 ];
 
 /// bpf-linker release line whose `llvm-<major>` features we build against.

@@ -1,125 +1,163 @@
-//! Real traffic through namespaces: sequential TCP connections from the
-//! client pod, straight to a pod IP (no NAT: the limit) and to the ClusterIP
-//! through our XDP/TC datapath, alternating in the same run.
+//! Real traffic through namespaces (client pod -> ClusterIP -> 3 backend
+//! pods), for each way a node can carry Services ([`Mode`]), with N other
+//! Services installed: new connections per second and their latency, and
+//! bulk throughput with iperf3. Modes alternate within each run, on one
+//! topology per scale.
 
-use std::{
-    fmt::Write as _,
-    path::Path,
-    time::{Duration, Instant},
-};
+mod latency;
+mod report;
 
-use anyhow::{ensure, Context as _};
+use std::net::Ipv4Addr;
+use std::path::Path;
 
-use super::stats::Spread;
+use anyhow::{Context as _, Result};
+
+use self::latency::ConnRun;
+use super::dataplanes::{Dataplanes, Mode};
+use super::frontends::{synthetic, Cluster, Frontend, Proto};
+use super::iperf::{self, IperfServer};
 use crate::testbed::{
-    agent::AgentProcess,
-    client::{Client, DEFAULT_TIMEOUT},
-    scratch::{copy_manifests, ScratchDir},
+    client::{request, Transport},
     servers::{Servers, TCP_PORT},
     topology::ClusterIpTopology,
-    WEB_TCP_PORT, WEB_VIP,
 };
 
-/// Connections per timed run.
-pub const CONNECTIONS: usize = 500;
+pub use self::latency::CONNECT_TIMEOUT;
+pub use self::report::{plots, report};
 
-pub struct TrafficResult {
-    /// Connections per second, direct to a pod.
-    pub direct: Spread,
-    /// Connections per second, to the ClusterIP.
-    pub clusterip: Spread,
+/// The measured Service: connections spread over the 3 backend pods.
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const WEB_PORT: u16 = 80;
+/// The bulk Service: one endpoint, since iperf3's control and data
+/// connections must reach the same server.
+const BULK_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Other Services (10 endpoints each) installed, one topology each.
+    pub scales: Vec<usize>,
     pub runs: usize,
-    /// Failed connections over all runs, direct and to the ClusterIP, with
-    /// the first error of each.
-    pub failed: [(usize, Option<String>); 2],
+    /// Sequential connections per mode and run.
+    pub connections: usize,
+    /// Length of each iperf3 run.
+    pub iperf_secs: u32,
 }
 
-/// Measures `runs` rounds of [`CONNECTIONS`] connections each way.
-pub fn run(agent_bin: &Path, manifests: &Path, runs: usize) -> anyhow::Result<TrafficResult> {
-    let scratch = ScratchDir::new()?;
-    copy_manifests(manifests, scratch.path())?;
-    let topo = ClusterIpTopology::create(3).context("building the topology")?;
-    let _servers = Servers::start(topo.backends())?;
-    let mut agent = AgentProcess::start(
-        agent_bin,
-        topo.node(),
-        scratch.path(),
-        &topo.pod_interfaces(),
-        &[],
-    )?;
-    let client = Client::new(topo.client());
-    agent.wait_ready(Duration::from_secs(15), || {
-        matches!(
-            client.tcp_request(WEB_VIP, WEB_TCP_PORT, DEFAULT_TIMEOUT),
-            Ok(Ok(_))
-        )
-    })?;
-    let pod = topo.backends()[0].ip;
-    let mut failed: [(usize, Option<String>); 2] = Default::default();
-    let mut rate = |which: usize, ip, port| -> anyhow::Result<f64> {
-        let start = Instant::now();
-        let results = client.tcp_requests(ip, port, CONNECTIONS, DEFAULT_TIMEOUT)?;
-        let elapsed = start.elapsed();
-        for e in results.iter().filter_map(|r| r.as_ref().err()) {
-            failed[which].0 += 1;
-            failed[which].1.get_or_insert_with(|| format!("{e:?}"));
-        }
-        // A run that mostly failed measures nothing worth reporting.
-        ensure!(
-            failed[which].0 < CONNECTIONS / 10,
-            "connections to {ip}:{port} fail: {:?}",
-            failed[which].1
-        );
-        Ok(CONNECTIONS as f64 / elapsed.as_secs_f64())
-    };
-    let (mut direct, mut vip) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        direct.push(rate(0, pod, TCP_PORT)?);
-        vip.push(rate(1, WEB_VIP, WEB_TCP_PORT)?);
+/// One mode's samples at one scale, one per run.
+#[derive(Clone, Debug, Default)]
+pub struct ModeSamples {
+    pub conns_per_s: Vec<f64>,
+    pub p50_us: Vec<f64>,
+    pub p99_us: Vec<f64>,
+    pub bits_per_s: Vec<f64>,
+    pub failed: usize,
+    pub first_error: Option<String>,
+}
+
+pub struct ScaleResult {
+    pub services: usize,
+    /// In [`Mode::ALL`] order.
+    pub modes: Vec<ModeSamples>,
+}
+
+pub struct TrafficResult {
+    pub params: Params,
+    pub scales: Vec<ScaleResult>,
+}
+
+pub fn run(agent_bin: &Path, p: &Params) -> Result<TrafficResult> {
+    let mut scales = Vec::new();
+    for &n in &p.scales {
+        println!("  {n} other Services installed…");
+        scales.push(measure_scale(agent_bin, p, n).with_context(|| format!("at {n} Services"))?);
     }
-    agent.stop()?;
     Ok(TrafficResult {
-        direct: Spread::of(&direct),
-        clusterip: Spread::of(&vip),
-        runs,
-        failed,
+        params: p.clone(),
+        scales,
     })
 }
 
-pub fn report(r: &TrafficResult) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Sequential TCP connections (connect, one request line, reply, close) from the client pod, \
-         {CONNECTIONS} per run, {} runs alternating, median (min–max). Both paths cross the node \
-         namespace with its conntrack INVALID-drop rule.\n",
-        r.runs
-    );
-    let _ = writeln!(
-        out,
-        "| path | connections/s | ratio to direct | failed (timeout 1 s) |\n|---|---|---|---|"
-    );
-    let failed = |i: usize| match &r.failed[i] {
-        (0, _) => "0".to_string(),
-        (n, first) => format!("{n} (first: {})", first.as_deref().unwrap_or("?")),
+fn measure_scale(agent_bin: &Path, p: &Params, n: usize) -> Result<ScaleResult> {
+    let topo = ClusterIpTopology::create(3).context("building the topology")?;
+    let _servers = Servers::start(topo.backends())?;
+    let bulk_pod = &topo.backends()[0];
+    let _iperf = IperfServer::start(bulk_pod)?;
+    let mut cluster = Cluster {
+        cluster_cidr: "10.244.0.0/16".parse().expect("a valid CIDR"),
+        node_ips: Vec::new(),
+        frontends: synthetic(n).collect(),
     };
-    let rows = [
-        ("client -> pod IP (no NAT, the limit)", r.direct),
-        (
-            "client -> ClusterIP (XDP DNAT + TC reverse NAT)",
-            r.clusterip,
-        ),
-    ];
-    for (i, (path, s)) in rows.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "| {path} | {:.0} ({:.0}–{:.0}) | {:.2}x | {} |",
-            s.median,
-            s.min,
-            s.max,
-            s.median / r.direct.median,
-            failed(i)
-        );
+    let measured = |name: &str, vip, port, target_port, pods: &[Ipv4Addr]| Frontend {
+        namespace: "bench".into(),
+        name: name.into(),
+        port_name: "tcp".into(),
+        proto: Proto::Tcp,
+        cluster_ip: vip,
+        port,
+        node_port: None,
+        target_port,
+        endpoints: pods.to_vec(),
+    };
+    let pods: Vec<Ipv4Addr> = topo.backends().iter().map(|p| p.ip).collect();
+    cluster
+        .frontends
+        .push(measured("web", WEB_VIP, WEB_PORT, TCP_PORT, &pods));
+    cluster.frontends.push(measured(
+        "bulk",
+        BULK_VIP,
+        iperf::PORT,
+        iperf::PORT,
+        &[bulk_pod.ip],
+    ));
+    let mut planes = Dataplanes::install(
+        topo.node(),
+        agent_bin,
+        &cluster,
+        &topo.pod_interfaces(),
+        &[],
+    )?;
+    let client = topo.client();
+    let mut modes = vec![ModeSamples::default(); Mode::ALL.len()];
+    for run in 0..p.runs {
+        // Rotate the order so that no mode always runs right after another.
+        for k in 0..Mode::ALL.len() {
+            let i = (k + run) % Mode::ALL.len();
+            let mode = Mode::ALL[i];
+            let (web, bulk) = match mode {
+                Mode::Direct => ((pods[0], TCP_PORT), bulk_pod.ip),
+                _ => ((WEB_VIP, WEB_PORT), BULK_VIP),
+            };
+            planes.switch(mode, || {
+                client
+                    .ns
+                    .run(move || request(Transport::Tcp, web.into(), CONNECT_TIMEOUT).is_ok())
+                    .unwrap_or(false)
+            })?;
+            let conns = ConnRun::measure(client, web.into(), p.connections)
+                .with_context(|| format!("connections, {}", mode.label()))?;
+            let bits = iperf::throughput(client, bulk, p.iperf_secs)
+                .with_context(|| format!("iperf3, {}", mode.label()))?;
+            let s = &mut modes[i];
+            s.conns_per_s.push(conns.per_second);
+            s.p50_us.push(conns.p50_us);
+            s.p99_us.push(conns.p99_us);
+            s.bits_per_s.push(bits);
+            s.failed += conns.failed;
+            if s.first_error.is_none() {
+                s.first_error = conns.first_error;
+            }
+            println!(
+                "    run {} {:<22} {:>7.0} conn/s  p50 {:>5.0} µs  p99 {:>6.0} µs  {:>5.1} Gbit/s",
+                run + 1,
+                mode.label(),
+                conns.per_second,
+                conns.p50_us,
+                conns.p99_us,
+                bits / 1e9
+            );
+        }
     }
-    out
+    planes.switch(Mode::Direct, || true)?;
+    Ok(ScaleResult { services: n, modes })
 }

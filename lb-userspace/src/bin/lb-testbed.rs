@@ -67,9 +67,6 @@ enum Cmd {
         /// The agent binary [default: lb-agent next to this program].
         #[arg(long)]
         agent: Option<PathBuf>,
-        /// Directory with the manifests the traffic benchmark serves.
-        #[arg(long, default_value = "examples")]
-        manifests: PathBuf,
         /// Repetitions per BPF_PROG_TEST_RUN timing.
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
@@ -79,6 +76,16 @@ enum Cmd {
         /// Other Services (10 backends each) installed during the datapath runs.
         #[arg(long, default_value_t = 1000)]
         services: u32,
+        /// Traffic: numbers of other Services installed (10 endpoints
+        /// each), one topology each.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        traffic_scales: Vec<usize>,
+        /// Traffic: sequential connections per mode and run.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// Traffic: seconds per iperf3 run.
+        #[arg(long, default_value_t = 2)]
+        iperf_secs: u32,
         /// Run only these benchmarks (comma-separated) [default: all].
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<BenchKind>,
@@ -150,7 +157,8 @@ enum Cmd {
 enum BenchKind {
     /// Datapath cost per packet.
     Datapath,
-    /// Connection rates through namespaces.
+    /// Connections, latency and throughput through namespaces, ours vs
+    /// kube-proxy's rule sets.
     Traffic,
     /// Control plane at scale.
     Sync,
@@ -212,10 +220,12 @@ fn main() -> ExitCode {
         Cmd::Bench {
             out,
             agent,
-            manifests,
             repeat,
             runs,
             services,
+            traffic_scales,
+            connections,
+            iperf_secs,
             only,
             skip_sync,
             sync_scales,
@@ -235,7 +245,12 @@ fn main() -> ExitCode {
                 scales: sync_scales,
                 changes: sync_changes,
             });
-            let traffic = wanted(BenchKind::Traffic).then_some((manifests.as_path(), runs));
+            let traffic = wanted(BenchKind::Traffic).then_some(traffic::Params {
+                scales: traffic_scales,
+                runs,
+                connections,
+                iperf_secs,
+            });
             bench(&out, &agent, datapath, traffic, sync)
         })(),
     };
@@ -332,7 +347,7 @@ fn bench(
     out: &Path,
     agent: &Path,
     datapath: Option<datapath::Params>,
-    traffic: Option<(&Path, usize)>,
+    traffic: Option<traffic::Params>,
     sync: Option<sync::Params>,
 ) -> Result<()> {
     if datapath.is_none() && traffic.is_none() && sync.is_none() {
@@ -341,6 +356,15 @@ fn bench(
     privileged::check().map_err(|why| {
         anyhow::anyhow!("the benchmarks need root and a bpffs at /sys/fs/bpf: {why}")
     })?;
+    // Plots go next to the report: docs/benchmarks.md -> docs/benchmarks/.
+    let stem = out
+        .file_stem()
+        .context("the report needs a file name")?
+        .to_string_lossy()
+        .into_owned();
+    let plot_dir = out.with_file_name(&stem);
+    std::fs::create_dir_all(&plot_dir)
+        .with_context(|| format!("creating {}", plot_dir.display()))?;
     let mut sections = Vec::new();
     let mut add = |title: &'static str, body: String| {
         println!("{body}");
@@ -357,10 +381,11 @@ fn bench(
             datapath::report(&params, &cases),
         );
     }
-    if let Some((manifests, runs)) = traffic {
-        println!("Connection rates in namespaces (direct vs ClusterIP)…");
-        let result = traffic::run(agent, manifests, runs)?;
-        add("Real traffic", traffic::report(&result));
+    if let Some(params) = traffic {
+        println!("Traffic in namespaces: no NAT, ours, kube-proxy iptables and nftables…");
+        let result = traffic::run(agent, &params)?;
+        traffic::plots(&result, &plot_dir).context("plotting the traffic figures")?;
+        add("Real traffic", traffic::report(&result, &stem));
     }
     if let Some(params) = sync {
         println!("Control plane at scale (initial sync, change-to-map latency)…");

@@ -1,0 +1,174 @@
+//! The four ways a node can carry the benchmarked Services, switchable in
+//! one topology so that every mode is measured on the same namespaces in
+//! the same run: nothing (clients go to a pod IP directly: the limit), our
+//! agent, and kube-proxy's iptables and nftables rule sets.
+//!
+//! Every Service is installed once per topology: into the fake API server
+//! our agent watches, and as both anchor rule sets, loaded but not hooked
+//! into netfilter. Switching then only starts or stops the agent (which
+//! detaches its programs on exit) or adds or removes the anchors' hooks, so
+//! exactly one mode handles a packet at any time, and a 10k-Service load is
+//! paid once per topology instead of once per run.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::anchors::{iptables, nftables};
+use super::frontends::Cluster;
+use super::nscmd::run_file;
+use super::sync::{agent_args, probe::AgentHelp};
+use crate::testbed::{
+    agent::AgentProcess, apiserver::FakeApiServer, netns::NetNs, scratch::ScratchDir,
+};
+
+/// How long the agent may take to serve the Services after it starts.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No Service handling; clients send to a pod IP.
+    Direct,
+    Ours,
+    Iptables,
+    Nftables,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Direct, Mode::Ours, Mode::Iptables, Mode::Nftables];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Direct => "no NAT (pod IP)",
+            Mode::Ours => "ours (XDP/TC)",
+            Mode::Iptables => "kube-proxy iptables",
+            Mode::Nftables => "kube-proxy nftables",
+        }
+    }
+}
+
+/// A node namespace with the Services installed for every mode.
+pub struct Dataplanes<'a> {
+    node: &'a NetNs,
+    agent_bin: &'a Path,
+    pod_interfaces: String,
+    agent_args: Vec<String>,
+    agent: Option<AgentProcess>,
+    current: Mode,
+    // Dropped after the agent (field order): it watches the server.
+    api: FakeApiServer,
+    scratch: ScratchDir,
+}
+
+impl<'a> Dataplanes<'a> {
+    /// Installs `cluster` in `node` for every mode and starts in
+    /// [`Mode::Direct`]. `extra_args` go to the agent (e.g. its node name).
+    pub fn install(
+        node: &'a NetNs,
+        agent_bin: &'a Path,
+        cluster: &Cluster,
+        pod_interfaces: &str,
+        extra_args: &[&str],
+    ) -> Result<Self> {
+        let scratch = ScratchDir::new()?;
+        let api = FakeApiServer::start_in(node)?;
+        for f in &cluster.frontends {
+            api.apply_service(f.service());
+            api.apply_slice(f.slice());
+        }
+        let help = AgentHelp::of(agent_bin)?;
+        let mut args = agent_args(&help, cluster.frontends.len());
+        args.extend(extra_args.iter().map(|&a| a.to_owned()));
+
+        let rules = scratch.path().join("iptables.rules");
+        fs::write(&rules, iptables::restore_input(cluster, &[]))?;
+        run_file(node, "iptables-restore", &["-w", "--noflush"], &rules)
+            .context("loading the iptables anchor")?;
+        let ruleset = scratch.path().join("kube-proxy.nft");
+        fs::write(&ruleset, nftables::ruleset(cluster))?;
+        run_file(node, "nft", &["-f"], &ruleset).context("loading the nftables anchor")?;
+        Ok(Self {
+            node,
+            agent_bin,
+            pod_interfaces: pod_interfaces.to_owned(),
+            agent_args: args,
+            agent: None,
+            current: Mode::Direct,
+            api,
+            scratch,
+        })
+    }
+
+    /// Turns the current mode off and `mode` on. For [`Mode::Ours`],
+    /// `serves` is polled until it holds (the agent's first sync is done).
+    pub fn switch(&mut self, mode: Mode, mut serves: impl FnMut() -> bool) -> Result<()> {
+        if mode == self.current {
+            return Ok(());
+        }
+        self.turn(self.current, false)
+            .with_context(|| format!("turning {} off", self.current.label()))?;
+        self.current = Mode::Direct;
+        self.turn(mode, true)
+            .with_context(|| format!("turning {} on", mode.label()))?;
+        self.current = mode;
+        if mode == Mode::Ours {
+            let agent = self.agent.as_mut().expect("started above");
+            if let Err(e) = agent.wait_ready(READY_TIMEOUT, &mut serves) {
+                let log = agent.log();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                bail!(
+                    "{e:#}; agent log tail:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        } else if !serves() {
+            bail!("{} is on but the Service does not answer", mode.label());
+        }
+        Ok(())
+    }
+
+    fn turn(&mut self, mode: Mode, on: bool) -> Result<()> {
+        match mode {
+            Mode::Direct => Ok(()),
+            Mode::Ours if on => {
+                let kubeconfig = self.scratch.path().join("kubeconfig");
+                self.api.write_kubeconfig(&kubeconfig)?;
+                let source = [OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
+                let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+                self.agent = Some(AgentProcess::start_with_source(
+                    self.agent_bin,
+                    self.node,
+                    &source,
+                    &self.pod_interfaces,
+                    &args,
+                )?);
+                Ok(())
+            }
+            Mode::Ours => {
+                if let Some(mut agent) = self.agent.take() {
+                    agent.stop()?;
+                }
+                Ok(())
+            }
+            Mode::Iptables => {
+                let op = if on { "-I" } else { "-D" };
+                for (table, chain, rule) in iptables::HOOKS {
+                    self.node.exec(
+                        ["iptables", "-w", "-t", table, op, chain]
+                            .into_iter()
+                            .chain(rule.split(' ')),
+                    )?;
+                }
+                Ok(())
+            }
+            Mode::Nftables => {
+                let file = self.scratch.path().join("hooks.nft");
+                fs::write(&file, nftables::hooks(on))?;
+                run_file(self.node, "nft", &["-f"], &file)
+            }
+        }
+    }
+}
