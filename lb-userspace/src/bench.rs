@@ -7,6 +7,7 @@ pub mod frontends;
 mod iperf;
 mod nscmd;
 pub mod plot;
+pub mod programming;
 pub mod stats;
 pub mod sync;
 pub mod traffic;

@@ -9,6 +9,11 @@
 //! detaches its programs on exit) or adds or removes the anchors' hooks, so
 //! exactly one mode handles a packet at any time, and a 10k-Service load is
 //! paid once per topology instead of once per run.
+//!
+//! The iptables anchor is loaded with iptables-legacy: with iptables-nft
+//! (Debian's default) loading 10k Services takes minutes (see the
+//! programming-cost benchmark), and kube-proxy's iptables-wrapper uses
+//! legacy on nodes whose other rules are legacy.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -17,13 +22,17 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 
-use super::anchors::{iptables, nftables};
+use super::anchors::iptables::{self, Backend};
+use super::anchors::nftables;
 use super::frontends::Cluster;
 use super::nscmd::run_file;
 use super::sync::{agent_args, probe::AgentHelp};
 use crate::testbed::{
     agent::AgentProcess, apiserver::FakeApiServer, netns::NetNs, scratch::ScratchDir,
 };
+
+/// The iptables flavour of the iptables anchor (see the module doc).
+const IPTABLES: Backend = Backend::Legacy;
 
 /// How long the agent may take to serve the Services after it starts.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -44,7 +53,7 @@ impl Mode {
         match self {
             Mode::Direct => "no NAT (pod IP)",
             Mode::Ours => "ours (XDP/TC)",
-            Mode::Iptables => "kube-proxy iptables",
+            Mode::Iptables => "kube-proxy iptables (legacy)",
             Mode::Nftables => "kube-proxy nftables",
         }
     }
@@ -85,7 +94,7 @@ impl<'a> Dataplanes<'a> {
 
         let rules = scratch.path().join("iptables.rules");
         fs::write(&rules, iptables::restore_input(cluster, &[]))?;
-        run_file(node, "iptables-restore", &["-w", "--noflush"], &rules)
+        run_file(node, IPTABLES.restore(), &["-w", "--noflush"], &rules)
             .context("loading the iptables anchor")?;
         let ruleset = scratch.path().join("kube-proxy.nft");
         fs::write(&ruleset, nftables::ruleset(cluster))?;
@@ -157,7 +166,7 @@ impl<'a> Dataplanes<'a> {
                 let op = if on { "-I" } else { "-D" };
                 for (table, chain, rule) in iptables::HOOKS {
                     self.node.exec(
-                        ["iptables", "-w", "-t", table, op, chain]
+                        [IPTABLES.iptables(), "-w", "-t", table, op, chain]
                             .into_iter()
                             .chain(rule.split(' ')),
                     )?;

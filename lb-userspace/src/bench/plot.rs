@@ -11,11 +11,12 @@ use plotters::style::FontStyle;
 use super::stats::Spread;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const COLOURS: [RGBColor; 4] = [
+const COLOURS: [RGBColor; 5] = [
     RGBColor(120, 120, 120),
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,9 @@ pub struct Bars<'a> {
     pub series: Vec<(&'a str, Vec<Spread>)>,
     /// A logarithmic y axis, for figures spanning decades.
     pub log_y: bool,
+    /// The colour of the first series, as an index into the palette
+    /// (grey, blue, red, orange, purple), so a mode keeps its colour across charts.
+    pub first_colour: usize,
 }
 
 fn register_font() -> Result<(), PlotError> {
@@ -70,8 +74,8 @@ impl Bars<'_> {
             .series
             .iter()
             .flat_map(|(_, s)| s.iter().map(|s| s.min))
+            .filter(|&v| v > 0.0)
             .fold(f64::INFINITY, f64::min)
-            .max(1e-9)
             / 2.0;
         let root = BitMapBackend::new(path, (800, 450)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
@@ -92,6 +96,7 @@ impl Bars<'_> {
                 String::new()
             }
         };
+        let bottom = if bottom.is_finite() { bottom } else { 1e-3 };
         let base = if self.log_y { bottom } else { 0.0 };
         let n = self.series.len() as f64;
         let width = 0.8 / n;
@@ -107,7 +112,7 @@ impl Bars<'_> {
                     .draw()
                     .map_err(|e| err(&e))?;
                 for (k, (name, spreads)) in self.series.iter().enumerate() {
-                    let colour = COLOURS[k % COLOURS.len()];
+                    let colour = COLOURS[(k + self.first_colour) % COLOURS.len()];
                     let x0 = |g: usize| g as f64 + 0.1 + k as f64 * width;
                     chart
                         .draw_series(spreads.iter().enumerate().map(|(g, s)| {

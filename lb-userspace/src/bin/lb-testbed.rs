@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use lb_userspace::bench::{datapath, sync, traffic};
+use lb_userspace::bench::{datapath, programming, sync, traffic};
 use lb_userspace::conformance;
 use lb_userspace::testbed::agent::AgentProcess;
 use lb_userspace::testbed::client::{format_result, request, Client, Transport, DEFAULT_TIMEOUT};
@@ -94,11 +94,20 @@ enum Cmd {
         skip_sync: bool,
         /// Control plane: numbers of Services (10 endpoints each) to sync,
         /// one agent run each.
-        #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
         sync_scales: Vec<usize>,
         /// Control plane: endpoint changes timed per scale.
         #[arg(long, default_value_t = 100)]
         sync_changes: usize,
+        /// Programming cost: numbers of Services (10 endpoints each) the
+        /// kube-proxy rule sets are loaded and changed at; ours comes from
+        /// the control-plane run at the same scales.
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+        programming_scales: Vec<usize>,
+        /// Programming cost: a rule load still running after this many
+        /// seconds is killed (and reported so).
+        #[arg(long, default_value_t = 60)]
+        programming_deadline_secs: u64,
     },
     /// Run the upstream Service e2e scenarios on namespace clusters and
     /// write the table (see lb_userspace::conformance).
@@ -162,6 +171,8 @@ enum BenchKind {
     Traffic,
     /// Control plane at scale.
     Sync,
+    /// Endpoint change to dataplane updated, ours vs kube-proxy's rule loads.
+    Programming,
 }
 
 fn main() -> ExitCode {
@@ -230,6 +241,8 @@ fn main() -> ExitCode {
             skip_sync,
             sync_scales,
             sync_changes,
+            programming_scales,
+            programming_deadline_secs,
         } => (|| {
             let agent = sibling_or(agent, "lb-agent")?;
             let wanted = |kind| {
@@ -251,7 +264,21 @@ fn main() -> ExitCode {
                 connections,
                 iperf_secs,
             });
-            bench(&out, &agent, datapath, traffic, sync)
+            let programming = wanted(BenchKind::Programming).then_some(programming::Params {
+                scales: programming_scales,
+                changes: runs,
+                deadline: Duration::from_secs(programming_deadline_secs),
+            });
+            bench(
+                &out,
+                &agent,
+                Plan {
+                    datapath,
+                    traffic,
+                    sync,
+                    programming,
+                },
+            )
         })(),
     };
     match result {
@@ -342,21 +369,28 @@ fn sibling_or(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Runs the benchmarks that have parameters and writes their sections.
-fn bench(
-    out: &Path,
-    agent: &Path,
+/// The benchmarks to run: those with parameters.
+struct Plan {
     datapath: Option<datapath::Params>,
     traffic: Option<traffic::Params>,
     sync: Option<sync::Params>,
-) -> Result<()> {
-    if datapath.is_none() && traffic.is_none() && sync.is_none() {
+    programming: Option<programming::Params>,
+}
+
+/// Runs the planned benchmarks and writes the report: its sections in the
+/// issue's order, plots next to it (docs/benchmarks.md -> docs/benchmarks/).
+fn bench(out: &Path, agent: &Path, plan: Plan) -> Result<()> {
+    if plan.datapath.is_none()
+        && plan.traffic.is_none()
+        && plan.sync.is_none()
+        && plan.programming.is_none()
+    {
         bail!("nothing to run: --only and --skip-sync left no benchmark");
     }
     privileged::check().map_err(|why| {
         anyhow::anyhow!("the benchmarks need root and a bpffs at /sys/fs/bpf: {why}")
     })?;
-    // Plots go next to the report: docs/benchmarks.md -> docs/benchmarks/.
+    let started = Instant::now();
     let stem = out
         .file_stem()
         .context("the report needs a file name")?
@@ -365,12 +399,14 @@ fn bench(
     let plot_dir = out.with_file_name(&stem);
     std::fs::create_dir_all(&plot_dir)
         .with_context(|| format!("creating {}", plot_dir.display()))?;
+    // Minutes of waiting at 100k Services: Ctrl-C must still clean up.
+    catch_interrupts()?;
     let mut sections = Vec::new();
     let mut add = |title: &'static str, body: String| {
         println!("{body}");
         sections.push((title, body));
     };
-    if let Some(params) = datapath {
+    if let Some(params) = plan.datapath {
         println!(
             "Datapath cost per packet ({} x {} BPF_PROG_TEST_RUN repetitions per case)…",
             params.runs, params.repeat
@@ -381,22 +417,41 @@ fn bench(
             datapath::report(&params, &cases),
         );
     }
-    if let Some(params) = traffic {
+    check_interrupted()?;
+    if let Some(params) = plan.traffic {
         println!("Traffic in namespaces: no NAT, ours, kube-proxy iptables and nftables…");
         let result = traffic::run(agent, &params)?;
         traffic::plots(&result, &plot_dir).context("plotting the traffic figures")?;
         add("Real traffic", traffic::report(&result, &stem));
     }
-    if let Some(params) = sync {
-        println!("Control plane at scale (initial sync, change-to-map latency)…");
-        // Minutes of waiting at 100k Services: Ctrl-C must still clean up.
-        catch_interrupts()?;
-        let result = sync::run(agent, &params, &interrupted)?;
-        add("Control plane at scale", sync::report(&result));
+    check_interrupted()?;
+    // The control plane runs before the programming cost, which shows its
+    // change-to-map figures, but is reported last, as section 5.
+    let synced = match plan.sync {
+        Some(params) => {
+            println!("Control plane at scale (initial sync, change-to-map latency)…");
+            Some(sync::run(agent, &params, &interrupted)?)
+        }
+        None => None,
+    };
+    check_interrupted()?;
+    if let Some(params) = plan.programming {
+        println!("Programming cost: kube-proxy's rule loads at scale…");
+        let result = programming::run(&params)?;
+        programming::plots(&result, synced.as_ref(), &plot_dir)
+            .context("plotting the programming cost")?;
+        add(
+            "Programming cost",
+            programming::report(&result, synced.as_ref(), &stem),
+        );
+    }
+    if let Some(result) = &synced {
+        add("Control plane at scale", sync::report(result));
     }
     let mut report = format!(
-        "# Benchmarks\n\nGenerated by `cargo xtask bench` ({}). Every figure is compared with an anchor measured in the same run.\n",
-        machine()
+        "# Benchmarks\n\nGenerated by `cargo xtask bench` ({}) in {:.0} min. Every figure is compared with an anchor measured in the same run.\n",
+        machine(),
+        started.elapsed().as_secs_f64() / 60.0
     );
     for (title, body) in &sections {
         report.push_str(&format!("\n## {title}\n\n{body}"));

@@ -21,6 +21,32 @@ use std::net::Ipv4Addr;
 use super::names::hash;
 use crate::bench::frontends::{Cluster, Frontend};
 
+/// The iptables flavour kube-proxy drives: the one the node's other rules
+/// use (its image's iptables-wrapper picks it). Debian's default `iptables`
+/// is iptables-nft, which translates the rules to nftables in the kernel;
+/// iptables-legacy loads them as one x_tables blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Nft,
+    Legacy,
+}
+
+impl Backend {
+    pub fn iptables(self) -> &'static str {
+        match self {
+            Backend::Nft => "iptables",
+            Backend::Legacy => "iptables-legacy",
+        }
+    }
+
+    pub fn restore(self) -> &'static str {
+        match self {
+            Backend::Nft => "iptables-restore",
+            Backend::Legacy => "iptables-legacy-restore",
+        }
+    }
+}
+
 /// kube-proxy's `largeClusterEndpointsThreshold`.
 const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 /// kube-proxy's default `--iptables-masquerade-bit` 14.

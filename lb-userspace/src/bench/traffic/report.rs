@@ -169,6 +169,7 @@ pub fn plots(r: &TrafficResult, dir: &Path) -> Result<(), PlotError> {
                 .collect(),
             series,
             log_y: false,
+            first_colour: 0,
         }
         .draw(&dir.join(f.file))?;
     }
