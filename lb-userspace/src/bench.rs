@@ -5,6 +5,7 @@ pub mod datapath;
 pub mod dataplanes;
 pub mod frontends;
 mod iperf;
+pub mod nodeport;
 mod nscmd;
 pub mod plot;
 pub mod programming;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use lb_userspace::bench::{datapath, programming, sync, traffic};
+use lb_userspace::bench::{datapath, nodeport, programming, sync, traffic};
 use lb_userspace::conformance;
 use lb_userspace::testbed::agent::AgentProcess;
 use lb_userspace::testbed::client::{format_result, request, Client, Transport, DEFAULT_TIMEOUT};
@@ -86,6 +86,12 @@ enum Cmd {
         /// Traffic: seconds per iperf3 run.
         #[arg(long, default_value_t = 2)]
         iperf_secs: u32,
+        /// NodePort: datagrams per stream.
+        #[arg(long, default_value_t = 2_000_000)]
+        nodeport_packets: u64,
+        /// NodePort: other Services installed (10 endpoints each).
+        #[arg(long, default_value_t = 1000)]
+        nodeport_services: usize,
         /// Run only these benchmarks (comma-separated) [default: all].
         #[arg(long, value_enum, value_delimiter = ',')]
         only: Vec<BenchKind>,
@@ -169,6 +175,8 @@ enum BenchKind {
     /// Connections, latency and throughput through namespaces, ours vs
     /// kube-proxy's rule sets.
     Traffic,
+    /// NodePort forwarding rate from outside the cluster.
+    Nodeport,
     /// Control plane at scale.
     Sync,
     /// Endpoint change to dataplane updated, ours vs kube-proxy's rule loads.
@@ -243,6 +251,8 @@ fn main() -> ExitCode {
             sync_changes,
             programming_scales,
             programming_deadline_secs,
+            nodeport_packets,
+            nodeport_services,
         } => (|| {
             let agent = sibling_or(agent, "lb-agent")?;
             let wanted = |kind| {
@@ -269,12 +279,18 @@ fn main() -> ExitCode {
                 changes: runs,
                 deadline: Duration::from_secs(programming_deadline_secs),
             });
+            let nodeport = wanted(BenchKind::Nodeport).then_some(nodeport::Params {
+                packets: nodeport_packets,
+                runs,
+                services: nodeport_services,
+            });
             bench(
                 &out,
                 &agent,
                 Plan {
                     datapath,
                     traffic,
+                    nodeport,
                     sync,
                     programming,
                 },
@@ -373,6 +389,7 @@ fn sibling_or(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
 struct Plan {
     datapath: Option<datapath::Params>,
     traffic: Option<traffic::Params>,
+    nodeport: Option<nodeport::Params>,
     sync: Option<sync::Params>,
     programming: Option<programming::Params>,
 }
@@ -382,6 +399,7 @@ struct Plan {
 fn bench(out: &Path, agent: &Path, plan: Plan) -> Result<()> {
     if plan.datapath.is_none()
         && plan.traffic.is_none()
+        && plan.nodeport.is_none()
         && plan.sync.is_none()
         && plan.programming.is_none()
     {
@@ -423,6 +441,13 @@ fn bench(out: &Path, agent: &Path, plan: Plan) -> Result<()> {
         let result = traffic::run(agent, &params)?;
         traffic::plots(&result, &plot_dir).context("plotting the traffic figures")?;
         add("Real traffic", traffic::report(&result, &stem));
+    }
+    check_interrupted()?;
+    if let Some(params) = plan.nodeport {
+        println!("NodePort forwarding rate from outside the cluster…");
+        let result = nodeport::run(agent, &params)?;
+        nodeport::plots(&result, &plot_dir).context("plotting the NodePort figures")?;
+        add("NodePort forwarding rate", nodeport::report(&result, &stem));
     }
     check_interrupted()?;
     // The control plane runs before the programming cost, which shows its
