@@ -23,6 +23,8 @@ use aya::{
 };
 use lb_common::{NodeConfig, BACKEND_F_REMOTE, IPPROTO_TCP, IPPROTO_UDP};
 
+pub mod sweep;
+
 use super::stats::Spread;
 use crate::{
     ebpf::fixture::{be_addr, DatapathFixture},
@@ -61,10 +63,20 @@ pub struct Case {
 /// The caller's CPU affinity is restored afterwards (anything started later,
 /// agent processes included, would inherit the pin).
 pub fn run(p: &Params) -> anyhow::Result<Vec<Case>> {
+    pinned(|| run_pinned(p))
+}
+
+/// The main cases at each of `scales` (see [`sweep`]), pinned as [`run`].
+pub fn run_sweep(p: &Params, scales: &[u32]) -> anyhow::Result<Vec<sweep::Scale>> {
+    pinned(|| sweep::run(p, scales))
+}
+
+/// Runs `f` pinned to CPU 0, then restores the caller's CPU affinity.
+fn pinned<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     let me = nix::unistd::Pid::from_raw(0);
     let before = nix::sched::sched_getaffinity(me).context("reading the CPU affinity")?;
     pin_to_cpu(0)?;
-    let result = run_pinned(p);
+    let result = f();
     nix::sched::sched_setaffinity(me, &before).context("restoring the CPU affinity")?;
     result
 }
@@ -73,13 +85,7 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
     let mut f = DatapathFixture::new()?;
     // The measured frontend: identity backend (see the module doc).
     f.add_service(VIP, 80, IPPROTO_TCP, &[(VIP, 80)])?;
-    for i in 0..p.services {
-        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
-        let backends: Vec<_> = (0..10u8)
-            .map(|b| (Ipv4Addr::new(10, 245, (i % 250) as u8, b + 1), 8080))
-            .collect();
-        f.add_service(vip, 80, IPPROTO_TCP, &backends)?;
-    }
+    install_others(&mut f, p.services)?;
     let anchors = Anchors::load()?;
 
     let hit = frame(
@@ -142,28 +148,8 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
     cases.extend(fragment_cases(&mut f, p, &timed)?);
     cases.extend(nodeport_cases(&mut f, p, &timed)?);
     let mut port = 1024u16;
-    let new_flow = timed(Box::new(|| {
-        let mut total = Duration::ZERO;
-        for _ in 0..p.new_flows {
-            port = port.wrapping_add(1).max(1024);
-            let src =
-                SocketAddrV4::new(Ipv4Addr::new(10, 244, (port >> 8) as u8, port as u8), port);
-            total += f.time_xdp(
-                &frame(L4::TcpSyn, src, SocketAddrV4::new(VIP, 80), &[], &[]),
-                1,
-            )?;
-        }
-        Ok(total / p.new_flows)
-    }))?;
-    // Single runs carry the syscall's fixed timing overhead: measure it on
-    // the XDP_PASS anchor the same way, so the row can be read against it.
-    let pass_single = timed(Box::new(|| {
-        let mut total = Duration::ZERO;
-        for _ in 0..p.new_flows {
-            total += anchors.time("anchor_xdp_pass", &hit, 1)?;
-        }
-        Ok(total / p.new_flows)
-    }))?;
+    let new_flow = timed(Box::new(|| new_flow_ns(&mut f, &mut port, p.new_flows)))?;
+    let pass_single = timed(Box::new(|| pass_single_ns(&anchors, &hit, p.new_flows)))?;
     cases.insert(
         3,
         Case {
@@ -179,6 +165,46 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
         },
     );
     Ok(cases)
+}
+
+/// Installs `n` other Services x 10 backends (10.97.0.0 + i, port 80).
+fn install_others(f: &mut DatapathFixture, n: u32) -> anyhow::Result<()> {
+    for i in 0..n {
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i);
+        let backends: Vec<_> = (0..10u8)
+            .map(|b| (Ipv4Addr::new(10, 245, (i % 250) as u8, b + 1), 8080))
+            .collect();
+        f.add_service(vip, 80, IPPROTO_TCP, &backends)?;
+    }
+    Ok(())
+}
+
+/// Mean time of `flows` single runs, each a SYN of a new tuple to the
+/// measured frontend (source ports go on from `port`).
+fn new_flow_ns(f: &mut DatapathFixture, port: &mut u16, flows: u32) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for _ in 0..flows {
+        *port = port.wrapping_add(1).max(1024);
+        let src = SocketAddrV4::new(
+            Ipv4Addr::new(10, 244, (*port >> 8) as u8, *port as u8),
+            *port,
+        );
+        total += f.time_xdp(
+            &frame(L4::TcpSyn, src, SocketAddrV4::new(VIP, 80), &[], &[]),
+            1,
+        )?;
+    }
+    Ok(total / flows)
+}
+
+/// Single runs carry the syscall's fixed timing overhead: the XDP_PASS
+/// anchor timed the same way, so the new-flow row can be read against it.
+fn pass_single_ns(anchors: &Anchors, packet: &[u8], runs: u32) -> anyhow::Result<Duration> {
+    let mut total = Duration::ZERO;
+    for _ in 0..runs {
+        total += anchors.time("anchor_xdp_pass", packet, 1)?;
+    }
+    Ok(total / runs)
 }
 
 /// A later fragment (no L4 header) of a UDP datagram whose first fragment

@@ -11,12 +11,14 @@ use plotters::style::FontStyle;
 use super::stats::Spread;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const COLOURS: [RGBColor; 5] = [
+const COLOURS: [RGBColor; 7] = [
     RGBColor(120, 120, 120),
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(255, 127, 14),
     RGBColor(148, 103, 189),
+    RGBColor(44, 160, 44),
+    RGBColor(140, 86, 75),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +40,7 @@ pub struct Bars<'a> {
     /// A logarithmic y axis, for figures spanning decades.
     pub log_y: bool,
     /// The colour of the first series, as an index into the palette
-    /// (grey, blue, red, orange, purple), so a mode keeps its colour across charts.
+    /// (grey, blue, red, orange, purple, green, brown), so a mode keeps its colour across charts.
     pub first_colour: usize,
 }
 

@@ -76,6 +76,10 @@ enum Cmd {
         /// Other Services (10 backends each) installed during the datapath runs.
         #[arg(long, default_value_t = 1000)]
         services: u32,
+        /// Datapath: table sizes (other Services x 10 backends) the main
+        /// cases are measured at again (empty: none).
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000,100000")]
+        datapath_scales: Vec<u32>,
         /// Traffic: numbers of other Services installed (10 endpoints
         /// each), one topology each.
         #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
@@ -242,6 +246,7 @@ fn main() -> ExitCode {
             repeat,
             runs,
             services,
+            datapath_scales,
             traffic_scales,
             connections,
             iperf_secs,
@@ -258,12 +263,15 @@ fn main() -> ExitCode {
             let wanted = |kind| {
                 (only.is_empty() || only.contains(&kind)) && !(skip_sync && kind == BenchKind::Sync)
             };
-            let datapath = wanted(BenchKind::Datapath).then_some(datapath::Params {
-                repeat,
-                runs,
-                services,
-                new_flows: 20_000,
-            });
+            let datapath = wanted(BenchKind::Datapath).then_some((
+                datapath::Params {
+                    repeat,
+                    runs,
+                    services,
+                    new_flows: 20_000,
+                },
+                datapath_scales,
+            ));
             let sync = wanted(BenchKind::Sync).then_some(sync::Params {
                 scales: sync_scales,
                 changes: sync_changes,
@@ -387,7 +395,7 @@ fn sibling_or(explicit: Option<PathBuf>, name: &str) -> Result<PathBuf> {
 
 /// The benchmarks to run: those with parameters.
 struct Plan {
-    datapath: Option<datapath::Params>,
+    datapath: Option<(datapath::Params, Vec<u32>)>,
     traffic: Option<traffic::Params>,
     nodeport: Option<nodeport::Params>,
     sync: Option<sync::Params>,
@@ -424,16 +432,20 @@ fn bench(out: &Path, agent: &Path, plan: Plan) -> Result<()> {
         println!("{body}");
         sections.push((title, body));
     };
-    if let Some(params) = plan.datapath {
+    if let Some((params, scales)) = plan.datapath {
         println!(
             "Datapath cost per packet ({} x {} BPF_PROG_TEST_RUN repetitions per case)…",
             params.runs, params.repeat
         );
         let cases = datapath::run(&params)?;
-        add(
-            "Datapath cost per packet",
-            datapath::report(&params, &cases),
-        );
+        let mut body = datapath::report(&params, &cases);
+        if !scales.is_empty() {
+            let swept = datapath::run_sweep(&params, &scales)?;
+            datapath::sweep::plot(&swept, &plot_dir).context("plotting the datapath sweep")?;
+            body.push('\n');
+            body.push_str(&datapath::sweep::report(&params, &swept, &stem));
+        }
+        add("Datapath cost per packet", body);
     }
     check_interrupted()?;
     if let Some(params) = plan.traffic {
