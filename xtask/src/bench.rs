@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: setup, release build, then the lb-testbed benchmarks.
 //! Extra arguments go to `lb-testbed bench`, e.g. `--only sync
-//! --sync-scales 10000` for a quick control-plane run.
+//! --sync-scales 10000` for a quick control-plane run, or `--only
+//! traffic,nodeport` for the namespace traffic against kube-proxy's rule
+//! sets.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
