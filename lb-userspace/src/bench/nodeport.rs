@@ -186,8 +186,11 @@ pub fn report(r: &NodePortResult, plot_dir_link: &str) -> String {
          the same in every mode) per delivered packet. kube-proxy's layouts masquerade the \
          NodePort traffic (KUBE-EXT / external chains), as externalTrafficPolicy Cluster does. \
          {} runs, modes in rotating order; median (min–max); ratio to ours. Published anchor: \
-         Cilium's XDP NodePort forwards about 5x kube-proxy iptables on bare metal (real NICs; \
-         here the node's uplink is a veth).\n\n![rate]({plot_dir_link}/{PLOT_RATE}) \
+         Cilium's XDP NodePort forwards about 5x kube-proxy iptables on bare metal, where XDP \
+         runs on the NIC's receive buffer before any socket buffer exists. Here the node's uplink \
+         is a veth: its native XDP converts every arriving socket buffer into an XDP buffer \
+         (copying packets with less than 256 bytes of headroom, as locally sent ones have) and \
+         builds a new one for the stack, work netfilter does not pay.\n\n![rate]({plot_dir_link}/{PLOT_RATE}) \
          ![cpu]({plot_dir_link}/{PLOT_CPU})\n",
         p.packets, p.services, p.runs
     );

@@ -71,7 +71,8 @@ impl Bars<'_> {
             .iter()
             .flat_map(|(_, s)| s.iter().map(|s| s.max))
             .fold(0.0_f64, f64::max)
-            * 1.15;
+            // Room above the bars for the legend.
+            * if self.log_y { 8.0 } else { 1.4 };
         let bottom = self
             .series
             .iter()
