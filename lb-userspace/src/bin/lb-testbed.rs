@@ -116,7 +116,7 @@ enum Cmd {
         programming_scales: Vec<usize>,
         /// Programming cost: a rule load still running after this many
         /// seconds is killed (and reported so).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 90)]
         programming_deadline_secs: u64,
     },
     /// Run the upstream Service e2e scenarios on namespace clusters and

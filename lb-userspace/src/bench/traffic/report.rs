@@ -70,9 +70,10 @@ pub fn report(r: &TrafficResult, plot_dir_link: &str) -> String {
          answer, close; timeout 1 s), then one {} s iperf3 run to a one-endpoint Service (iperf3's \
          control and data connections must reach the same server). {} runs, the modes in rotating \
          order within each run; median (min–max) over the runs, ratio = median / no-NAT median at \
-         the same scale. Sequential connections wait on thread wake-ups at every step, so their \
-         rate and p99 follow the machine's load (see the load averages above); p50 and iperf3 \
-         hold steadier. While our XDP program is attached to a pod's node-side veth, the kernel \
+         the same scale. The client pod runs with `net.ipv4.tcp_timestamps = 2` (timestamps \
+         without per-destination offsets): the modes reuse the client's ports, and with offsets \
+         the backends' TIME_WAIT sockets from another mode's connections refused some SYNs, \
+         adding ~10 ms retries to the no-NAT and our modes only. While our XDP program is attached to a pod's node-side veth, the kernel \
          turns TCP segmentation offload off on the pod's eth0 (veth clears the peer's software \
          GSO features when it has an XDP program), so the pod sends MTU-sized segments: that, not \
          the NAT, is what the iperf3 row of our mode measures.\n",
