@@ -63,7 +63,16 @@ impl DatapathFixture {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         )));
-        let mut ebpf = object::load(&pins.0, max_entries)?;
+        // The per-backend counters follow the backend map's size, as the
+        // agent sizes them.
+        let mut sizes = max_entries.to_vec();
+        let backends = sizes.iter().find(|(name, _)| *name == MAP_BACKENDS);
+        if let Some(&(_, n)) = backends {
+            if !sizes.iter().any(|(name, _)| *name == MAP_BACKEND_STATS) {
+                sizes.push((MAP_BACKEND_STATS, n));
+            }
+        }
+        let mut ebpf = object::load(&pins.0, &sizes)?;
         prog_mut::<Xdp>(&mut ebpf, PROG_XDP_INGRESS)?
             .load()
             .context("verifying XDP")?;
