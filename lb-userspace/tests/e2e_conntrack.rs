@@ -38,8 +38,11 @@ const UDP_FOLLOWS_WITHIN: Duration = Duration::from_secs(1);
 const UDP_INTERVAL: Duration = Duration::from_millis(20);
 /// How long one datagram waits for its answer.
 const UDP_WAIT: Duration = Duration::from_millis(200);
-/// The conntrack map size of the full-map tests: 32 connections' worth.
+/// The conntrack map size of the full-map test: 32 connections' worth.
 const TINY_CT: &str = "64";
+/// The conntrack map size of the churn test: 128 connections' worth, far
+/// below the churn's 1000.
+const CHURN_CT: &str = "256";
 
 /// A UDP client keeps sending from one source port while its endpoint is
 /// removed from the EndpointSlice; the endpoint's pod keeps running (and
@@ -211,13 +214,16 @@ fn full_conntrack_map_still_balances_every_new_flow() {
 }
 
 /// 10 long-lived connections (an exchange every 100 ms) while 1000 short
-/// connections churn through a 64-entry conntrack map: the long-lived
+/// connections churn through a 256-entry conntrack map: the long-lived
 /// connections must keep working, each with its own pod, and the
 /// re-balancing that keeps them is counted.
 ///
-/// The short connections open one every 0.1 to 1 ms, so an entry left
-/// unused for the 100 ms between two exchanges is among the least recently
-/// used of 64 and is evicted. The connection's next packet finds no
+/// The short connections open one every 0.1 to 1 ms (two entries each),
+/// so an entry left unused for the 100 ms between two exchanges is among
+/// the least recently used of 256 and is evicted. (With 64 entries the
+/// whole map turns over in a few milliseconds: on a loaded machine even a
+/// reply's entry, written by the request a moment before, can go before
+/// the reply does; 3 of 10 connections were reset that way once in CI.) The connection's next packet finds no
 /// forward entry and is balanced again; with a random choice it would go
 /// to another pod (2 times in 3), which resets it (9-10 of 10 connections
 /// broke before the choice became a hash of the 5-tuple). Now it lands on
@@ -232,7 +238,7 @@ fn long_lived_connections_survive_conntrack_churn() {
         return;
     }
     let all = [1, 2, 3].map(pod_ip);
-    let bed = Bed::start(&web_manifest(&all, &[]), &["--ct-map-max", TINY_CT]);
+    let bed = Bed::start(&web_manifest(&all, &[]), &["--ct-map-max", CHURN_CT]);
     let conns = ConnectionStream::open(
         bed.topo.client(),
         WEB_VIP,
@@ -265,7 +271,7 @@ fn long_lived_connections_survive_conntrack_churn() {
     assert_window(
         &window,
         (took.as_millis() / 100 / 2) as u64,
-        "while 1000 short connections churned through a 64-entry conntrack map",
+        "while 1000 short connections churned through a 256-entry conntrack map",
     );
 }
 
