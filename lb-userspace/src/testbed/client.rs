@@ -176,8 +176,9 @@ fn udp_connected_request(to: SocketAddr, timeout: Duration) -> RequestResult {
     parse(&String::from_utf8_lossy(&buf[..len]), to)
 }
 
-/// Parses `"<pod name> <peer ip>:<peer port>\n"`.
-fn parse(answer: &str, reply_from: SocketAddr) -> RequestResult {
+/// Parses `"<pod name> <peer ip>:<peer port>\n"`, the echo servers'
+/// answer.
+pub(crate) fn parse(answer: &str, reply_from: SocketAddr) -> RequestResult {
     let bad = || RequestError::Other(format!("unexpected answer {answer:?} from {reply_from}"));
     let (backend, peer) = answer.trim_end().split_once(' ').ok_or_else(bad)?;
     let seen_peer = peer.parse().map_err(|_| bad())?;
@@ -188,7 +189,7 @@ fn parse(answer: &str, reply_from: SocketAddr) -> RequestResult {
     })
 }
 
-fn classify(e: std::io::Error) -> RequestError {
+pub(crate) fn classify(e: std::io::Error) -> RequestError {
     match e.kind() {
         ErrorKind::ConnectionRefused => RequestError::Refused,
         // A read timeout shows up as WouldBlock on Linux.

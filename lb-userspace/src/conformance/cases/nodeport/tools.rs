@@ -9,7 +9,7 @@
 //! Everything here runs inside the cluster's namespaces.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::conformance::objects::Endpoint;
 use crate::conformance::Cluster;
-use crate::testbed::client::{request, Reply, RequestError, RequestResult, Transport};
+use crate::testbed::client::{classify, parse, request, RequestError, RequestResult, Transport};
 use crate::testbed::netns::NetNs;
 use crate::testbed::servers::UDP_ECHO;
 use crate::testbed::topology::Pod;
@@ -467,26 +467,6 @@ fn echoed(answer: &[u8], payload: &[u8]) -> Result<String, String> {
         ));
     }
     Ok(backend)
-}
-
-/// Parses `"<pod name> <peer ip>:<peer port>\n"`, as the standard client.
-fn parse(answer: &str, reply_from: SocketAddr) -> RequestResult {
-    let bad = || RequestError::Other(format!("unexpected answer {answer:?} from {reply_from}"));
-    let (backend, peer) = answer.trim_end().split_once(' ').ok_or_else(bad)?;
-    let seen_peer = peer.parse().map_err(|_| bad())?;
-    Ok(Reply {
-        backend: backend.to_owned(),
-        seen_peer,
-        reply_from,
-    })
-}
-
-fn classify(e: std::io::Error) -> RequestError {
-    match e.kind() {
-        ErrorKind::ConnectionRefused => RequestError::Refused,
-        ErrorKind::TimedOut | ErrorKind::WouldBlock => RequestError::Timeout,
-        _ => RequestError::Other(e.to_string()),
-    }
 }
 
 /// The largest request line an [`EchoServer`] takes.
