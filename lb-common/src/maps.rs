@@ -73,7 +73,10 @@ pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
 /// frontends (Cilium's limit with its 16-bit index) fit.
 pub type RevNatId = u32;
 
-/// Name of the XDP program (DNAT of traffic to frontends).
+/// Name of the TC ingress program on pod interfaces (DNAT of traffic to
+/// frontends, the default pod hook).
+pub const PROG_TC_POD_INGRESS: &str = "lb_tc_pod_ingress";
+/// Name of the XDP program doing the same (`--pod-hook xdp` only).
 pub const PROG_XDP_INGRESS: &str = "lb_xdp_ingress";
 /// Name of the XDP program on the node's uplinks (NodePort, externalIPs and
 /// load-balancer IPs reached from outside; un-SNAT of replies).
@@ -91,9 +94,9 @@ pub const PROG_SOCK_CONNECT4: &str = "lb_sock_connect4";
 pub const PROG_SOCK_SENDMSG4: &str = "lb_sock_sendmsg4";
 pub const PROG_SOCK_RECVMSG4: &str = "lb_sock_recvmsg4";
 pub const PROG_SOCK_GETPEERNAME4: &str = "lb_sock_getpeername4";
-/// Name of the TC ingress program on pod interfaces and uplinks: sends the
-/// rejections the XDP programs wrote back out of the interface they came
-/// in on.
+/// Name of the TC ingress program beside each XDP program (uplinks, and
+/// pod interfaces under `--pod-hook xdp`): sends the rejections the XDP
+/// programs wrote back out of the interface they came in on.
 pub const PROG_TC_INGRESS: &str = "lb_tc_ingress";
 
 /// XDP metadata (4 bytes before the frame, native byte order) that marks a

@@ -1,18 +1,20 @@
-//! XDP ingress, on pod veths and on uplinks: DNAT of packets addressed to
-//! a frontend, un-SNAT of replies, rejection when there is no endpoint.
+//! The forward path, on pod veths (TC ingress, or XDP on `--pod-hook xdp`)
+//! and on uplinks (XDP): DNAT of packets addressed to a frontend, un-SNAT
+//! of replies, rejection when there is no endpoint. Written once over
+//! [`Packet`]; each entry point gets its own copy.
 
-use aya_ebpf::programs::XdpContext;
 use lb_common::{stats, BACKEND_F_REMOTE, IPPROTO_TCP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
 
 use crate::{
     conntrack, flow, frag,
     maps::CONFIG,
-    nat, node,
-    parse::{self, Fragment, Headers},
+    node,
+    packet::Packet,
+    parse::{Fragment, Headers},
     reject, select, svc_stats,
 };
 
-/// Where the XDP program sits, which decides the two things that differ.
+/// Where the program sits, which decides the two things that differ.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The node side of a pod veth: traffic from pods.
@@ -25,8 +27,8 @@ pub enum Side {
 /// a rejection back (`stats::is_tx`). `Err(reason)`: drop it. The entry
 /// points pass a constant `side`, so each program keeps only its branches.
 #[inline(always)]
-pub fn try_ingress(ctx: &XdpContext, side: Side) -> Result<u32, u32> {
-    let h = match parse::parse(ctx.data(), ctx.data_end()) {
+pub fn try_ingress<P: Packet>(ctx: &P, side: Side) -> Result<u32, u32> {
+    let h = match ctx.headers() {
         Ok(h) => h,
         Err(reason) => return Ok(reason),
     };
@@ -37,13 +39,12 @@ pub fn try_ingress(ctx: &XdpContext, side: Side) -> Result<u32, u32> {
 /// fragment did, with the first fragment's ports, up to the conntrack
 /// lookups: it never starts a flow.
 #[inline(always)]
-fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
+fn steps<P: Packet>(ctx: &P, side: Side, h: &Headers) -> Result<u32, u32> {
     // A reply to a flow this node SNATed (a remote backend's, or a hairpin
     // pod's to itself): back to the client it came from.
     let config = CONFIG.get(0).copied().unwrap_or_default();
     if let Some((addr_be, port_be)) = flow::snat_reply(h, &config) {
-        nat::dnat_xdp(data, data_end, h, addr_be, port_be)?;
+        ctx.dnat(h, addr_be, port_be)?;
         return Ok(stats::UNSNAT);
     }
     // One lookup decides for most traffic that is not for a Service (a
@@ -60,10 +61,10 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
     };
 
     // Per-frontend counters: what reached it, and what of it was refused.
-    let len = (data_end - data) as u64;
+    let len = ctx.len();
     let fwd = flow::forward_key(h);
     if let Some((addr_be, port_be, backend_id)) = flow::tracked(h, &fwd) {
-        nat::dnat_xdp(data, data_end, h, addr_be, port_be)?;
+        ctx.dnat(h, addr_be, port_be)?;
         svc_stats::count(master.rev_nat_id, len, false);
         svc_stats::count_backend(backend_id, len);
         return Ok(stats::DNAT_ESTABLISHED);
@@ -114,7 +115,7 @@ fn steps(ctx: &XdpContext, side: Side, h: &Headers) -> Result<u32, u32> {
             .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
     }
     flow::record(&fwd, &backend, &value);
-    nat::dnat_xdp(data, data_end, h, backend.addr_be, backend.port_be)?;
+    ctx.dnat(h, backend.addr_be, backend.port_be)?;
     svc_stats::count(master.rev_nat_id, len, false);
     svc_stats::count_backend(value.backend_id, len);
     Ok(if snat {

@@ -1,8 +1,11 @@
 //! Kernel programs of the load balancer.
 //!
-//! * `lb_xdp_ingress` (XDP, on the node side of every pod veth): DNATs a
-//!   packet addressed to a Service frontend to one of its backends and
-//!   records the flow in conntrack. Everything else passes untouched.
+//! * `lb_tc_pod_ingress` (TC ingress, on the node side of every pod veth):
+//!   DNATs a packet addressed to a Service frontend to one of its backends
+//!   and records the flow in conntrack. Everything else passes untouched.
+//!   `lb_xdp_ingress` is the same at XDP, for `--pod-hook xdp` only: an XDP
+//!   program on a veth turns TSO off on its peer, the pod's eth0, and costs
+//!   every pod on the node most of its TCP throughput.
 //! * `lb_tc_egress` (TC egress, same interfaces): rewrites a backend's reply
 //!   so that it comes from the frontend. It runs *after* the node's netfilter
 //!   has seen the reply as the un-NATed backend -> client packet that
@@ -14,15 +17,16 @@
 //!   load-balancer IPs, plus SNAT of such flows to backends on other nodes
 //!   (see `node.rs`).
 //!
-//! * `lb_tc_ingress` (TC ingress, pod interfaces and uplinks): sends the
-//!   rejections the XDP programs wrote back out (see `reject.rs`).
+//! * `lb_tc_ingress` (TC ingress, uplinks, and pod interfaces under XDP):
+//!   sends the rejections the XDP programs wrote back out (see `reject.rs`).
 //! * `lb_sock_*` (cgroup sock_addr hooks): the node's own sockets are
 //!   pointed at a backend at `connect()` / `sendmsg()` (see `sock.rs`).
 //!
 //! All four follow IPv4 fragments: the later fragments of a datagram whose
 //! first fragment they rewrote get the same rewrite (see `frag.rs`).
 //!
-//! Entry points are thin: the `try_*` functions return `Ok(reason)` for a
+//! Entry points are thin: the `try_*` functions (one body for XDP and TC,
+//! see `packet.rs`) return `Ok(reason)` for a
 //! packet that goes on (to the stack, or back out of its interface for the
 //! reasons of `stats::is_tx`: rejections, see `reject.rs`) and
 //! `Err(reason)` for a packet that is dropped, and the entry point counts
@@ -42,6 +46,7 @@ mod maps;
 mod nat;
 mod node;
 mod node_egress;
+mod packet;
 mod parse;
 mod reject;
 mod select;
@@ -51,9 +56,15 @@ mod svc_stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
+
+#[classifier]
+pub fn lb_tc_pod_ingress(ctx: TcContext) -> i32 {
+    tc_verdict(&ctx, |ctx| ingress::try_ingress(ctx, ingress::Side::Pod))
+}
 
 #[xdp]
 pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
@@ -107,9 +118,12 @@ pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
 fn xdp_verdict(ctx: &XdpContext, program: fn(&XdpContext) -> Result<u32, u32>) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (reason, action) = match program(ctx) {
-        Ok(reason) if lb_common::stats::is_tx(reason) && !reject::marked(ctx) => {
-            (reason, xdp_action::XDP_TX)
-        }
+        // A rejection: passed up, marked for `lb_tc_ingress`, which sends
+        // it back out; XDP_TX where the driver cannot mark it.
+        Ok(reason) if lb_common::stats::is_tx(reason) => match reject::mark(ctx) {
+            true => (reason, xdp_action::XDP_PASS),
+            false => (reason, xdp_action::XDP_TX),
+        },
         Ok(reason) => (reason, xdp_action::XDP_PASS),
         Err(reason) => (reason, xdp_action::XDP_DROP),
     };
@@ -122,6 +136,13 @@ fn xdp_verdict(ctx: &XdpContext, program: fn(&XdpContext) -> Result<u32, u32>) -
 fn tc_verdict(ctx: &TcContext, program: fn(&TcContext) -> Result<u32, u32>) -> i32 {
     let len = ctx.len() as u64;
     let (reason, action) = match program(ctx) {
+        // A rejection: out of the interface it came in on (at a pod veth's
+        // ingress: back to the pod).
+        Ok(reason) if lb_common::stats::is_tx(reason) => {
+            // SAFETY: reading a field of our own context; plain helper call.
+            let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+            (reason, unsafe { bpf_redirect(ifindex, 0) } as i32)
+        }
         Ok(reason) => (reason, TC_ACT_OK as i32),
         Err(reason) => (reason, TC_ACT_SHOT as i32),
     };

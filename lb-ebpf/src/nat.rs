@@ -11,6 +11,7 @@ use crate::parse::{ptr_at, Headers, Ipv4Hdr, ETH_HLEN};
 /// Byte offsets inside the IPv4 header.
 const IP_CHECK_OFF: usize = ETH_HLEN + 10;
 const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 
 /// XDP: rewrites the destination to `daddr:dport` and fixes the IP and L4
 /// checksums. A UDP checksum of 0 (none) stays 0. A later fragment has no
@@ -77,13 +78,46 @@ pub fn dnat_xdp(
     Ok(())
 }
 
-/// TC: rewrites the source to `saddr:sport` (reverse NAT of a reply). The
-/// skb helpers handle CHECKSUM_PARTIAL packets (offloaded checksums), which
-/// a plain incremental update would corrupt. A later fragment gets its
-/// source address and IP checksum rewritten, nothing else.
+/// TC: rewrites the source to `saddr:sport` (reverse NAT of a reply, SNAT).
 #[inline(always)]
 pub fn snat_tc(ctx: &TcContext, h: &Headers, saddr_be: u32, sport_be: u16) -> Result<(), u32> {
+    let old = (h.saddr_be, h.sport_be);
+    rewrite_tc(ctx, h, Field::Source, old, (saddr_be, sport_be))
+}
+
+/// TC: rewrites the destination to `daddr:dport` (DNAT at a pod veth's
+/// ingress).
+#[inline(always)]
+pub fn dnat_tc(ctx: &TcContext, h: &Headers, daddr_be: u32, dport_be: u16) -> Result<(), u32> {
+    let old = (h.daddr_be, h.dport_be);
+    rewrite_tc(ctx, h, Field::Destination, old, (daddr_be, dport_be))
+}
+
+/// Which end of the flow a TC rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Source,
+    Destination,
+}
+
+/// Rewrites one end's address and port from `old` to `new`. The skb
+/// helpers handle CHECKSUM_PARTIAL packets (offloaded checksums, GSO
+/// super-packets), where the L4 field holds only the pseudo-header sum,
+/// and complete ones alike: no payload is read, nothing is linearised. A
+/// later fragment gets its address and IP checksum rewritten, nothing else.
+#[inline(always)]
+fn rewrite_tc(
+    ctx: &TcContext,
+    h: &Headers,
+    field: Field,
+    old: (u32, u16),
+    new: (u32, u16),
+) -> Result<(), u32> {
     let fail = |_| stats::DROP_REWRITE_FAILED;
+    let (addr_off, port_off) = match field {
+        Field::Source => (IP_SADDR_OFF, h.l4_off),
+        Field::Destination => (IP_DADDR_OFF, h.l4_off + 2),
+    };
     if h.has_l4() {
         let csum_off = h.l4_csum_off();
         let udp_flag = if h.proto == IPPROTO_UDP {
@@ -93,17 +127,17 @@ pub fn snat_tc(ctx: &TcContext, h: &Headers, saddr_be: u32, sport_be: u16) -> Re
         };
         ctx.l4_csum_replace(
             csum_off,
-            h.saddr_be as u64,
-            saddr_be as u64,
+            old.0 as u64,
+            new.0 as u64,
             BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
         )
         .map_err(fail)?;
-        ctx.l4_csum_replace(csum_off, h.sport_be as u64, sport_be as u64, udp_flag | 2)
+        ctx.l4_csum_replace(csum_off, old.1 as u64, new.1 as u64, udp_flag | 2)
             .map_err(fail)?;
-        ctx.store(h.l4_off, &sport_be, 0).map_err(fail)?;
+        ctx.store(port_off, &new.1, 0).map_err(fail)?;
     }
-    ctx.l3_csum_replace(IP_CHECK_OFF, h.saddr_be as u64, saddr_be as u64, 4)
+    ctx.l3_csum_replace(IP_CHECK_OFF, old.0 as u64, new.0 as u64, 4)
         .map_err(fail)?;
-    ctx.store(IP_SADDR_OFF, &saddr_be, 0).map_err(fail)?;
+    ctx.store(addr_off, &new.0, 0).map_err(fail)?;
     Ok(())
 }

@@ -4,15 +4,19 @@
 //! it came in on. Clients then fail in milliseconds instead of
 //! retransmitting into a timeout.
 //!
-//! Sending it back: XDP_TX fails silently on a veth in native mode unless
-//! the pod's end has NAPI (an XDP program or GRO of its own), which the
-//! node does not control. So the reply is marked in the XDP metadata and
-//! passed up; `lb_tc_ingress` on the same interface redirects marked
-//! frames out of it (see `bounce.rs`). Only where the driver cannot carry
-//! metadata is XDP_TX used.
+//! Sending it back: from TC ingress (pod veths), the entry point redirects
+//! the reply to the same interface's egress. From XDP, XDP_TX fails
+//! silently on a veth in native mode unless the peer has NAPI (an XDP
+//! program or GRO of its own), which the node does not control. So the
+//! reply is marked and passed up; `lb_tc_ingress` on the same interface
+//! redirects marked frames out of it (see `bounce.rs`). The mark is XDP
+//! metadata; on kernels that refuse `bpf_xdp_adjust_meta` to XDP programs
+//! it is a 4-byte trailer after the IP datagram instead (the IP stack would
+//! trim it; `lb_tc_ingress` does before sending the frame). Only where the
+//! driver cannot carry metadata is XDP_TX used.
 //!
-//! The reply is written over the packet itself, resized with
-//! `bpf_xdp_adjust_head`, and its checksums are computed from scratch.
+//! The reply is written over the packet itself, resized by the hook (see
+//! `Packet::resize`), and its checksums are computed from scratch.
 //! Only packets without IP options (IHL 5) are answered; anything else is
 //! dropped, as is TCP that does not open a connection.
 //!
@@ -21,13 +25,13 @@
 //! inlining. Header fields are read and written in place, one by one: whole
 //! header copies would cost stack they do not have either.
 
-use aya_ebpf::{
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_meta},
-    programs::XdpContext,
-};
+use aya_ebpf::{helpers::bpf_xdp_adjust_meta, programs::XdpContext};
 use lb_common::{csum, stats, IPPROTO_TCP, REJECT_BOUNCE_MARK};
 
-use crate::parse::{ptr_at, Headers, Ipv4Hdr, ETH_HLEN};
+use crate::{
+    packet::Packet,
+    parse::{ptr_at, Headers, Ipv4Hdr, ETH_HLEN},
+};
 
 const IP_HLEN: usize = 20;
 const TCP_HLEN: usize = 20;
@@ -36,8 +40,9 @@ const ICMP_HLEN: usize = 8;
 /// bytes of its payload (the UDP header).
 const QUOTE_LEN: usize = IP_HLEN + 8;
 const L4_OFF: usize = ETH_HLEN + IP_HLEN;
-const RST_LEN: usize = L4_OFF + TCP_HLEN;
-const UNREACH_LEN: usize = L4_OFF + ICMP_HLEN + QUOTE_LEN;
+/// Lengths of the two refusals (frames without a trailer).
+pub const RST_LEN: usize = L4_OFF + TCP_HLEN;
+pub const UNREACH_LEN: usize = L4_OFF + ICMP_HLEN + QUOTE_LEN;
 
 /// Destination and source MAC addresses, as 16-bit words (cheaper to copy
 /// than bytes).
@@ -75,10 +80,11 @@ struct IcmpHdr {
 }
 
 /// Answers a new flow's packet `h` to a frontend without backends. `Ok` is
-/// a reason the entry point turns into XDP_PASS when the reply is marked
-/// for `lb_tc_ingress` (see [`marked`]), else XDP_TX; `Err` a drop.
+/// a reason (`stats::is_tx`) the entry point sends back: TC redirects it,
+/// XDP marks it for `lb_tc_ingress` (see [`mark`]) or uses XDP_TX. `Err`
+/// is a drop.
 #[inline(never)]
-pub fn reject(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
+pub fn reject<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
     if h.l4_off != L4_OFF {
         return Err(stats::DROP_NO_BACKENDS);
     }
@@ -90,41 +96,54 @@ pub fn reject(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
     } else {
         icmp_unreachable(ctx, h)?
     };
-    mark(ctx);
     Ok(reason)
 }
 
-/// Puts [`REJECT_BOUNCE_MARK`] in front of the frame as XDP metadata; a
-/// driver without metadata support leaves the frame unmarked.
+/// Set by the agent at load time (a read-only global the verifier reads as
+/// a constant): 0 on kernels that refuse `bpf_xdp_adjust_meta` to XDP
+/// programs, where the call below is then dead code it never checks.
+#[no_mangle]
+static XDP_META_SUPPORTED: u8 = 1;
+
+/// Whether XDP rejections are marked with metadata (else with a trailer).
 #[inline(always)]
-fn mark(ctx: &XdpContext) {
+pub fn xdp_meta_supported() -> bool {
+    // SAFETY: a plain read of our own global.
+    unsafe { core::ptr::read_volatile(&XDP_META_SUPPORTED) != 0 }
+}
+
+/// Length of the mark written after an XDP rejection's IP datagram, where
+/// metadata cannot carry it.
+pub const TRAILER_LEN: usize = 4;
+
+/// XDP: marks a rejection for `lb_tc_ingress` to send back: the trailer
+/// `reject` wrote, or [`REJECT_BOUNCE_MARK`] in front of it as metadata.
+/// False where the driver cannot carry metadata: the caller then uses
+/// XDP_TX. A subprogram: rejections are rare.
+#[inline(never)]
+pub fn mark(ctx: &XdpContext) -> bool {
+    if !xdp_meta_supported() {
+        return true;
+    }
     let len = core::mem::size_of::<u32>();
     // SAFETY: plain helper call on our own context.
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(len as i32)) } != 0 {
-        return;
+        return false;
     }
     // SAFETY: the context's fields are valid; bounds checked below.
     let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, ctx.data()) };
-    if meta + len <= data {
-        // SAFETY: within the metadata area just reserved.
-        unsafe { *(meta as *mut u32) = REJECT_BOUNCE_MARK };
+    if meta + len > data {
+        return false;
     }
-}
-
-/// The frame carries [`REJECT_BOUNCE_MARK`]: a rejection to pass up for
-/// `lb_tc_ingress` rather than to XDP_TX.
-#[inline(always)]
-pub fn marked(ctx: &XdpContext) -> bool {
-    // SAFETY: the context's fields are valid; bounds checked below.
-    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, ctx.data()) };
-    // SAFETY: four bytes of metadata, bounds checked first.
-    meta + 4 <= data && unsafe { *(meta as *const u32) } == REJECT_BOUNCE_MARK
+    // SAFETY: within the metadata area just reserved.
+    unsafe { *(meta as *mut u32) = REJECT_BOUNCE_MARK };
+    true
 }
 
 /// Rewrites a SYN into the RST|ACK its sender expects (RFC 9293 3.10.7.1:
 /// seq 0, ack = SYN's seq + its length).
 #[inline(always)]
-fn tcp_rst(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
+fn tcp_rst<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
     let (saddr_be, daddr_be) = (h.saddr_be, h.daddr_be);
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let macs = read::<Macs>(data, data_end, 0)?;
@@ -167,7 +186,7 @@ fn tcp_rst(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
 /// Replaces a UDP datagram with the ICMP port unreachable that quotes it
 /// (RFC 792), from the frontend's address, which the client sent to.
 #[inline(always)]
-fn icmp_unreachable(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
+fn icmp_unreachable<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
     let (saddr_be, daddr_be) = (h.saddr_be, h.daddr_be);
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let macs = read::<Macs>(data, data_end, 0)?;
@@ -194,17 +213,24 @@ fn icmp_unreachable(ctx: &XdpContext, h: &Headers) -> Result<u32, u32> {
 /// headers (see [`write_eth_ip`]); returns the new packet bounds (the old
 /// pointers are invalid after the resize).
 #[inline(always)]
-fn reshape(
-    ctx: &XdpContext,
+fn reshape<P: Packet>(
+    ctx: &P,
     macs: Macs,
     saddr_be: u32,
     daddr_be: u32,
     proto: u8,
     len: usize,
 ) -> Result<(usize, usize), u32> {
-    resize(ctx, len)?;
+    let trailer = ctx.reject_trailer();
+    ctx.resize(len + trailer)
+        .map_err(|()| stats::DROP_NO_BACKENDS)?;
     let (data, data_end) = (ctx.data(), ctx.data_end());
     write_eth_ip(data, data_end, macs, saddr_be, daddr_be, proto, len)?;
+    if trailer != 0 {
+        let mark: *mut u32 = ptr(data, data_end, len)?;
+        // SAFETY: bounds checked by `ptr`.
+        unsafe { mark.write_unaligned(REJECT_BOUNCE_MARK) };
+    }
     Ok((data, data_end))
 }
 
@@ -247,23 +273,6 @@ fn write_eth_ip(
         (*ip).daddr_be = daddr_be;
         let words = &*(ip as *const [u16; IP_HLEN / 2]);
         (*ip).check = csum::finish(csum::sum(words));
-    }
-    Ok(())
-}
-
-/// Grows or shrinks the packet to exactly `len` bytes, at its front: the
-/// reply is written from scratch, so which end moves does not matter, and
-/// every XDP buffer has headroom, while a veth's native-mode buffer may
-/// have no tailroom (a small datagram could not grow into its ICMP error).
-/// Packet pointers taken before are invalid afterwards.
-#[inline(always)]
-fn resize(ctx: &XdpContext, len: usize) -> Result<(), u32> {
-    // Written as growth (new minus old length): the other way round, the
-    // compiler turns it into pointer arithmetic the verifier refuses.
-    let grow = len as i32 - (ctx.data_end() - ctx.data()) as i32;
-    // SAFETY: plain helper call on our own context.
-    if grow != 0 && unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
-        return Err(stats::DROP_NO_BACKENDS);
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    ebpf::{self, Attacher, BpfDataplane, DatapathMonitor, XdpModeArg},
+    ebpf::{self, Attacher, BpfDataplane, DatapathMonitor, PodHook, TcAttachArg, XdpModeArg},
     reconcile::Reconciler,
 };
 use apply::{Applier, Pending};
@@ -101,6 +101,10 @@ pub struct AgentConfig {
     /// Where the maps and links are pinned.
     pub bpffs: PathBuf,
     pub xdp_mode: XdpModeArg,
+    /// Where the pod-side DNAT runs (TC ingress by default).
+    pub pod_hook: PodHook,
+    /// How TC programs are attached (tcx links or netlink filters).
+    pub tc_attach: TcAttachArg,
     /// Detach and remove all pins on a clean exit. Otherwise the datapath
     /// keeps serving and a restarted agent adopts it.
     pub unpin_on_exit: bool,
@@ -256,13 +260,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::with_capacity(dp.dataplane.capacity());
     let mut applier = Applier::default();
     info!(
-        mode = "ebpf-xdp",
+        mode = "ebpf",
+        pod_hook = ?cfg.pod_hook,
+        tc_attach = ?cfg.tc_attach.resolve(),
         node = %cfg.node_name,
         source = ?cfg.source,
         bpffs = %cfg.bpffs.display(),
         pod_interfaces = ?cfg.pod_interfaces,
         net = %cfg.net,
-        "lb-agent starting (kube-proxy replacement; XDP DNAT, TC egress reverse NAT)"
+        "lb-agent starting (kube-proxy replacement; DNAT at the pod hook, reverse NAT at TC egress)"
     );
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -364,6 +370,7 @@ fn interval(period: Duration) -> tokio::time::Interval {
 }
 
 fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
+    ebpf::probe::kernel_floor().map_err(|e| anyhow::anyhow!(e))?;
     let sizes = cfg.map_sizes;
     let mut ebpf = ebpf::load(
         &cfg.bpffs,
@@ -390,12 +397,24 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
             );
         }
     }
-    let attacher = Attacher::new(&mut ebpf, ebpf::POD_INTERFACES, cfg.xdp_mode, &cfg.bpffs)?;
+    let attacher = Attacher::new(
+        &mut ebpf,
+        cfg.pod_hook.role(),
+        cfg.xdp_mode,
+        cfg.tc_attach,
+        &cfg.bpffs,
+    )?;
     let uplinks = if cfg.node_interfaces.is_empty() {
         None
     } else {
         let matcher = InterfaceMatcher::new(&cfg.node_interfaces)?;
-        let attacher = Attacher::new(&mut ebpf, ebpf::NODE_INTERFACES, cfg.xdp_mode, &cfg.bpffs)?;
+        let attacher = Attacher::new(
+            &mut ebpf,
+            ebpf::NODE_INTERFACES,
+            cfg.xdp_mode,
+            cfg.tc_attach,
+            &cfg.bpffs,
+        )?;
         Some((matcher, attacher))
     };
     let sock = match &cfg.cgroup {
@@ -711,10 +730,8 @@ pub fn unpin_maps(dir: &std::path::Path) {
 pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
     for role in [ebpf::POD_INTERFACES, ebpf::NODE_INTERFACES] {
         let links = dir.join(role.links_subdir);
-        if links.exists() {
-            std::fs::remove_dir_all(&links)
-                .with_context(|| format!("removing the pinned links in {}", links.display()))?;
-        }
+        ebpf::detach_pinned(&links)
+            .with_context(|| format!("removing the pinned links in {}", links.display()))?;
     }
     ebpf::sock_lb::disable(None, dir)?;
     unpin_maps(dir);

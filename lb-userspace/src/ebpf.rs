@@ -11,10 +11,14 @@ mod monitor;
 mod node_addrs;
 mod object;
 mod private_dir;
+pub mod probe;
 pub mod sock_lb;
 mod svc_names;
 
-pub use attach::{Attacher, Role, XdpModeArg, NODE_INTERFACES, POD_INTERFACES};
+pub use attach::{
+    detach_pinned, Attacher, PodHook, Role, TcAttachArg, TcMode, XdpModeArg, NODE_INTERFACES,
+    POD_INTERFACES, POD_INTERFACES_XDP, TC_NL_HANDLE, TC_NL_PRIORITY,
+};
 pub use dataplane::BpfDataplane;
 pub use monitor::{DatapathMonitor, ReasonTotals};
 pub use node_addrs::NodeAddrMap;

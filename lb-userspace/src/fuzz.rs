@@ -27,11 +27,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use oracle::{checksums_kept, foreign_changes, is_refusal, IpView, Tracked};
 use scene::Scene;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
+use crate::ebpf::fixture::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_TX};
 /// Ethernet and an IPv6 header, the longest minimal L3 header the skb
 /// test runner insists on (IPv4: 20 bytes).
 const SKB_MIN_L3: usize = 14 + 40;
@@ -39,7 +35,9 @@ const SKB_MIN_L3: usize = 14 + 40;
 /// The program a frame is run through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
-    /// `lb_xdp_ingress`: from a pod.
+    /// `lb_tc_pod_ingress`: from a pod (the default pod hook).
+    TcPodIngress,
+    /// `lb_xdp_ingress`: from a pod (`--pod-hook xdp`).
     XdpPod,
     /// `lb_xdp_node`: from outside the node.
     XdpNode,
@@ -50,7 +48,8 @@ pub enum Program {
 }
 
 impl Program {
-    const ALL: [Program; 4] = [
+    const ALL: [Program; 5] = [
+        Program::TcPodIngress,
         Program::XdpPod,
         Program::XdpNode,
         Program::TcPod,
@@ -61,8 +60,18 @@ impl Program {
         matches!(self, Program::XdpPod | Program::XdpNode)
     }
 
+    /// A program of the forward path (DNAT, refusals), as opposed to
+    /// the reverse NAT at TC egress.
+    pub fn is_forward(self) -> bool {
+        matches!(
+            self,
+            Program::TcPodIngress | Program::XdpPod | Program::XdpNode
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
+            Program::TcPodIngress => "lb_tc_pod_ingress",
             Program::XdpPod => "lb_xdp_ingress",
             Program::XdpNode => "lb_xdp_node",
             Program::TcPod => "lb_tc_egress",
@@ -93,7 +102,7 @@ pub struct Violation {
 #[derive(Debug)]
 pub struct Report {
     pub seed: u64,
-    pub tallies: [Tally; 4],
+    pub tallies: [Tally; 5],
     /// Drops seen in verdicts, and counted under drop reasons.
     pub drops_seen: u64,
     pub drops_counted: u64,
@@ -126,7 +135,7 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut flows: Vec<gen::Flow> = Vec::new();
     let mut tracked = Tracked::default();
-    let mut tallies = [Tally::default(); 4];
+    let mut tallies = [Tally::default(); 5];
     let mut violations = Vec::new();
     let mut drops_seen = 0;
     let mut violations_total = 0;
@@ -136,6 +145,7 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
     for _ in 0..frames {
         let (program, input) = gen::case(&mut rng, &scene, &flows);
         let ran = match program {
+            Program::TcPodIngress => scene.fixture.run_pod_tc(&input),
             Program::XdpPod => scene.fixture.run_xdp(&input),
             Program::XdpNode => scene.fixture.run_xdp_node(&input),
             Program::TcPod => scene.fixture.run_tc(&input),
@@ -175,7 +185,7 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
                 // A balanced flow: TC may now rewrite its packets.
                 let after = IpView::read(&out);
                 if let (true, Some(client), Some(backend)) = (
-                    program.is_xdp(),
+                    program.is_forward(),
                     view.src_addr(),
                     after.and_then(|a| a.dst_addr()),
                 ) {
@@ -248,7 +258,7 @@ fn judge(
 ) -> Result<Outcome, String> {
     let view = IpView::read(input);
     let may_change = view.is_some_and(|v| match program {
-        Program::XdpPod | Program::XdpNode => match v.dst_addr() {
+        Program::TcPodIngress | Program::XdpPod | Program::XdpNode => match v.dst_addr() {
             Some(dst) => scene.may_serve(dst, v.proto),
             None => v.frag_offset != 0 && scene.may_serve_fragment(v.dst),
         },
@@ -273,12 +283,19 @@ fn judge(
     if verdict == drop {
         return Ok(Outcome::Dropped);
     }
-    // A refusal: sent back (XDP_TX), or passed up behind the metadata
-    // that tells `lb_tc_ingress` to send it back (the test runner returns
-    // the metadata in front of the frame).
+    // A refusal: redirected back by TC, sent back by XDP (XDP_TX), or
+    // passed up marked for `lb_tc_ingress` to send back: behind metadata
+    // (the test runner returns it in front of the frame), or with a
+    // trailer where the kernel refuses XDP metadata.
     let mark = lb_common::REJECT_BOUNCE_MARK.to_ne_bytes();
+    if program == Program::TcPodIngress && verdict == TC_ACT_REDIRECT {
+        return is_refusal(&view, input, out).map(|()| Outcome::Refused);
+    }
     if program.is_xdp() && verdict == XDP_PASS && out.starts_with(&mark) {
         return is_refusal(&view, input, &out[mark.len()..]).map(|()| Outcome::Refused);
+    }
+    if program.is_xdp() && verdict == XDP_PASS && out.ends_with(&mark) {
+        return is_refusal(&view, input, &out[..out.len() - mark.len()]).map(|()| Outcome::Refused);
     }
     if program.is_xdp() && verdict == XDP_TX {
         return is_refusal(&view, input, out).map(|()| Outcome::Refused);

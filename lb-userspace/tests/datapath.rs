@@ -11,16 +11,20 @@ use lb_common::{
     SVC_F_SOURCE_RANGES,
 };
 use lb_userspace::{
-    ebpf::fixture::{be_addr, DatapathFixture},
+    ebpf::{
+        fixture::{
+            be_addr, DatapathFixture, Verdict, TC_ACT_OK, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
+        },
+        PodHook,
+    },
     packets::{
         decode, fragments, frame, icmp_port_unreachable_frame, ipv4_checksum_ok, rst_frame, L4,
     },
     testbed::privileged::require_privileged,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
+/// The pod-side forward path's hooks: every pod-side test runs on both.
+const HOOKS: [PodHook; 2] = [PodHook::Tc, PodHook::Xdp];
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 4, 2), 40000);
@@ -42,74 +46,81 @@ fn one_backend() -> Option<DatapathFixture> {
 
 #[test]
 fn tcp_to_frontend_is_dnated_with_valid_checksums() {
-    let Some(f) = one_backend() else { return };
-    let input = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
-    let (verdict, out) = f.run_xdp(&input).unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(
-        out,
-        frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""),
-        "byte-exact DNAT"
-    );
-    assert!(decode(&out).unwrap().checksums_ok);
-    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let input = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
+        let (verdict, out) = f.run_pod(hook, &input).unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(
+            out,
+            frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""),
+            "byte-exact DNAT"
+        );
+        assert!(decode(&out).unwrap().checksums_ok);
+        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
 
-    // The next packet of the flow hits conntrack and goes to the same backend.
-    let ack = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"GET / HTTP/1.0\r\n\r\n");
-    let (verdict, out) = f.run_xdp(&ack).unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(
-        out,
-        frame(L4::TcpAck, CLIENT, BACKEND, &[], b"GET / HTTP/1.0\r\n\r\n")
-    );
-    assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
+        // The next packet of the flow hits conntrack and goes to the same backend.
+        let ack = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"GET / HTTP/1.0\r\n\r\n");
+        let (verdict, out) = f.run_pod(hook, &ack).unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(
+            out,
+            frame(L4::TcpAck, CLIENT, BACKEND, &[], b"GET / HTTP/1.0\r\n\r\n")
+        );
+        assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
 
-    // Both directions are tracked, with the backend and frontend ids.
-    let ct = f.conntrack().unwrap();
-    assert_eq!(ct.len(), 2, "{ct:?}");
-    let fwd = ct
-        .iter()
-        .find(|(k, _)| k.dir == CT_DIR_FORWARD)
-        .expect("forward entry");
-    assert_eq!(
-        (fwd.0.saddr_be, fwd.0.daddr_be),
-        (be_addr(*CLIENT.ip()), be_addr(VIP))
-    );
-    let reply = ct
-        .iter()
-        .find(|(k, _)| k.dir == CT_DIR_REPLY)
-        .expect("reply entry");
-    assert_eq!(
-        (reply.0.saddr_be, reply.0.daddr_be),
-        (be_addr(*BACKEND.ip()), be_addr(*CLIENT.ip()))
-    );
-    assert_eq!(
-        (reply.0.sport_be, reply.0.dport_be),
-        (8080u16.to_be(), 40000u16.to_be())
-    );
+        // Both directions are tracked, with the backend and frontend ids.
+        let ct = f.conntrack().unwrap();
+        assert_eq!(ct.len(), 2, "{ct:?}");
+        let fwd = ct
+            .iter()
+            .find(|(k, _)| k.dir == CT_DIR_FORWARD)
+            .expect("forward entry");
+        assert_eq!(
+            (fwd.0.saddr_be, fwd.0.daddr_be),
+            (be_addr(*CLIENT.ip()), be_addr(VIP))
+        );
+        let reply = ct
+            .iter()
+            .find(|(k, _)| k.dir == CT_DIR_REPLY)
+            .expect("reply entry");
+        assert_eq!(
+            (reply.0.saddr_be, reply.0.daddr_be),
+            (be_addr(*BACKEND.ip()), be_addr(*CLIENT.ip()))
+        );
+        assert_eq!(
+            (reply.0.sport_be, reply.0.dport_be),
+            (8080u16.to_be(), 40000u16.to_be())
+        );
+    }
 }
 
 #[test]
 fn udp_to_frontend_is_dnated_and_zero_checksum_stays_zero() {
-    let Some(f) = one_backend() else { return };
-    let dns = SocketAddrV4::new(VIP, 53);
-    let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
-    let (verdict, out) = f
-        .run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"query"))
-        .unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::Udp, CLIENT, backend, &[], b"query"));
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let dns = SocketAddrV4::new(VIP, 53);
+        let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
+        let (verdict, out) = f
+            .run_pod(hook, &frame(L4::Udp, CLIENT, dns, &[], b"query"))
+            .unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(out, frame(L4::Udp, CLIENT, backend, &[], b"query"));
 
-    let other_client = SocketAddrV4::new(*CLIENT.ip(), 40001);
-    let (verdict, out) = f
-        .run_xdp(&frame(L4::UdpNoChecksum, other_client, dns, &[], b"query"))
-        .unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(
-        out,
-        frame(L4::UdpNoChecksum, other_client, backend, &[], b"query")
-    );
-    assert!(decode(&out).unwrap().udp_no_checksum);
+        let other_client = SocketAddrV4::new(*CLIENT.ip(), 40001);
+        let (verdict, out) = f
+            .run_pod(
+                hook,
+                &frame(L4::UdpNoChecksum, other_client, dns, &[], b"query"),
+            )
+            .unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(
+            out,
+            frame(L4::UdpNoChecksum, other_client, backend, &[], b"query")
+        );
+        assert!(decode(&out).unwrap().udp_no_checksum);
+    }
 }
 
 /// `f` as a pod sends it with checksum offload (CHECKSUM_PARTIAL): the L4
@@ -161,152 +172,157 @@ fn offloaded_checksums_stay_pseudo_header_sums() {
 
 #[test]
 fn ip_options_are_skipped_correctly() {
-    let Some(f) = one_backend() else { return };
-    // Four NOPs and an end-of-options list padded to 8 bytes: IHL 7.
-    let options = [1, 1, 1, 1, 0, 0, 0, 0];
-    let (verdict, out) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &options, b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &options, b""));
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        // Four NOPs and an end-of-options list padded to 8 bytes: IHL 7.
+        let options = [1, 1, 1, 1, 0, 0, 0, 0];
+        let (verdict, out) = f
+            .run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &options, b""))
+            .unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &options, b""));
+    }
 }
 
 #[test]
 fn reply_is_reverse_nated_at_tc_egress() {
-    let Some(f) = one_backend() else { return };
-    f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    let reply = frame(L4::TcpAck, BACKEND, CLIENT, &[], b"pod-1");
-    let (verdict, out) = f.run_tc(&reply).unwrap();
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(
-        out,
-        frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"pod-1"),
-        "source restored to the frontend"
-    );
-    assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        f.run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        let reply = frame(L4::TcpAck, BACKEND, CLIENT, &[], b"pod-1");
+        let (verdict, out) = f.run_tc(&reply).unwrap();
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(
+            out,
+            frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"pod-1"),
+            "source restored to the frontend"
+        );
+        assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
 
-    // UDP too, zero checksum kept.
-    let dns = SocketAddrV4::new(VIP, 53);
-    let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
-    f.run_xdp(&frame(L4::UdpNoChecksum, CLIENT, dns, &[], b"q"))
-        .unwrap();
-    let (_, out) = f
-        .run_tc(&frame(L4::UdpNoChecksum, backend, CLIENT, &[], b"answer"))
-        .unwrap();
-    assert_eq!(out, frame(L4::UdpNoChecksum, dns, CLIENT, &[], b"answer"));
+        // UDP too, zero checksum kept.
+        let dns = SocketAddrV4::new(VIP, 53);
+        let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
+        f.run_pod(hook, &frame(L4::UdpNoChecksum, CLIENT, dns, &[], b"q"))
+            .unwrap();
+        let (_, out) = f
+            .run_tc(&frame(L4::UdpNoChecksum, backend, CLIENT, &[], b"answer"))
+            .unwrap();
+        assert_eq!(out, frame(L4::UdpNoChecksum, dns, CLIENT, &[], b"answer"));
+    }
 }
 
 #[test]
 fn lookalike_reply_without_conntrack_is_not_rewritten() {
-    let Some(f) = one_backend() else { return };
-    // Source is a backend, but no flow was ever balanced to it.
-    let reply = frame(L4::TcpAck, BACKEND, CLIENT, &[], b"pod-1");
-    let (verdict, out) = f.run_tc(&reply).unwrap();
-    assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(out, reply);
-    assert_eq!(f.count(stats::TC_PASS_NOT_REPLY).unwrap(), 1);
-    // And the XDP side leaves it alone too (not addressed to a frontend).
-    let (verdict, out) = f.run_xdp(&reply).unwrap();
-    assert_eq!((verdict, out), (XDP_PASS, reply));
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        // Source is a backend, but no flow was ever balanced to it.
+        let reply = frame(L4::TcpAck, BACKEND, CLIENT, &[], b"pod-1");
+        let (verdict, out) = f.run_tc(&reply).unwrap();
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, reply);
+        assert_eq!(f.count(stats::TC_PASS_NOT_REPLY).unwrap(), 1);
+        // And the XDP side leaves it alone too (not addressed to a frontend).
+        let (verdict, out) = f.run_pod(hook, &reply).unwrap();
+        assert_eq!((verdict, out), (Verdict::Pass, reply));
+    }
 }
 
 #[test]
 fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
-    let Some(f) = one_backend() else { return };
-    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
-        (
-            "other port",
-            frame(L4::TcpSyn, CLIENT, SocketAddrV4::new(VIP, 81), &[], b""),
-            stats::PASS_NO_SERVICE,
-        ),
-        (
-            "other address",
-            frame(
-                L4::TcpSyn,
-                CLIENT,
-                SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80),
-                &[],
-                b"",
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            (
+                "other port",
+                frame(L4::TcpSyn, CLIENT, SocketAddrV4::new(VIP, 81), &[], b""),
+                stats::PASS_NO_SERVICE,
             ),
-            stats::PASS_NO_SERVICE,
-        ),
-        (
-            "wrong protocol",
-            frame(L4::Udp, CLIENT, FRONTEND, &[], b""),
-            stats::PASS_NO_SERVICE,
-        ),
-        (
-            "ipv6 ethertype",
-            ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x86dd),
-            stats::PASS_NOT_IPV4,
-        ),
-        (
-            "arp ethertype",
-            ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x0806),
-            stats::PASS_NOT_IPV4,
-        ),
-        (
-            "icmp",
-            ip_proto(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 1),
-            stats::PASS_NOT_TCP_UDP,
-        ),
-        // A first fragment is balanced like a whole datagram (see the
-        // fragment tests below); a later one of an unknown datagram is not.
-        (
-            "later fragment",
-            fragment(
-                frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"),
-                0x0010,
+            (
+                "other address",
+                frame(
+                    L4::TcpSyn,
+                    CLIENT,
+                    SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80),
+                    &[],
+                    b"",
+                ),
+                stats::PASS_NO_SERVICE,
             ),
-            stats::PASS_FRAGMENT,
-        ),
-        (
-            "ihl below 5",
-            ihl(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 4),
-            stats::PASS_TRUNCATED,
-        ),
-    ];
-    for (name, input, reason) in cases {
-        let before = f.count(reason).unwrap();
-        let (verdict, out) = f.run_xdp(&input).unwrap();
-        assert_eq!(verdict, XDP_PASS, "{name}");
-        assert_eq!(out, input, "{name}: untouched");
-        assert_eq!(
-            f.count(reason).unwrap(),
-            before + 1,
-            "{name}: counted as {}",
-            stats::NAMES[reason as usize]
-        );
+            (
+                "wrong protocol",
+                frame(L4::Udp, CLIENT, FRONTEND, &[], b""),
+                stats::PASS_NO_SERVICE,
+            ),
+            (
+                "ipv6 ethertype",
+                ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x86dd),
+                stats::PASS_NOT_IPV4,
+            ),
+            (
+                "arp ethertype",
+                ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x0806),
+                stats::PASS_NOT_IPV4,
+            ),
+            (
+                "icmp",
+                ip_proto(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 1),
+                stats::PASS_NOT_TCP_UDP,
+            ),
+            // A first fragment is balanced like a whole datagram (see the
+            // fragment tests below); a later one of an unknown datagram is not.
+            (
+                "later fragment",
+                fragment(
+                    frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"),
+                    0x0010,
+                ),
+                stats::PASS_FRAGMENT,
+            ),
+            (
+                "ihl below 5",
+                ihl(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 4),
+                stats::PASS_TRUNCATED,
+            ),
+        ];
+        for (name, input, reason) in cases {
+            let before = f.count(reason).unwrap();
+            let (verdict, out) = f.run_pod(hook, &input).unwrap();
+            assert_eq!(verdict, Verdict::Pass, "{name}");
+            assert_eq!(out, input, "{name}: untouched");
+            assert_eq!(
+                f.count(reason).unwrap(),
+                before + 1,
+                "{name}: counted as {}",
+                stats::NAMES[reason as usize]
+            );
+        }
+        // Cut a frontend-bound SYN at every length short of its full headers
+        // (BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header,
+        // and for TC, IPv4 frames shorter than an IPv4 header too).
+        let full = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
+        let shortest = if hook == PodHook::Tc { 34 } else { 14 };
+        for len in shortest..full.len() {
+            let (verdict, out) = f
+                .run_pod(hook, &full[..len])
+                .unwrap_or_else(|e| panic!("len {len}: {e:#}"));
+            assert_eq!(
+                (verdict, out.as_slice()),
+                (Verdict::Pass, &full[..len]),
+                "truncated at {len}"
+            );
+        }
+        assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
     }
-    // Cut a frontend-bound SYN at every length short of its full headers
-    // (BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header).
-    let full = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
-    for len in 14..full.len() {
-        let (verdict, out) = f
-            .run_xdp(&full[..len])
-            .unwrap_or_else(|e| panic!("len {len}: {e:#}"));
-        assert_eq!(
-            (verdict, out.as_slice()),
-            (XDP_PASS, &full[..len]),
-            "truncated at {len}"
-        );
-    }
-    assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
 }
 
-/// The frame of a rejection: passed up (XDP_PASS) behind the metadata
-/// that tells `lb_tc_ingress` to send it back out (BPF_PROG_TEST_RUN
-/// returns the metadata in front of the frame).
-fn bounced((verdict, out): (u32, Vec<u8>)) -> Vec<u8> {
-    assert_eq!(verdict, XDP_PASS, "a rejection is passed up to TC");
-    let (meta, frame) = out.split_at(4);
-    assert_eq!(
-        u32::from_ne_bytes(meta.try_into().unwrap()),
-        REJECT_BOUNCE_MARK,
-        "marked for lb_tc_ingress"
-    );
-    frame.to_vec()
+/// The frame of a rejection, sent back out of the interface it came in
+/// on: redirected by TC, or (XDP) passed up behind the metadata that tells
+/// `lb_tc_ingress` to send it back, or XDP_TX where the kernel refuses XDP
+/// metadata (see `Verdict::of_xdp`).
+fn bounced((verdict, out): (Verdict, Vec<u8>)) -> Vec<u8> {
+    assert_eq!(verdict, Verdict::SentBack, "a rejection goes back");
+    out
 }
 
 /// `lb_tc_ingress` lets every frame without the rejection mark through
@@ -322,6 +338,31 @@ fn tc_ingress_passes_unmarked_frames_untouched() {
     }
 }
 
+/// On kernels that refuse XDP metadata, an XDP refusal carries its mark
+/// as a trailer: `lb_tc_ingress` strips it and sends the refusal back.
+/// Elsewhere it leaves such a frame alone (the mark is metadata there).
+#[test]
+fn tc_ingress_bounces_a_refusal_marked_by_its_trailer() {
+    let Some(f) = no_backends() else { return };
+    let rst = rst_frame(FRONTEND, CLIENT, 1001);
+    let mut marked = rst.clone();
+    marked.extend(REJECT_BOUNCE_MARK.to_ne_bytes());
+    let got = f.run_tc_ingress(&marked).unwrap();
+    if lb_userspace::ebpf::probe::xdp_adjust_meta() {
+        assert_eq!(
+            got,
+            (TC_ACT_OK, marked.clone()),
+            "metadata kernel: untouched"
+        );
+    } else {
+        assert_eq!(got, (TC_ACT_REDIRECT, rst), "trailer stripped, sent back");
+    }
+    // A frame of another length is never taken for one.
+    let mut longer = marked.clone();
+    longer.insert(54, 0);
+    assert_eq!(f.run_tc_ingress(&longer).unwrap(), (TC_ACT_OK, longer));
+}
+
 /// A fixture whose TCP and UDP frontends on VIP have no backends.
 fn no_backends() -> Option<DatapathFixture> {
     if !require_privileged("datapath") {
@@ -335,104 +376,112 @@ fn no_backends() -> Option<DatapathFixture> {
 
 #[test]
 fn syn_to_frontend_without_backends_is_answered_with_a_rst() {
-    let Some(f) = no_backends() else { return };
-    let out = bounced(
-        f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-            .unwrap(),
-    );
-    // The SYN's seq is 1000: the RST acknowledges 1001.
-    assert_eq!(out, rst_frame(FRONTEND, CLIENT, 1001), "byte-exact RST");
-    let decoded = decode(&out).unwrap();
-    assert!(decoded.checksums_ok);
-    assert_eq!((decoded.src, decoded.dst), (FRONTEND, CLIENT));
-    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 1);
+    for hook in HOOKS {
+        let Some(f) = no_backends() else { return };
+        let out = bounced(
+            f.run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+                .unwrap(),
+        );
+        // The SYN's seq is 1000: the RST acknowledges 1001.
+        assert_eq!(out, rst_frame(FRONTEND, CLIENT, 1001), "byte-exact RST");
+        let decoded = decode(&out).unwrap();
+        assert!(decoded.checksums_ok);
+        assert_eq!((decoded.src, decoded.dst), (FRONTEND, CLIENT));
+        assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 1);
 
-    // TCP options are dropped (the packet shrinks), and data on the SYN is
-    // acknowledged too.
-    let out = bounced(
-        f.run_xdp(&frame(L4::TcpSynMss, CLIENT, FRONTEND, &[], b"hello"))
-            .unwrap(),
-    );
-    assert_eq!(
-        out,
-        rst_frame(FRONTEND, CLIENT, 1006),
-        "RST without options"
-    );
-    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 2);
-    assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
+        // TCP options are dropped (the packet shrinks), and data on the SYN is
+        // acknowledged too.
+        let out = bounced(
+            f.run_pod(hook, &frame(L4::TcpSynMss, CLIENT, FRONTEND, &[], b"hello"))
+                .unwrap(),
+        );
+        assert_eq!(
+            out,
+            rst_frame(FRONTEND, CLIENT, 1006),
+            "RST without options"
+        );
+        assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 2);
+        assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
+    }
 }
 
 #[test]
 fn udp_to_frontend_without_backends_is_answered_with_port_unreachable() {
-    let Some(f) = no_backends() else { return };
-    let dns = SocketAddrV4::new(VIP, 53);
-    // Short and long datagrams: the reply grows or shrinks to 70 bytes.
-    for payload in [&b"q"[..], &[7u8; 200][..]] {
-        for l4 in [L4::Udp, L4::UdpNoChecksum] {
-            let input = frame(l4, CLIENT, dns, &[], payload);
-            let out = bounced(f.run_xdp(&input).unwrap());
-            assert_eq!(
-                out,
-                icmp_port_unreachable_frame(VIP, &input),
-                "byte-exact ICMP for {} bytes of {l4:?}",
-                payload.len()
-            );
+    for hook in HOOKS {
+        let Some(f) = no_backends() else { return };
+        let dns = SocketAddrV4::new(VIP, 53);
+        // Short and long datagrams: the reply grows or shrinks to 70 bytes.
+        for payload in [&b"q"[..], &[7u8; 200][..]] {
+            for l4 in [L4::Udp, L4::UdpNoChecksum] {
+                let input = frame(l4, CLIENT, dns, &[], payload);
+                let out = bounced(f.run_pod(hook, &input).unwrap());
+                assert_eq!(
+                    out,
+                    icmp_port_unreachable_frame(VIP, &input),
+                    "byte-exact ICMP for {} bytes of {l4:?}",
+                    payload.len()
+                );
+            }
         }
+        assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 4);
     }
-    assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 4);
 }
 
 #[test]
 fn frontend_without_backends_drops_what_it_does_not_answer() {
-    let Some(f) = no_backends() else { return };
-    let cases = [
-        ("non-SYN", frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"data")),
-        (
-            "IP options",
-            frame(L4::TcpSyn, CLIENT, FRONTEND, &[1, 1, 1, 0], b""),
-        ),
-    ];
-    for (i, (name, input)) in cases.iter().enumerate() {
-        let (verdict, _) = f.run_xdp(input).unwrap();
-        assert_eq!(verdict, XDP_DROP, "{name}");
-        assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), i as u64 + 1);
+    for hook in HOOKS {
+        let Some(f) = no_backends() else { return };
+        let cases = [
+            ("non-SYN", frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"data")),
+            (
+                "IP options",
+                frame(L4::TcpSyn, CLIENT, FRONTEND, &[1, 1, 1, 0], b""),
+            ),
+        ];
+        for (i, (name, input)) in cases.iter().enumerate() {
+            let (verdict, _) = f.run_pod(hook, input).unwrap();
+            assert_eq!(verdict, Verdict::Drop, "{name}");
+            assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), i as u64 + 1);
+        }
+        assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 0);
     }
-    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 0);
 }
 
 #[test]
 fn new_flows_spread_uniformly_and_stick() {
-    if !require_privileged("datapath") {
-        return;
-    }
-    let mut f = DatapathFixture::new().unwrap();
-    let backends: Vec<(Ipv4Addr, u16)> = (1..=3)
-        .map(|i| (Ipv4Addr::new(10, 244, i, 2), 8080))
-        .collect();
-    f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
-    let mut hits = [0u32; 3];
-    for port in 10_000..13_000u16 {
-        let client = SocketAddrV4::new(*CLIENT.ip(), port);
-        let (_, out) = f
-            .run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b""))
-            .unwrap();
-        let dst = decode(&out).unwrap().dst;
-        let i = backends
-            .iter()
-            .position(|b| b.0 == *dst.ip())
-            .expect("a backend");
-        hits[i] += 1;
-        // The same flow sticks to its backend.
-        let (_, again) = f
-            .run_xdp(&frame(L4::TcpAck, client, FRONTEND, &[], b""))
-            .unwrap();
-        assert_eq!(decode(&again).unwrap().dst, dst);
-    }
-    for h in hits {
-        assert!(
-            (850..=1150).contains(&h),
-            "uniform spread over 3000 flows: {hits:?}"
-        );
+    for hook in HOOKS {
+        if !require_privileged("datapath") {
+            return;
+        }
+        let mut f = DatapathFixture::new().unwrap();
+        let backends: Vec<(Ipv4Addr, u16)> = (1..=3)
+            .map(|i| (Ipv4Addr::new(10, 244, i, 2), 8080))
+            .collect();
+        f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
+        let mut hits = [0u32; 3];
+        for port in 10_000..13_000u16 {
+            let client = SocketAddrV4::new(*CLIENT.ip(), port);
+            let (_, out) = f
+                .run_pod(hook, &frame(L4::TcpSyn, client, FRONTEND, &[], b""))
+                .unwrap();
+            let dst = decode(&out).unwrap().dst;
+            let i = backends
+                .iter()
+                .position(|b| b.0 == *dst.ip())
+                .expect("a backend");
+            hits[i] += 1;
+            // The same flow sticks to its backend.
+            let (_, again) = f
+                .run_pod(hook, &frame(L4::TcpAck, client, FRONTEND, &[], b""))
+                .unwrap();
+            assert_eq!(decode(&again).unwrap().dst, dst);
+        }
+        for h in hits {
+            assert!(
+                (850..=1150).contains(&h),
+                "uniform spread over 3000 flows: {hits:?}"
+            );
+        }
     }
 }
 
@@ -441,45 +490,47 @@ fn new_flows_spread_uniformly_and_stick() {
 /// 5-tuple, so its next packet is balanced to the same backend, counted.
 #[test]
 fn a_connection_that_lost_its_conntrack_entry_keeps_its_backend() {
-    if !require_privileged("datapath") {
-        return;
+    for hook in HOOKS {
+        if !require_privileged("datapath") {
+            return;
+        }
+        let mut f = DatapathFixture::new().unwrap();
+        // Not 10.244.4.2: that is the client, which would make it a hairpin.
+        let backends: Vec<(Ipv4Addr, u16)> = (1..=5)
+            .map(|i| (Ipv4Addr::new(10, 244, 10 + i, 2), 8080))
+            .collect();
+        f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
+        let mut spread = std::collections::BTreeSet::new();
+        for port in 20_000..20_050u16 {
+            let client = SocketAddrV4::new(*CLIENT.ip(), port);
+            let (_, out) = f
+                .run_pod(hook, &frame(L4::TcpSyn, client, FRONTEND, &[], b""))
+                .unwrap();
+            let first = decode(&out).unwrap().dst;
+            // Userspace computes the same choice (what `lbctl explain` relies
+            // on): slot 1 + hash % count, the fixture's slots in list order.
+            let hash = lb_common::hash::flow_hash(
+                be_addr(*client.ip()),
+                be_addr(VIP),
+                port.to_be(),
+                80u16.to_be(),
+                IPPROTO_TCP,
+            );
+            let slot = (hash % backends.len() as u32) as usize;
+            assert_eq!(*first.ip(), backends[slot].0, "flow from port {port}");
+            f.forget_conntrack().unwrap();
+            let (verdict, again) = f
+                .run_pod(hook, &frame(L4::TcpAck, client, FRONTEND, &[], b"data"))
+                .unwrap();
+            assert_eq!(verdict, Verdict::Pass);
+            assert_eq!(decode(&again).unwrap().dst, first, "flow from port {port}");
+            spread.insert(first);
+        }
+        assert_eq!(f.count(stats::CT_MISS_MIDFLOW).unwrap(), 50);
+        assert_eq!(spread.len(), 5, "50 flows over 5 backends: {spread:?}");
+        let ct = f.conntrack().unwrap();
+        assert_eq!(ct.len(), 2, "the last flow is tracked again: {ct:?}");
     }
-    let mut f = DatapathFixture::new().unwrap();
-    // Not 10.244.4.2: that is the client, which would make it a hairpin.
-    let backends: Vec<(Ipv4Addr, u16)> = (1..=5)
-        .map(|i| (Ipv4Addr::new(10, 244, 10 + i, 2), 8080))
-        .collect();
-    f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
-    let mut spread = std::collections::BTreeSet::new();
-    for port in 20_000..20_050u16 {
-        let client = SocketAddrV4::new(*CLIENT.ip(), port);
-        let (_, out) = f
-            .run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b""))
-            .unwrap();
-        let first = decode(&out).unwrap().dst;
-        // Userspace computes the same choice (what `lbctl explain` relies
-        // on): slot 1 + hash % count, the fixture's slots in list order.
-        let hash = lb_common::hash::flow_hash(
-            be_addr(*client.ip()),
-            be_addr(VIP),
-            port.to_be(),
-            80u16.to_be(),
-            IPPROTO_TCP,
-        );
-        let slot = (hash % backends.len() as u32) as usize;
-        assert_eq!(*first.ip(), backends[slot].0, "flow from port {port}");
-        f.forget_conntrack().unwrap();
-        let (verdict, again) = f
-            .run_xdp(&frame(L4::TcpAck, client, FRONTEND, &[], b"data"))
-            .unwrap();
-        assert_eq!(verdict, XDP_PASS);
-        assert_eq!(decode(&again).unwrap().dst, first, "flow from port {port}");
-        spread.insert(first);
-    }
-    assert_eq!(f.count(stats::CT_MISS_MIDFLOW).unwrap(), 50);
-    assert_eq!(spread.len(), 5, "50 flows over 5 backends: {spread:?}");
-    let ct = f.conntrack().unwrap();
-    assert_eq!(ct.len(), 2, "the last flow is tracked again: {ct:?}");
 }
 
 fn ether_type(mut f: Vec<u8>, t: u16) -> Vec<u8> {
@@ -504,40 +555,45 @@ fn ihl(mut f: Vec<u8>, ihl: u8) -> Vec<u8> {
 
 #[test]
 fn established_tcp_keeps_a_removed_backend_but_new_flows_and_udp_move_on() {
-    let Some(mut f) = one_backend() else { return };
-    let next = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 8080);
-    let dns = SocketAddrV4::new(VIP, 53);
-    f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    f.run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"q1")).unwrap();
+    for hook in HOOKS {
+        let Some(mut f) = one_backend() else { return };
+        let next = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 2), 8080);
+        let dns = SocketAddrV4::new(VIP, 53);
+        f.run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        f.run_pod(hook, &frame(L4::Udp, CLIENT, dns, &[], b"q1"))
+            .unwrap();
 
-    // The backend leaves both Services (scale-down): they now point to
-    // `next`, and the agent deletes the old backend entry.
-    f.add_service(VIP, 80, IPPROTO_TCP, &[(*next.ip(), 8080)])
-        .unwrap();
-    f.add_service(VIP, 53, IPPROTO_UDP, &[(*next.ip(), 5353)])
-        .unwrap();
-    assert!(f.remove_backend(*BACKEND.ip(), 8080).unwrap());
-    assert!(f.remove_backend(*BACKEND.ip(), 5353).unwrap());
+        // The backend leaves both Services (scale-down): they now point to
+        // `next`, and the agent deletes the old backend entry.
+        f.add_service(VIP, 80, IPPROTO_TCP, &[(*next.ip(), 8080)])
+            .unwrap();
+        f.add_service(VIP, 53, IPPROTO_UDP, &[(*next.ip(), 5353)])
+            .unwrap();
+        assert!(f.remove_backend(*BACKEND.ip(), 8080).unwrap());
+        assert!(f.remove_backend(*BACKEND.ip(), 5353).unwrap());
 
-    // The established connection still reaches its pod, as with kube-proxy.
-    let data = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"more");
-    let (verdict, out) = f.run_xdp(&data).unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::TcpAck, CLIENT, BACKEND, &[], b"more"));
-    assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
+        // The established connection still reaches its pod, as with kube-proxy.
+        let data = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"more");
+        let (verdict, out) = f.run_pod(hook, &data).unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(out, frame(L4::TcpAck, CLIENT, BACKEND, &[], b"more"));
+        assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
 
-    // A new connection reusing the tuple (a SYN) is balanced afresh.
-    let (_, out) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    assert_eq!(out, frame(L4::TcpSyn, CLIENT, next, &[], b""));
+        // A new connection reusing the tuple (a SYN) is balanced afresh.
+        let (_, out) = f
+            .run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        assert_eq!(out, frame(L4::TcpSyn, CLIENT, next, &[], b""));
 
-    // The next UDP datagram of the flow goes to a live backend.
-    let (_, out) = f.run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"q2")).unwrap();
-    let live = SocketAddrV4::new(*next.ip(), 5353);
-    assert_eq!(out, frame(L4::Udp, CLIENT, live, &[], b"q2"));
-    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 4);
+        // The next UDP datagram of the flow goes to a live backend.
+        let (_, out) = f
+            .run_pod(hook, &frame(L4::Udp, CLIENT, dns, &[], b"q2"))
+            .unwrap();
+        let live = SocketAddrV4::new(*next.ip(), 5353);
+        assert_eq!(out, frame(L4::Udp, CLIENT, live, &[], b"q2"));
+        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 4);
+    }
 }
 
 // ---- the node's uplinks: NodePort from outside ------------------------------
@@ -705,12 +761,15 @@ fn external_frontend_without_backends_rejects_at_the_uplink() {
     f.add_frontend(NODE, NODE_PORT.port(), IPPROTO_UDP, &[], 0)
         .unwrap();
     let out = bounced(
-        f.run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
-            .unwrap(),
+        Verdict::of_xdp(
+            f.run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
+                .unwrap(),
+        )
+        .unwrap(),
     );
     assert_eq!(out, rst_frame(NODE_PORT, EXTERNAL, 1001));
     let input = frame(L4::Udp, EXTERNAL, NODE_PORT, &[], b"q");
-    let out = bounced(f.run_xdp_node(&input).unwrap());
+    let out = bounced(Verdict::of_xdp(f.run_xdp_node(&input).unwrap()).unwrap());
     assert_eq!(out, icmp_port_unreachable_frame(NODE, &input));
     let (verdict, _) = f
         .run_xdp_node(&frame(L4::TcpAck, EXTERNAL, NODE_PORT, &[], b""))
@@ -723,55 +782,57 @@ fn external_frontend_without_backends_rejects_at_the_uplink() {
 
 #[test]
 fn load_balancer_source_ranges_admit_only_their_clients() {
-    if !require_privileged("datapath") {
-        return;
+    for hook in HOOKS {
+        if !require_privileged("datapath") {
+            return;
+        }
+        let mut f = DatapathFixture::new().unwrap();
+        let lb_ip = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 200), 80);
+        let id = f
+            .add_frontend(
+                *lb_ip.ip(),
+                lb_ip.port(),
+                IPPROTO_TCP,
+                &[(*BACKEND.ip(), BACKEND.port(), 0)],
+                SVC_F_SOURCE_RANGES,
+            )
+            .unwrap();
+        f.allow_source(id, Ipv4Addr::new(192, 168, 50, 96), 30)
+            .unwrap();
+        // 192.168.50.100 is in 192.168.50.96/30? No: .96-.99. Refused, counted.
+        let (verdict, _) = f
+            .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 1);
+        // A client inside the range is balanced.
+        let inside = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 97), 50000);
+        let (verdict, out) = f
+            .run_xdp_node(&frame(L4::TcpSyn, inside, lb_ip, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, frame(L4::TcpSyn, inside, BACKEND, &[], b""));
+        // Another frontend's ranges do not leak: widen id+1, still refused.
+        f.allow_source(id + 1, Ipv4Addr::new(192, 168, 50, 0), 24)
+            .unwrap();
+        let (verdict, _) = f
+            .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, XDP_DROP);
+        // Pods reaching the load-balancer IP are held to the ranges too, as
+        // with kube-proxy: outside them dropped, inside balanced.
+        let (verdict, _) = f
+            .run_pod(hook, &frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, Verdict::Drop);
+        assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 3);
+        f.allow_source(id, *CLIENT.ip(), 32).unwrap();
+        let (verdict, out) = f
+            .run_pod(hook, &frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""));
     }
-    let mut f = DatapathFixture::new().unwrap();
-    let lb_ip = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 200), 80);
-    let id = f
-        .add_frontend(
-            *lb_ip.ip(),
-            lb_ip.port(),
-            IPPROTO_TCP,
-            &[(*BACKEND.ip(), BACKEND.port(), 0)],
-            SVC_F_SOURCE_RANGES,
-        )
-        .unwrap();
-    f.allow_source(id, Ipv4Addr::new(192, 168, 50, 96), 30)
-        .unwrap();
-    // 192.168.50.100 is in 192.168.50.96/30? No: .96-.99. Refused, counted.
-    let (verdict, _) = f
-        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 1);
-    // A client inside the range is balanced.
-    let inside = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 97), 50000);
-    let (verdict, out) = f
-        .run_xdp_node(&frame(L4::TcpSyn, inside, lb_ip, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::TcpSyn, inside, BACKEND, &[], b""));
-    // Another frontend's ranges do not leak: widen id+1, still refused.
-    f.allow_source(id + 1, Ipv4Addr::new(192, 168, 50, 0), 24)
-        .unwrap();
-    let (verdict, _) = f
-        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_DROP);
-    // Pods reaching the load-balancer IP are held to the ranges too, as
-    // with kube-proxy: outside them dropped, inside balanced.
-    let (verdict, _) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 3);
-    f.allow_source(id, *CLIENT.ip(), 32).unwrap();
-    let (verdict, out) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""));
 }
 
 #[test]
@@ -826,169 +887,181 @@ fn nodeport_answers_on_every_node_address_and_replies_from_the_one_used() {
 
 #[test]
 fn client_ip_affinity_sticks_new_flows_and_can_be_switched_off() {
-    if !require_privileged("datapath") {
-        return;
+    for hook in HOOKS {
+        if !require_privileged("datapath") {
+            return;
+        }
+        let mut f = DatapathFixture::new().unwrap();
+        let backends: Vec<_> = (1..=4)
+            .map(|i| (Ipv4Addr::new(10, 244, i, 2), 8080))
+            .collect();
+        f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
+        let backend_of = |f: &DatapathFixture, client: SocketAddrV4| {
+            let (_, out) = f
+                .run_pod(hook, &frame(L4::TcpSyn, client, FRONTEND, &[], b""))
+                .unwrap();
+            decode(&out).unwrap().dst
+        };
+        let from = |port| SocketAddrV4::new(*CLIENT.ip(), port);
+        f.set_affinity(VIP, 80, IPPROTO_TCP, 10).unwrap();
+        let first = backend_of(&f, from(30000));
+        for port in 30001..30040 {
+            assert_eq!(
+                backend_of(&f, from(port)),
+                first,
+                "new flow from port {port}"
+            );
+        }
+        // Affinity off: new flows from the same client spread again.
+        f.set_affinity(VIP, 80, IPPROTO_TCP, 0).unwrap();
+        let seen: std::collections::BTreeSet<_> =
+            (31000..31040).map(|p| backend_of(&f, from(p))).collect();
+        assert!(seen.len() > 1, "still sticky with affinity off: {seen:?}");
     }
-    let mut f = DatapathFixture::new().unwrap();
-    let backends: Vec<_> = (1..=4)
-        .map(|i| (Ipv4Addr::new(10, 244, i, 2), 8080))
-        .collect();
-    f.add_service(VIP, 80, IPPROTO_TCP, &backends).unwrap();
-    let backend_of = |f: &DatapathFixture, client: SocketAddrV4| {
-        let (_, out) = f
-            .run_xdp(&frame(L4::TcpSyn, client, FRONTEND, &[], b""))
-            .unwrap();
-        decode(&out).unwrap().dst
-    };
-    let from = |port| SocketAddrV4::new(*CLIENT.ip(), port);
-    f.set_affinity(VIP, 80, IPPROTO_TCP, 10).unwrap();
-    let first = backend_of(&f, from(30000));
-    for port in 30001..30040 {
-        assert_eq!(
-            backend_of(&f, from(port)),
-            first,
-            "new flow from port {port}"
-        );
-    }
-    // Affinity off: new flows from the same client spread again.
-    f.set_affinity(VIP, 80, IPPROTO_TCP, 0).unwrap();
-    let seen: std::collections::BTreeSet<_> =
-        (31000..31040).map(|p| backend_of(&f, from(p))).collect();
-    assert!(seen.len() > 1, "still sticky with affinity off: {seen:?}");
 }
 
 #[test]
 fn internal_local_policy_without_local_endpoints_drops_pod_traffic() {
-    if !require_privileged("datapath") {
-        return;
+    for hook in HOOKS {
+        if !require_privileged("datapath") {
+            return;
+        }
+        let mut f = DatapathFixture::new().unwrap();
+        f.add_frontend(VIP, 80, IPPROTO_TCP, &[], SVC_F_LOCAL_ONLY)
+            .unwrap();
+        let (verdict, _) = f
+            .run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, Verdict::Drop);
+        assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
     }
-    let mut f = DatapathFixture::new().unwrap();
-    f.add_frontend(VIP, 80, IPPROTO_TCP, &[], SVC_F_LOCAL_ONLY)
-        .unwrap();
-    let (verdict, _) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
 }
 
 #[test]
 fn pods_reach_a_local_policy_external_frontend_through_every_endpoint() {
-    if !require_privileged("datapath") {
-        return;
+    for hook in HOOKS {
+        if !require_privileged("datapath") {
+            return;
+        }
+        // A load-balancer IP with externalTrafficPolicy Local on a node without
+        // a local endpoint: none for traffic from outside, the cluster's one
+        // (on another node) for the node's pods, as with kube-proxy.
+        let lb_ip = SocketAddrV4::new(Ipv4Addr::new(192, 168, 60, 1), 80);
+        let mut f = DatapathFixture::new().unwrap();
+        let remote = (*REMOTE.ip(), REMOTE.port(), BACKEND_F_REMOTE);
+        f.add_split_frontend(
+            *lb_ip.ip(),
+            lb_ip.port(),
+            IPPROTO_TCP,
+            &[],
+            &[remote],
+            SVC_F_LOCAL_ONLY,
+        )
+        .unwrap();
+        let (verdict, out) = f
+            .run_pod(hook, &frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, Verdict::Pass);
+        assert_eq!(out, frame(L4::TcpSyn, CLIENT, REMOTE, &[], b""));
+        // The reply comes from the load-balancer IP.
+        let (_, out) = f
+            .run_tc(&frame(L4::TcpAck, REMOTE, CLIENT, &[], b""))
+            .unwrap();
+        assert_eq!(out, frame(L4::TcpAck, lb_ip, CLIENT, &[], b""));
+        // From outside the node: dropped, as before.
+        let (verdict, _) = f
+            .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
+            .unwrap();
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
     }
-    // A load-balancer IP with externalTrafficPolicy Local on a node without
-    // a local endpoint: none for traffic from outside, the cluster's one
-    // (on another node) for the node's pods, as with kube-proxy.
-    let lb_ip = SocketAddrV4::new(Ipv4Addr::new(192, 168, 60, 1), 80);
-    let mut f = DatapathFixture::new().unwrap();
-    let remote = (*REMOTE.ip(), REMOTE.port(), BACKEND_F_REMOTE);
-    f.add_split_frontend(
-        *lb_ip.ip(),
-        lb_ip.port(),
-        IPPROTO_TCP,
-        &[],
-        &[remote],
-        SVC_F_LOCAL_ONLY,
-    )
-    .unwrap();
-    let (verdict, out) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_PASS);
-    assert_eq!(out, frame(L4::TcpSyn, CLIENT, REMOTE, &[], b""));
-    // The reply comes from the load-balancer IP.
-    let (_, out) = f
-        .run_tc(&frame(L4::TcpAck, REMOTE, CLIENT, &[], b""))
-        .unwrap();
-    assert_eq!(out, frame(L4::TcpAck, lb_ip, CLIENT, &[], b""));
-    // From outside the node: dropped, as before.
-    let (verdict, _) = f
-        .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
-        .unwrap();
-    assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
 }
 
 #[test]
 fn packets_forwarded_to_a_backend_are_counted_for_it() {
-    let Some(f) = one_backend() else { return };
-    let syn = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
-    let data = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"GET / HTTP/1.1\r\n\r\n");
-    f.run_xdp(&syn).unwrap();
-    f.run_xdp(&data).unwrap();
-    // Not a Service: counted for no backend.
-    let other = SocketAddrV4::new(*BACKEND.ip(), 9999);
-    f.run_xdp(&frame(L4::TcpSyn, CLIENT, other, &[], b""))
-        .unwrap();
-    let counted = f.backend_counter(*BACKEND.ip(), BACKEND.port()).unwrap();
-    assert_eq!(counted.packets, 2);
-    assert_eq!(counted.bytes, (syn.len() + data.len()) as u64);
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let syn = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
+        let data = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"GET / HTTP/1.1\r\n\r\n");
+        f.run_pod(hook, &syn).unwrap();
+        f.run_pod(hook, &data).unwrap();
+        // Not a Service: counted for no backend.
+        let other = SocketAddrV4::new(*BACKEND.ip(), 9999);
+        f.run_pod(hook, &frame(L4::TcpSyn, CLIENT, other, &[], b""))
+            .unwrap();
+        let counted = f.backend_counter(*BACKEND.ip(), BACKEND.port()).unwrap();
+        assert_eq!(counted.packets, 2);
+        assert_eq!(counted.bytes, (syn.len() + data.len()) as u64);
+    }
 }
 
 #[test]
 fn fin_and_rst_mark_their_conntrack_direction_closing() {
-    let Some(f) = one_backend() else { return };
-    f.run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    let closing = |dir| {
-        f.conntrack()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| k.dir == dir)
-            .map(|(_, v)| v.flags & CT_F_CLOSING != 0)
-            .unwrap()
-    };
-    assert!(!closing(CT_DIR_FORWARD) && !closing(CT_DIR_REPLY));
-    // The client's FIN marks the forward entry ...
-    f.run_xdp(&frame(L4::TcpFin, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    assert!(closing(CT_DIR_FORWARD) && !closing(CT_DIR_REPLY));
-    // ... the backend's RST the reply entry (still reverse-NATed).
-    let (_, out) = f
-        .run_tc(&frame(L4::TcpRst, BACKEND, CLIENT, &[], b""))
-        .unwrap();
-    assert_eq!(out, frame(L4::TcpRst, FRONTEND, CLIENT, &[], b""));
-    assert!(closing(CT_DIR_REPLY));
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        f.run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        let closing = |dir| {
+            f.conntrack()
+                .unwrap()
+                .iter()
+                .find(|(k, _)| k.dir == dir)
+                .map(|(_, v)| v.flags & CT_F_CLOSING != 0)
+                .unwrap()
+        };
+        assert!(!closing(CT_DIR_FORWARD) && !closing(CT_DIR_REPLY));
+        // The client's FIN marks the forward entry ...
+        f.run_pod(hook, &frame(L4::TcpFin, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        assert!(closing(CT_DIR_FORWARD) && !closing(CT_DIR_REPLY));
+        // ... the backend's RST the reply entry (still reverse-NATed).
+        let (_, out) = f
+            .run_tc(&frame(L4::TcpRst, BACKEND, CLIENT, &[], b""))
+            .unwrap();
+        assert_eq!(out, frame(L4::TcpRst, FRONTEND, CLIENT, &[], b""));
+        assert!(closing(CT_DIR_REPLY));
+    }
 }
 
 #[test]
 fn hairpin_pod_reaches_itself_through_the_node() {
-    if !require_privileged("datapath") {
-        return;
+    for hook in HOOKS {
+        if !require_privileged("datapath") {
+            return;
+        }
+        let mut f = DatapathFixture::new().unwrap();
+        // The client pod is the Service's only backend.
+        let own = SocketAddrV4::new(*CLIENT.ip(), 8080);
+        f.add_service(VIP, 80, IPPROTO_TCP, &[(*own.ip(), own.port())])
+            .unwrap();
+        f.set_config(NodeConfig {
+            snat_addr_be: be_addr(NODE),
+            snat_port_first: SNAT_PORTS.0,
+            snat_port_last: SNAT_PORTS.1,
+        })
+        .unwrap();
+        // In from the pod: DNAT to itself ...
+        let (_, out) = f
+            .run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        assert_eq!(out, frame(L4::TcpSyn, CLIENT, own, &[], b""));
+        assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
+        // ... back out to it SNATed to the node, so its answer leaves the pod.
+        let (_, out) = f.run_tc(&frame(L4::TcpSyn, CLIENT, own, &[], b"")).unwrap();
+        let snat = decode(&out).unwrap().src;
+        assert_eq!(*snat.ip(), NODE);
+        assert_eq!(out, frame(L4::TcpSyn, snat, own, &[], b""));
+        // Its answer to the node is un-SNATed before netfilter ...
+        let (_, out) = f
+            .run_pod(hook, &frame(L4::TcpAck, own, snat, &[], b"hi"))
+            .unwrap();
+        assert_eq!(out, frame(L4::TcpAck, own, CLIENT, &[], b"hi"));
+        // ... and reverse-NATed on the way back into the pod.
+        let (_, out) = f
+            .run_tc(&frame(L4::TcpAck, own, CLIENT, &[], b"hi"))
+            .unwrap();
+        assert_eq!(out, frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"hi"));
     }
-    let mut f = DatapathFixture::new().unwrap();
-    // The client pod is the Service's only backend.
-    let own = SocketAddrV4::new(*CLIENT.ip(), 8080);
-    f.add_service(VIP, 80, IPPROTO_TCP, &[(*own.ip(), own.port())])
-        .unwrap();
-    f.set_config(NodeConfig {
-        snat_addr_be: be_addr(NODE),
-        snat_port_first: SNAT_PORTS.0,
-        snat_port_last: SNAT_PORTS.1,
-    })
-    .unwrap();
-    // In from the pod: DNAT to itself ...
-    let (_, out) = f
-        .run_xdp(&frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
-        .unwrap();
-    assert_eq!(out, frame(L4::TcpSyn, CLIENT, own, &[], b""));
-    assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
-    // ... back out to it SNATed to the node, so its answer leaves the pod.
-    let (_, out) = f.run_tc(&frame(L4::TcpSyn, CLIENT, own, &[], b"")).unwrap();
-    let snat = decode(&out).unwrap().src;
-    assert_eq!(*snat.ip(), NODE);
-    assert_eq!(out, frame(L4::TcpSyn, snat, own, &[], b""));
-    // Its answer to the node is un-SNATed before netfilter ...
-    let (_, out) = f
-        .run_xdp(&frame(L4::TcpAck, own, snat, &[], b"hi"))
-        .unwrap();
-    assert_eq!(out, frame(L4::TcpAck, own, CLIENT, &[], b"hi"));
-    // ... and reverse-NATed on the way back into the pod.
-    let (_, out) = f
-        .run_tc(&frame(L4::TcpAck, own, CLIENT, &[], b"hi"))
-        .unwrap();
-    assert_eq!(out, frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"hi"));
 }
 
 // ---- IPv4 fragments ---------------------------------------------------------
@@ -1006,10 +1079,10 @@ fn big_payload() -> Vec<u8> {
 
 /// Runs `frames` in order through `run`, checking each verdict, and
 /// returns the frames that came out.
-fn run_all(
-    run: impl Fn(&[u8]) -> anyhow::Result<(u32, Vec<u8>)>,
+fn run_all<V: PartialEq + std::fmt::Debug>(
+    run: impl Fn(&[u8]) -> anyhow::Result<(V, Vec<u8>)>,
     frames: &[Vec<u8>],
-    verdict: u32,
+    verdict: V,
 ) -> Vec<Vec<u8>> {
     frames
         .iter()
@@ -1042,136 +1115,151 @@ fn assert_fragments(inputs: &[Vec<u8>], outputs: &[Vec<u8>], expected: &[Vec<u8>
 
 #[test]
 fn udp_fragments_follow_their_first_fragment_to_the_backend() {
-    let Some(f) = one_backend() else { return };
-    let dns = SocketAddrV4::new(VIP, 53);
-    let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
-    let payload = big_payload();
-    for (l4, client, id) in [
-        (L4::Udp, CLIENT, FRAG_ID),
-        // A datagram without a checksum keeps none.
-        (
-            L4::UdpNoChecksum,
-            SocketAddrV4::new(*CLIENT.ip(), 40001),
-            FRAG_ID + 1,
-        ),
-    ] {
-        let input = fragments(l4, client, dns, id, &payload, FRAG_PIECE);
-        assert_eq!(input.len(), 3);
-        let out = run_all(|p| f.run_xdp(p), &input, XDP_PASS);
-        // The first fragment is DNATed with its L4 header (checksum over the
-        // whole datagram updated); the later ones get the same destination.
-        let expected = fragments(l4, client, backend, id, &payload, FRAG_PIECE);
-        assert_fragments(&input, &out, &expected, &format!("{l4:?}"));
-        if l4 == L4::UdpNoChecksum {
-            let csum_off = IP_PAYLOAD_OFF + 6;
-            assert_eq!(out[0][csum_off..csum_off + 2], [0, 0]);
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let dns = SocketAddrV4::new(VIP, 53);
+        let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
+        let payload = big_payload();
+        for (l4, client, id) in [
+            (L4::Udp, CLIENT, FRAG_ID),
+            // A datagram without a checksum keeps none.
+            (
+                L4::UdpNoChecksum,
+                SocketAddrV4::new(*CLIENT.ip(), 40001),
+                FRAG_ID + 1,
+            ),
+        ] {
+            let input = fragments(l4, client, dns, id, &payload, FRAG_PIECE);
+            assert_eq!(input.len(), 3);
+            let out = run_all(|p| f.run_pod(hook, p), &input, Verdict::Pass);
+            // The first fragment is DNATed with its L4 header (checksum over the
+            // whole datagram updated); the later ones get the same destination.
+            let expected = fragments(l4, client, backend, id, &payload, FRAG_PIECE);
+            assert_fragments(&input, &out, &expected, &format!("{l4:?}"));
+            if l4 == L4::UdpNoChecksum {
+                let csum_off = IP_PAYLOAD_OFF + 6;
+                assert_eq!(out[0][csum_off..csum_off + 2], [0, 0]);
+            }
         }
+        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 2);
+        assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 4);
+        // One record per datagram: the ports as the first fragment arrived,
+        // under its addresses before the rewrite.
+        let mut recorded = f.fragments().unwrap();
+        recorded.sort_by_key(|(k, _)| u16::from_be(k.id_be));
+        let record = |id: u16, sport: u16| {
+            let key = FragKey {
+                saddr_be: be_addr(*CLIENT.ip()),
+                daddr_be: be_addr(VIP),
+                id_be: id.to_be(),
+                proto: IPPROTO_UDP,
+                _pad: 0,
+            };
+            let value = FragValue {
+                sport_be: sport.to_be(),
+                dport_be: 53u16.to_be(),
+            };
+            (key, value)
+        };
+        assert_eq!(
+            recorded,
+            [record(FRAG_ID, 40000), record(FRAG_ID + 1, 40001)]
+        );
     }
-    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 2);
-    assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 4);
-    // One record per datagram: the ports as the first fragment arrived,
-    // under its addresses before the rewrite.
-    let mut recorded = f.fragments().unwrap();
-    recorded.sort_by_key(|(k, _)| u16::from_be(k.id_be));
-    let record = |id: u16, sport: u16| {
-        let key = FragKey {
-            saddr_be: be_addr(*CLIENT.ip()),
-            daddr_be: be_addr(VIP),
-            id_be: id.to_be(),
-            proto: IPPROTO_UDP,
-            _pad: 0,
-        };
-        let value = FragValue {
-            sport_be: sport.to_be(),
-            dport_be: 53u16.to_be(),
-        };
-        (key, value)
-    };
-    assert_eq!(
-        recorded,
-        [record(FRAG_ID, 40000), record(FRAG_ID + 1, 40001)]
-    );
 }
 
 #[test]
 fn later_fragments_of_datagrams_we_did_not_rewrite_pass_untouched() {
-    let Some(f) = one_backend() else { return };
-    let dns = SocketAddrV4::new(VIP, 53);
-    let payload = big_payload();
-    let datagram = |id, dst| fragments(L4::Udp, CLIENT, dst, id, &payload, FRAG_PIECE);
-    let untouched = |program: &str, verdict: u32, input: &[u8]| {
-        let before = f.count(stats::PASS_FRAGMENT).unwrap();
-        let (got, out) = match program {
-            "xdp" => f.run_xdp(input),
-            _ => f.run_tc(input),
-        }
-        .unwrap();
-        assert_eq!((got, out.as_slice()), (verdict, input), "{program}");
-        assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), before + 1);
-    };
-    // Never saw the first fragment (lost, or reordered behind this one).
-    let unknown = datagram(FRAG_ID, dns);
-    untouched("xdp", XDP_PASS, &unknown[1]);
-    untouched("tc", TC_ACT_OK, &unknown[1]);
-    // The first fragment arriving late is still balanced, but the fragment
-    // that went ahead of it stays lost (Cilium does the same).
-    let (_, first) = f.run_xdp(&unknown[0]).unwrap();
-    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
-    assert_ne!(first, unknown[0]);
-    // Another id: another datagram.
-    untouched("xdp", XDP_PASS, &datagram(FRAG_ID + 1, dns)[1]);
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let dns = SocketAddrV4::new(VIP, 53);
+        let payload = big_payload();
+        let datagram = |id, dst| fragments(L4::Udp, CLIENT, dst, id, &payload, FRAG_PIECE);
+        let untouched = |program: &str, input: &[u8]| {
+            let before = f.count(stats::PASS_FRAGMENT).unwrap();
+            let out = match program {
+                "pod" => {
+                    let (got, out) = f.run_pod(hook, input).unwrap();
+                    assert_eq!(got, Verdict::Pass, "{program}");
+                    out
+                }
+                _ => {
+                    let (got, out) = f.run_tc(input).unwrap();
+                    assert_eq!(got, TC_ACT_OK, "{program}");
+                    out
+                }
+            };
+            assert_eq!(out.as_slice(), input, "{program}");
+            assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), before + 1);
+        };
+        // Never saw the first fragment (lost, or reordered behind this one).
+        let unknown = datagram(FRAG_ID, dns);
+        untouched("pod", &unknown[1]);
+        untouched("tc", &unknown[1]);
+        // The first fragment arriving late is still balanced, but the fragment
+        // that went ahead of it stays lost (Cilium does the same).
+        let (_, first) = f.run_pod(hook, &unknown[0]).unwrap();
+        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+        assert_ne!(first, unknown[0]);
+        // Another id: another datagram.
+        untouched("pod", &datagram(FRAG_ID + 1, dns)[1]);
 
-    // A first fragment we leave alone (no Service on that port) forgets
-    // an older datagram's record under the same addresses and id, so its
-    // later fragments cannot follow that older choice.
-    let no_service = datagram(FRAG_ID, SocketAddrV4::new(VIP, 54));
-    let (verdict, out) = f.run_xdp(&no_service[0]).unwrap();
-    assert_eq!((verdict, &out), (XDP_PASS, &no_service[0]));
-    assert!(f.fragments().unwrap().is_empty(), "record forgotten");
-    untouched("xdp", XDP_PASS, &no_service[1]);
-    untouched("xdp", XDP_PASS, &unknown[2]);
+        // A first fragment we leave alone (no Service on that port) forgets
+        // an older datagram's record under the same addresses and id, so its
+        // later fragments cannot follow that older choice.
+        let no_service = datagram(FRAG_ID, SocketAddrV4::new(VIP, 54));
+        let (verdict, out) = f.run_pod(hook, &no_service[0]).unwrap();
+        assert_eq!((verdict, &out), (Verdict::Pass, &no_service[0]));
+        assert!(f.fragments().unwrap().is_empty(), "record forgotten");
+        untouched("pod", &no_service[1]);
+        untouched("pod", &unknown[2]);
+    }
 }
 
 #[test]
 fn later_fragments_never_start_a_flow() {
-    let Some(mut f) = one_backend() else { return };
-    let dns = SocketAddrV4::new(VIP, 53);
-    let input = fragments(L4::Udp, CLIENT, dns, FRAG_ID, &big_payload(), FRAG_PIECE);
-    f.run_xdp(&input[0]).unwrap();
-    let flows = f.conntrack().unwrap().len();
-    // The backend leaves between the first fragment and the next: the
-    // first fragment's flow is not continued, and no new one is started.
-    f.add_service(
-        VIP,
-        53,
-        IPPROTO_UDP,
-        &[(Ipv4Addr::new(10, 244, 2, 2), 5353)],
-    )
-    .unwrap();
-    assert!(f.remove_backend(*BACKEND.ip(), 5353).unwrap());
-    let (verdict, out) = f.run_xdp(&input[1]).unwrap();
-    assert_eq!((verdict, &out), (XDP_PASS, &input[1]));
-    assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), 1);
-    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
-    assert_eq!(f.conntrack().unwrap().len(), flows);
+    for hook in HOOKS {
+        let Some(mut f) = one_backend() else { return };
+        let dns = SocketAddrV4::new(VIP, 53);
+        let input = fragments(L4::Udp, CLIENT, dns, FRAG_ID, &big_payload(), FRAG_PIECE);
+        f.run_pod(hook, &input[0]).unwrap();
+        let flows = f.conntrack().unwrap().len();
+        // The backend leaves between the first fragment and the next: the
+        // first fragment's flow is not continued, and no new one is started.
+        f.add_service(
+            VIP,
+            53,
+            IPPROTO_UDP,
+            &[(Ipv4Addr::new(10, 244, 2, 2), 5353)],
+        )
+        .unwrap();
+        assert!(f.remove_backend(*BACKEND.ip(), 5353).unwrap());
+        let (verdict, out) = f.run_pod(hook, &input[1]).unwrap();
+        assert_eq!((verdict, &out), (Verdict::Pass, &input[1]));
+        assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), 1);
+        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+        assert_eq!(f.conntrack().unwrap().len(), flows);
+    }
 }
 
 #[test]
 fn reply_fragments_are_reverse_nated_at_tc_egress() {
-    let Some(f) = one_backend() else { return };
-    let dns = SocketAddrV4::new(VIP, 53);
-    let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
-    f.run_xdp(&frame(L4::Udp, CLIENT, dns, &[], b"query"))
-        .unwrap();
-    // The backend's answer is larger than the MTU: its stack fragments it.
-    let payload = big_payload();
-    let reply_id = 0x7777;
-    let input = fragments(L4::Udp, backend, CLIENT, reply_id, &payload, FRAG_PIECE);
-    let out = run_all(|p| f.run_tc(p), &input, TC_ACT_OK);
-    let expected = fragments(L4::Udp, dns, CLIENT, reply_id, &payload, FRAG_PIECE);
-    assert_fragments(&input, &out, &expected, "reply");
-    assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
-    assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 2);
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let dns = SocketAddrV4::new(VIP, 53);
+        let backend = SocketAddrV4::new(*BACKEND.ip(), 5353);
+        f.run_pod(hook, &frame(L4::Udp, CLIENT, dns, &[], b"query"))
+            .unwrap();
+        // The backend's answer is larger than the MTU: its stack fragments it.
+        let payload = big_payload();
+        let reply_id = 0x7777;
+        let input = fragments(L4::Udp, backend, CLIENT, reply_id, &payload, FRAG_PIECE);
+        let out = run_all(|p| f.run_tc(p), &input, TC_ACT_OK);
+        let expected = fragments(L4::Udp, dns, CLIENT, reply_id, &payload, FRAG_PIECE);
+        assert_fragments(&input, &out, &expected, "reply");
+        assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
+        assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 2);
+    }
 }
 
 #[test]

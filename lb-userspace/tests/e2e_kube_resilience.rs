@@ -311,8 +311,9 @@ fn kill9_restart_keeps_established_connections() {
     let log = bed.agent.log();
     let restarted_log = log.split("lb-agent restarted").nth(1).unwrap_or_default();
     assert!(
-        restarted_log.contains("adopted pinned links") && !restarted_log.contains("attaching anew"),
-        "the restarted agent did not adopt the pinned links\n{log}"
+        restarted_log.contains("adopted the attached programs")
+            && !restarted_log.contains("attaching anew"),
+        "the restarted agent did not adopt the attached programs\n{log}"
     );
     let adopted = conns.snapshot();
     assert_window(&adopted.since(&dead), MIN_OK, "across the restart");

@@ -174,7 +174,8 @@ fn explain_names_the_backend_real_traffic_reaches() {
         .collect();
     let mut expected = Vec::new();
     for pod in bed.topo.backends().iter().chain([client]) {
-        for hook in ["xdp", "tc_egress", "tc_ingress"] {
+        // The default pod hook: TC both ways, no XDP.
+        for hook in ["tc_egress", "tc_ingress"] {
             expected.push(format!("{} {hook}", pod.host_if));
         }
     }
@@ -333,15 +334,11 @@ fn diagnose_names_what_is_broken() {
     assert_eq!(code, 1);
 
     // A program detached: the agent is gone (kill -9) and one interface's
-    // XDP link with it.
+    // DNAT link (TC ingress, the default pod hook) with it.
     bed.agent.kill9().unwrap();
     let pins = std::fs::read_dir(bed.agent.pin_dir().join("links")).unwrap();
     let first = pins.flatten().next().expect("an interface's pins").path();
-    for pin in std::fs::read_dir(&first).unwrap().flatten() {
-        if pin.file_name().to_string_lossy().starts_with("xdp-") {
-            std::fs::remove_file(pin.path()).unwrap();
-        }
-    }
+    std::fs::remove_file(first.join("tc-ingress")).unwrap();
     let (checks, code) = diagnose(&bed, "default/web", &[]);
     assert_eq!(
         status_of(&checks, "programs attached"),

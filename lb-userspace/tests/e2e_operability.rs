@@ -227,8 +227,11 @@ fn sigterm_leaves_the_datapath_serving_until_cleanup() {
         "no agent: the pinned datapath must keep serving"
     );
 
-    // Cleanup only touches bpffs (no network), so it runs from here.
-    let cleanup = std::process::Command::new(AGENT)
+    // On the node, as an uninstall runs it: netlink TC filters are found
+    // by interface.
+    let cleanup = agent
+        .node_process(topo.node(), AGENT)
+        .unwrap()
         .args(["--cleanup", "--bpffs"])
         .arg(agent.pin_dir())
         .env("NO_COLOR", "1")

@@ -91,26 +91,36 @@ fn udp_request(addr: SocketAddr) -> (ErrorKind, Duration) {
     (kind, start.elapsed())
 }
 
-/// Native XDP on the pod veths (the default, `--xdp-mode auto`): the
-/// rejection goes back through `lb_tc_ingress`, since XDP_TX on a veth
-/// whose pod end has no NAPI is dropped by the kernel.
+/// The default pod hook, TC ingress: the rejection is redirected back out
+/// of the veth it came in on.
 #[test]
-fn service_without_ready_endpoints_refuses_at_once_in_native_mode() {
-    if !require_privileged("service_without_ready_endpoints_refuses_at_once_in_native_mode") {
+fn service_without_ready_endpoints_refuses_at_once() {
+    if !require_privileged("service_without_ready_endpoints_refuses_at_once") {
         return;
     }
-    refuses_tcp_and_udp_at_once("native");
+    refuses_tcp_and_udp_at_once(&[]);
+}
+
+/// `--pod-hook xdp` in native mode: the rejection goes back through
+/// `lb_tc_ingress` (XDP metadata), or XDP_TX on kernels that refuse XDP
+/// metadata, which a veth delivers only to a pod end with NAPI (GRO on).
+#[test]
+fn service_without_ready_endpoints_refuses_at_once_with_native_xdp() {
+    if !require_privileged("service_without_ready_endpoints_refuses_at_once_with_native_xdp") {
+        return;
+    }
+    refuses_tcp_and_udp_at_once(&["--pod-hook", "xdp", "--xdp-mode", "native"]);
 }
 
 #[test]
-fn service_without_ready_endpoints_refuses_at_once_in_generic_mode() {
-    if !require_privileged("service_without_ready_endpoints_refuses_at_once_in_generic_mode") {
+fn service_without_ready_endpoints_refuses_at_once_with_generic_xdp() {
+    if !require_privileged("service_without_ready_endpoints_refuses_at_once_with_generic_xdp") {
         return;
     }
-    refuses_tcp_and_udp_at_once("generic");
+    refuses_tcp_and_udp_at_once(&["--pod-hook", "xdp", "--xdp-mode", "generic"]);
 }
 
-fn refuses_tcp_and_udp_at_once(xdp_mode: &str) {
+fn refuses_tcp_and_udp_at_once(agent_args: &[&str]) {
     let scratch = ScratchDir::new().unwrap();
     let manifests = scratch.path().join("manifests");
     fs::create_dir(&manifests).unwrap();
@@ -123,7 +133,7 @@ fn refuses_tcp_and_udp_at_once(xdp_mode: &str) {
         topo.node(),
         &manifests,
         &topo.pod_interfaces(),
-        &["--xdp-mode", xdp_mode],
+        agent_args,
     )
     .unwrap();
     let tcp = SocketAddr::from((WEB_VIP, WEB_TCP_PORT));
@@ -137,12 +147,12 @@ fn refuses_tcp_and_udp_at_once(xdp_mode: &str) {
     println!("agent ready after {ready:?}");
 
     let (kind, tcp_time) = client.run(move || tcp_connect(tcp)).unwrap();
-    println!("{xdp_mode}: TCP connect to {tcp}: {kind:?} after {tcp_time:?}");
+    println!("{agent_args:?}: TCP connect to {tcp}: {kind:?} after {tcp_time:?}");
     assert_eq!(kind, ErrorKind::ConnectionRefused);
     assert!(tcp_time < REFUSED_WITHIN, "TCP refused after {tcp_time:?}");
 
     let (kind, udp_time) = client.run(move || udp_request(udp)).unwrap();
-    println!("{xdp_mode}: UDP request to {udp}: {kind:?} after {udp_time:?}");
+    println!("{agent_args:?}: UDP request to {udp}: {kind:?} after {udp_time:?}");
     assert_eq!(kind, ErrorKind::ConnectionRefused);
     assert!(udp_time < REFUSED_WITHIN, "UDP refused after {udp_time:?}");
     assert!(agent.exited().is_none(), "{}", agent.log());

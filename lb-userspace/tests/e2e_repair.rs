@@ -1,7 +1,7 @@
 //! The agent repairs what is broken behind its back, as kube-proxy
 //! recreates deleted rules (upstream "should recreate iptables rules if
-//! deleted", within ~2 min): a pod interface's XDP program and the socket
-//! programs detached (`bpftool link detach`) are attached again within one
+//! deleted", within ~2 min): a pod interface's DNAT program (TC ingress)
+//! and the socket programs detached (`bpftool link detach`) are attached again within one
 //! monitor period (5 s). Needs root, a bpffs and cgroup v2;
 //! LB_SKIP_PRIVILEGED=1 skips.
 
@@ -44,25 +44,25 @@ fn detached_programs_are_attached_again() {
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with(&format!("-{host_if}")))
         .expect("the client interface's pins");
-    let xdp = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("xdp-"))
-        .expect("its XDP pin");
+    // The DNAT program: TC ingress, the default pod hook.
+    let dnat = dir.join("tc-ingress");
+    assert!(dnat.exists(), "its TC ingress pin");
 
-    detach_pinned(&xdp).unwrap();
+    detach_pinned(&dnat).unwrap();
     let detached = Instant::now();
     assert!(
         !answers(),
-        "the ClusterIP still answered without the XDP program"
+        "the ClusterIP still answered without the DNAT program"
     );
     assert!(
         wait_until(detached + REPAIRED_WITHIN, answers),
         "not repaired within {REPAIRED_WITHIN:?}\n{}",
         bed.agent.log()
     );
-    println!("XDP program attached again within {:?}", detached.elapsed());
+    println!(
+        "DNAT program attached again within {:?}",
+        detached.elapsed()
+    );
 
     // The socket programs: a node process reaches the ClusterIP again.
     let node = bed.topo.node();

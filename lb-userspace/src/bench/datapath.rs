@@ -1,7 +1,7 @@
 //! Datapath cost per packet through BPF_PROG_TEST_RUN, side by side with
-//! two anchors measured in the same run: an XDP program that only returns
-//! XDP_PASS, and one that parses Ethernet/IPv4/L4 and does one hash lookup
-//! (the floor of any map-based load balancer).
+//! anchors measured in the same run, per hook (XDP and TC): a program that
+//! only lets the packet pass, and one that parses Ethernet/IPv4/L4 and does
+//! one hash lookup (the floor of any map-based load balancer).
 //!
 //! A repeated run feeds the *same* bytes to the program each time, so the
 //! hit cases use an identity backend (the frontend's own address and port):
@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use lb_common::{NodeConfig, BACKEND_F_REMOTE, IPPROTO_TCP, IPPROTO_UDP};
@@ -57,7 +57,17 @@ type Measure<'a> = Box<dyn FnMut() -> anyhow::Result<Duration> + 'a>;
 pub struct Case {
     pub name: &'static str,
     pub ns: Spread,
+    /// The anchor case it is read against (by name).
+    pub anchor: &'static str,
 }
+
+const XDP_PASS: &str = "anchor: XDP_PASS only";
+const TC_OK: &str = "anchor: TC_ACT_OK only";
+const XDP_PASS_SINGLE: &str = "anchor: XDP_PASS only, single runs";
+const TC_OK_SINGLE: &str = "anchor: TC_ACT_OK only, single runs";
+
+/// A program of the fixture timed on a packet.
+type TimeFn = fn(&DatapathFixture, &[u8], u32) -> anyhow::Result<Duration>;
 
 /// Runs every case pinned to one CPU and returns the ns/packet figures.
 /// The caller's CPU affinity is restored afterwards (anything started later,
@@ -95,7 +105,8 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
         &[],
         &[0u8; 64],
     );
-    f.run_xdp(&hit)?; // creates the flow: later runs are established hits
+    // Creates the flow: later runs of either hook are established hits.
+    f.run_pod_tc(&hit)?;
     let reply = frame(
         L4::TcpAck,
         SocketAddrV4::new(VIP, 80),
@@ -117,53 +128,98 @@ fn run_pinned(p: &Params) -> anyhow::Result<Vec<Case>> {
             .collect();
         Ok(Spread::of(&samples?))
     };
+    let case = |name, anchor, ns| Case { name, ns, anchor };
     let mut cases = vec![
-        Case {
-            name: "anchor: XDP_PASS only",
-            ns: timed(Box::new(|| anchors.time("anchor_xdp_pass", &hit, p.repeat)))?,
-        },
-        Case {
-            name: "anchor: parse + 1 hash lookup",
-            ns: timed(Box::new(|| {
+        case(
+            XDP_PASS,
+            XDP_PASS,
+            timed(Box::new(|| anchors.time("anchor_xdp_pass", &hit, p.repeat)))?,
+        ),
+        case(
+            "anchor: XDP parse + 1 hash lookup",
+            XDP_PASS,
+            timed(Box::new(|| {
                 anchors.time("anchor_xdp_parse_lookup", &hit, p.repeat)
             }))?,
-        },
-        Case {
-            name: "XDP established-flow hit (DNAT)",
-            ns: timed(Box::new(|| f.time_xdp(&hit, p.repeat)))?,
-        },
-        Case {
-            name: "XDP miss (not a Service)",
-            ns: timed(Box::new(|| f.time_xdp(&miss, p.repeat)))?,
-        },
-        Case {
-            name: "TC egress reply reverse-NAT",
-            ns: timed(Box::new(|| f.time_tc(&reply, p.repeat)))?,
-        },
-        Case {
-            name: "TC ingress, frame not marked for rejection (every packet)",
-            ns: timed(Box::new(|| f.time_tc_ingress(&hit, p.repeat)))?,
-        },
+        ),
+        case(
+            TC_OK,
+            TC_OK,
+            timed(Box::new(|| anchors.time("anchor_tc_ok", &hit, p.repeat)))?,
+        ),
+        case(
+            "anchor: TC parse + 1 hash lookup",
+            TC_OK,
+            timed(Box::new(|| {
+                anchors.time("anchor_tc_parse_lookup", &hit, p.repeat)
+            }))?,
+        ),
+        case(
+            "TC ingress (pod hook) established-flow hit (DNAT)",
+            TC_OK,
+            timed(Box::new(|| f.time_pod_tc(&hit, p.repeat)))?,
+        ),
+        case(
+            "TC ingress (pod hook) miss (not a Service)",
+            TC_OK,
+            timed(Box::new(|| f.time_pod_tc(&miss, p.repeat)))?,
+        ),
+        case(
+            "XDP (--pod-hook xdp) established-flow hit (DNAT)",
+            XDP_PASS,
+            timed(Box::new(|| f.time_xdp(&hit, p.repeat)))?,
+        ),
+        case(
+            "XDP (--pod-hook xdp) miss (not a Service)",
+            XDP_PASS,
+            timed(Box::new(|| f.time_xdp(&miss, p.repeat)))?,
+        ),
+        case(
+            "TC egress reply reverse-NAT",
+            TC_OK,
+            timed(Box::new(|| f.time_tc(&reply, p.repeat)))?,
+        ),
+        case(
+            "TC ingress beside XDP, frame not marked for rejection (every packet)",
+            TC_OK,
+            timed(Box::new(|| f.time_tc_ingress(&hit, p.repeat)))?,
+        ),
     ];
     cases.extend(fragment_cases(&mut f, p, &timed)?);
     cases.extend(nodeport_cases(&mut f, p, &timed)?);
     let mut port = 1024u16;
-    let new_flow = timed(Box::new(|| new_flow_ns(&mut f, &mut port, p.new_flows)))?;
-    let pass_single = timed(Box::new(|| pass_single_ns(&anchors, &hit, p.new_flows)))?;
-    cases.insert(
-        3,
-        Case {
-            name: "anchor: XDP_PASS only, single runs",
-            ns: pass_single,
-        },
-    );
-    cases.insert(
-        4,
-        Case {
-            name: "XDP new-flow hit, single runs (pick + 2 CT inserts + DNAT)",
-            ns: new_flow,
-        },
-    );
+    let pod_tc: TimeFn = DatapathFixture::time_pod_tc;
+    let xdp: TimeFn = DatapathFixture::time_xdp;
+    cases.extend([
+        case(
+            XDP_PASS_SINGLE,
+            XDP_PASS_SINGLE,
+            timed(Box::new(|| {
+                single_ns(&anchors, "anchor_xdp_pass", &hit, p.new_flows)
+            }))?,
+        ),
+        case(
+            "XDP new-flow hit, single runs (pick + 2 CT inserts + DNAT)",
+            XDP_PASS_SINGLE,
+            timed(Box::new(|| {
+                new_flow_ns(&mut f, xdp, &mut port, p.new_flows)
+            }))?,
+        ),
+        case(
+            TC_OK_SINGLE,
+            TC_OK_SINGLE,
+            timed(Box::new(|| {
+                single_ns(&anchors, "anchor_tc_ok", &hit, p.new_flows)
+            }))?,
+        ),
+        case(
+            "TC ingress new-flow hit, single runs (pick + 2 CT inserts + DNAT)",
+            TC_OK_SINGLE,
+            timed(Box::new(|| {
+                new_flow_ns(&mut f, pod_tc, &mut port, p.new_flows)
+            }))?,
+        ),
+    ]);
     Ok(cases)
 }
 
@@ -179,9 +235,14 @@ fn install_others(f: &mut DatapathFixture, n: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Mean time of `flows` single runs, each a SYN of a new tuple to the
-/// measured frontend (source ports go on from `port`).
-fn new_flow_ns(f: &mut DatapathFixture, port: &mut u16, flows: u32) -> anyhow::Result<Duration> {
+/// Mean time of `flows` single runs of `time`, each a SYN of a new tuple to
+/// the measured frontend (source ports go on from `port`).
+fn new_flow_ns(
+    f: &mut DatapathFixture,
+    time: TimeFn,
+    port: &mut u16,
+    flows: u32,
+) -> anyhow::Result<Duration> {
     let mut total = Duration::ZERO;
     for _ in 0..flows {
         *port = port.wrapping_add(1).max(1024);
@@ -189,7 +250,8 @@ fn new_flow_ns(f: &mut DatapathFixture, port: &mut u16, flows: u32) -> anyhow::R
             Ipv4Addr::new(10, 244, (*port >> 8) as u8, *port as u8),
             *port,
         );
-        total += f.time_xdp(
+        total += time(
+            f,
             &frame(L4::TcpSyn, src, SocketAddrV4::new(VIP, 80), &[], &[]),
             1,
         )?;
@@ -197,12 +259,17 @@ fn new_flow_ns(f: &mut DatapathFixture, port: &mut u16, flows: u32) -> anyhow::R
     Ok(total / flows)
 }
 
-/// Single runs carry the syscall's fixed timing overhead: the XDP_PASS
-/// anchor timed the same way, so the new-flow row can be read against it.
-fn pass_single_ns(anchors: &Anchors, packet: &[u8], runs: u32) -> anyhow::Result<Duration> {
+/// Single runs carry the syscall's fixed timing overhead: an anchor timed
+/// the same way, so that the new-flow rows can be read against it.
+fn single_ns(
+    anchors: &Anchors,
+    anchor: &str,
+    packet: &[u8],
+    runs: u32,
+) -> anyhow::Result<Duration> {
     let mut total = Duration::ZERO;
     for _ in 0..runs {
-        total += anchors.time("anchor_xdp_pass", packet, 1)?;
+        total += anchors.time(anchor, packet, 1)?;
     }
     Ok(total / runs)
 }
@@ -220,16 +287,19 @@ fn fragment_cases(
     f.add_service(VIP, 53, IPPROTO_UDP, &[(VIP, 53)])?;
     let datagram = |id| fragments(L4::Udp, CLIENT, dns, id, &[0u8; 1500], 1480);
     let tracked = datagram(1);
-    f.run_xdp(&tracked[0])?; // balances the flow, records the datagram
+    f.run_pod_tc(&tracked[0])?; // balances the flow, records the datagram
     let untracked = datagram(2);
     Ok(vec![
         Case {
-            name: "XDP later fragment of a tracked datagram (frag map + DNAT of the IP header)",
-            ns: timed(Box::new(|| f.time_xdp(&tracked[1], p.repeat)))?,
+            name:
+                "TC ingress later fragment of a tracked datagram (frag map + DNAT of the IP header)",
+            ns: timed(Box::new(|| f.time_pod_tc(&tracked[1], p.repeat)))?,
+            anchor: TC_OK,
         },
         Case {
-            name: "XDP later fragment of an unknown datagram (frag map miss, pass)",
-            ns: timed(Box::new(|| f.time_xdp(&untracked[1], p.repeat)))?,
+            name: "TC ingress later fragment of an unknown datagram (frag map miss, pass)",
+            ns: timed(Box::new(|| f.time_pod_tc(&untracked[1], p.repeat)))?,
+            anchor: TC_OK,
         },
     ])
 }
@@ -285,43 +355,54 @@ fn nodeport_cases(
         Case {
             name: "XDP uplink NodePort established, local backend (DNAT)",
             ns: timed(Box::new(|| f.time_xdp_node(&local_hit, p.repeat)))?,
+            anchor: XDP_PASS,
         },
         Case {
             name: "XDP uplink NodePort established, remote backend (DNAT)",
             ns: timed(Box::new(|| f.time_xdp_node(&remote_hit, p.repeat)))?,
+            anchor: XDP_PASS,
         },
         Case {
             name: "TC uplink egress SNAT to the node (remote backend)",
             ns: timed(Box::new(|| f.time_tc_node(&leaving, p.repeat)))?,
+            anchor: TC_OK,
         },
         Case {
             name: "XDP uplink un-SNAT of the remote backend's reply",
             ns: timed(Box::new(|| f.time_xdp_node(&reply, p.repeat)))?,
+            anchor: XDP_PASS,
         },
     ])
 }
 
-/// A markdown table of the cases, each also as a ratio to the XDP_PASS anchor.
+/// A markdown table of the cases, each also as a ratio to its hook's
+/// pass-only anchor.
 pub fn report(p: &Params, cases: &[Case]) -> String {
-    let base = cases.first().map_or(1.0, |c| c.ns.median);
     let mut out = String::new();
     let _ = writeln!(
         out,
         "Per-packet cost, BPF_PROG_TEST_RUN, {} repetitions x {} runs, pinned to CPU 0, {} other Services x 10 backends installed. \
-         ns/packet as median (min–max); ratio = median / XDP_PASS anchor median.\n",
+         ns/packet as median (min–max); ratio = median / the median of the anchor named (the same hook's program that only \
+         lets the packet pass; single-run rows against the same anchor timed in single runs). The pod hook is TC ingress \
+         (the default); the XDP rows are `--pod-hook xdp`.\n",
         p.repeat, p.runs, p.services
     );
     let _ = writeln!(
         out,
-        "| case | ns/packet | ratio to XDP_PASS |\n|---|---|---|"
+        "| case | ns/packet | ratio | anchor |\n|---|---|---|---|"
     );
     for c in cases {
+        let base = cases
+            .iter()
+            .find(|a| a.name == c.anchor)
+            .map_or(f64::NAN, |a| a.ns.median);
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2}x |",
+            "| {} | {} | {:.2}x | {} |",
             c.name,
             c.ns,
-            c.ns.median / base
+            c.ns.median / base,
+            c.anchor
         );
     }
     out
@@ -339,20 +420,30 @@ impl Anchors {
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
+        for name in ["anchor_tc_ok", "anchor_tc_parse_lookup"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("{name} missing"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+        }
         Ok(Self(ebpf))
     }
 
     fn time(&self, name: &str, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
-        let prog: &Xdp = self
+        let prog = self
             .0
             .program(name)
-            .ok_or_else(|| anyhow!("{name} missing"))?
-            .try_into()?;
-        let res = prog.test_run(TestRunOptions {
+            .ok_or_else(|| anyhow!("{name} missing"))?;
+        let opts = TestRunOptions {
             data_in: Some(packet),
             repeat,
             ..Default::default()
-        })?;
+        };
+        let res = match name.starts_with("anchor_tc") {
+            true => <&SchedClassifier>::try_from(prog)?.test_run(opts)?,
+            false => <&Xdp>::try_from(prog)?.test_run(opts)?,
+        };
         Ok(res.duration)
     }
 }

@@ -1,7 +1,9 @@
-//! The four ways a node can carry the benchmarked Services, switchable in
-//! one topology so that every mode is measured on the same namespaces in
-//! the same run: nothing (clients go to a pod IP directly: the limit), our
-//! agent, and kube-proxy's iptables and nftables rule sets.
+//! The ways a node can carry the benchmarked Services, switchable in one
+//! topology so that every mode is measured on the same namespaces in the
+//! same run: nothing (clients go to a pod IP directly: the limit), the same
+//! with our agent attached (what every pod pays for it, Service or not),
+//! our agent (pod hook TC, the default, and XDP), and kube-proxy's
+//! iptables and nftables rule sets.
 //!
 //! Every Service is installed once per topology: into the fake API server
 //! our agent watches, and as both anchor rule sets, loaded but not hooked
@@ -41,21 +43,49 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum Mode {
     /// No Service handling; clients send to a pod IP.
     Direct,
+    /// Clients send to a pod IP while our agent is attached.
+    DirectAgentAttached,
+    /// Our agent, pod hook TC (the default).
     Ours,
+    /// Our agent with `--pod-hook xdp`.
+    OursXdp,
     Iptables,
     Nftables,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Direct, Mode::Ours, Mode::Iptables, Mode::Nftables];
+    pub const ALL: [Mode; 6] = [
+        Mode::Direct,
+        Mode::DirectAgentAttached,
+        Mode::Ours,
+        Mode::OursXdp,
+        Mode::Iptables,
+        Mode::Nftables,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Mode::Direct => "no NAT (pod IP)",
-            Mode::Ours => "ours (XDP/TC)",
+            Mode::DirectAgentAttached => "pod IP, our agent attached",
+            Mode::Ours => "ours (TC)",
+            Mode::OursXdp => "ours (--pod-hook xdp)",
             Mode::Iptables => "kube-proxy iptables (legacy)",
             Mode::Nftables => "kube-proxy nftables",
         }
+    }
+
+    /// The agent's extra arguments in the modes it runs in.
+    pub fn agent_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Mode::DirectAgentAttached | Mode::Ours => Some(&[]),
+            Mode::OursXdp => Some(&["--pod-hook", "xdp"]),
+            Mode::Direct | Mode::Iptables | Mode::Nftables => None,
+        }
+    }
+
+    /// Whether clients send to the pod IP rather than the Service.
+    pub fn to_pod_ip(self) -> bool {
+        matches!(self, Mode::Direct | Mode::DirectAgentAttached)
     }
 }
 
@@ -111,7 +141,7 @@ impl<'a> Dataplanes<'a> {
         })
     }
 
-    /// Turns the current mode off and `mode` on. For [`Mode::Ours`],
+    /// Turns the current mode off and `mode` on. For the agent's modes,
     /// `serves` is polled until it holds (the agent's first sync is done).
     pub fn switch(&mut self, mode: Mode, mut serves: impl FnMut() -> bool) -> Result<()> {
         if mode == self.current {
@@ -123,7 +153,7 @@ impl<'a> Dataplanes<'a> {
         self.turn(mode, true)
             .with_context(|| format!("turning {} on", mode.label()))?;
         self.current = mode;
-        if mode == Mode::Ours {
+        if mode.agent_args().is_some() {
             let agent = self.agent.as_mut().expect("started above");
             if let Err(e) = agent.wait_ready(READY_TIMEOUT, &mut serves) {
                 let log = agent.log();
@@ -142,11 +172,12 @@ impl<'a> Dataplanes<'a> {
     fn turn(&mut self, mode: Mode, on: bool) -> Result<()> {
         match mode {
             Mode::Direct => Ok(()),
-            Mode::Ours if on => {
+            Mode::DirectAgentAttached | Mode::Ours | Mode::OursXdp if on => {
                 let kubeconfig = self.scratch.path().join("kubeconfig");
                 self.api.write_kubeconfig(&kubeconfig)?;
                 let source = [OsStr::new("--kubeconfig"), kubeconfig.as_os_str()];
-                let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+                let mut args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+                args.extend(mode.agent_args().unwrap_or_default());
                 self.agent = Some(AgentProcess::start_with_source(
                     self.agent_bin,
                     self.node,
@@ -156,7 +187,7 @@ impl<'a> Dataplanes<'a> {
                 )?);
                 Ok(())
             }
-            Mode::Ours => {
+            Mode::DirectAgentAttached | Mode::Ours | Mode::OursXdp => {
                 if let Some(mut agent) = self.agent.take() {
                     agent.stop()?;
                 }

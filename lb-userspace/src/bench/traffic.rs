@@ -132,14 +132,20 @@ fn measure_scale(agent_bin: &Path, p: &Params, n: usize) -> Result<ScaleResult> 
         for k in 0..Mode::ALL.len() {
             let i = (k + run) % Mode::ALL.len();
             let mode = Mode::ALL[i];
-            let (web, bulk) = match mode {
-                Mode::Direct => ((pods[0], TCP_PORT), bulk_pod.ip),
-                _ => ((WEB_VIP, WEB_PORT), BULK_VIP),
+            let (web, bulk) = match mode.to_pod_ip() {
+                true => ((pods[0], TCP_PORT), bulk_pod.ip),
+                false => ((WEB_VIP, WEB_PORT), BULK_VIP),
+            };
+            // With the agent attached, the Service answering says its
+            // programs are in place, also when the client uses a pod IP.
+            let probe = match mode.agent_args() {
+                Some(_) => (WEB_VIP, WEB_PORT),
+                None => web,
             };
             planes.switch(mode, || {
                 client
                     .ns
-                    .run(move || request(Transport::Tcp, web.into(), CONNECT_TIMEOUT).is_ok())
+                    .run(move || request(Transport::Tcp, probe.into(), CONNECT_TIMEOUT).is_ok())
                     .unwrap_or(false)
             })?;
             let conns = ConnRun::measure(client, web.into(), p.connections)

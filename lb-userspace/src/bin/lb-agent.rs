@@ -11,7 +11,7 @@ use lb_userspace::{
         self, ct_gc::CtTimeouts, net_config::parse_cidr, privileges, AgentConfig, MapSizes,
         NetConfig, SourceConfig,
     },
-    ebpf::XdpModeArg,
+    ebpf::{PodHook, TcAttachArg, XdpModeArg},
 };
 
 /// eBPF/XDP Kubernetes Service load balancer agent (kube-proxy replacement).
@@ -64,9 +64,20 @@ struct Args {
     /// with different directories run side by side.
     #[arg(long, default_value = "/sys/fs/bpf/lb")]
     bpffs: PathBuf,
-    /// XDP attach mode.
+    /// XDP attach mode (uplinks, and pod interfaces with --pod-hook xdp).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     xdp_mode: XdpModeArg,
+    /// Where pod traffic to Services is translated: `tc` (TC ingress of
+    /// the node-side veth) or `xdp` (XDP there, which turns TSO off on the
+    /// pod's eth0 and costs pods most of their TCP throughput).
+    #[arg(long, value_enum, default_value_t = PodHook::Tc)]
+    pod_hook: PodHook,
+    /// How TC programs are attached: `tcx` links (kernel >= 6.6),
+    /// `netlink` (clsact qdisc + cls_bpf filters, any kernel), or `auto`
+    /// (tcx where the kernel has it). Interfaces a previous agent attached
+    /// keep their mode.
+    #[arg(long, value_enum, env = "LB_TC_ATTACH", default_value_t = TcAttachArg::Auto)]
+    tc_attach: TcAttachArg,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -207,6 +218,8 @@ async fn main() -> anyhow::Result<()> {
         nodeport_range: args.nodeport_range,
         bpffs: args.bpffs,
         xdp_mode: args.xdp_mode,
+        pod_hook: args.pod_hook,
+        tc_attach: args.tc_attach,
         unpin_on_exit: args.unpin_on_exit,
         poll_interval: Duration::from_millis(250),
         net: NetConfig {

@@ -22,11 +22,59 @@ use lb_common::{
     stats, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat, RevNatId, ServiceKey,
     ServiceValue, SourceRange, StatsCounter, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG,
     MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
-    MAP_STATS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_XDP_INGRESS,
-    PROG_XDP_NODE,
+    MAP_STATS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_TC_POD_INGRESS,
+    PROG_XDP_INGRESS, PROG_XDP_NODE, REJECT_BOUNCE_MARK,
 };
 
-use super::object;
+use super::{object, PodHook};
+
+/// What a program did with a packet, whichever hook ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// On to the stack (rewritten or not).
+    Pass,
+    Drop,
+    /// Back out of the interface it came in on (a refusal): TC's redirect,
+    /// XDP's pass with the bounce mark, or XDP_TX.
+    SentBack,
+}
+
+impl Verdict {
+    /// What an XDP program's (verdict, output) amounts to, the output
+    /// without the mark of a frame passed up for `lb_tc_ingress` to send
+    /// back: metadata in front of it (BPF_PROG_TEST_RUN returns it there),
+    /// or a trailer where the kernel refuses XDP metadata. No test frame's
+    /// destination MAC starts, nor its payload ends, with the mark's bytes.
+    pub fn of_xdp((verdict, mut out): (u32, Vec<u8>)) -> anyhow::Result<(Verdict, Vec<u8>)> {
+        let mark = REJECT_BOUNCE_MARK.to_ne_bytes();
+        let meta = out.get(..4) == Some(&mark[..]);
+        let trailer = out.len() >= 4 && out[out.len() - 4..] == mark;
+        let verdict = match verdict {
+            XDP_PASS if meta => {
+                out.drain(..4);
+                Verdict::SentBack
+            }
+            XDP_PASS if trailer => {
+                out.truncate(out.len() - 4);
+                Verdict::SentBack
+            }
+            XDP_PASS => Verdict::Pass,
+            XDP_DROP => Verdict::Drop,
+            XDP_TX => Verdict::SentBack,
+            other => anyhow::bail!("unexpected XDP verdict {other}"),
+        };
+        Ok((verdict, out))
+    }
+}
+
+/// The verdicts BPF_PROG_TEST_RUN returns (the kernel's `xdp_action` and
+/// `TC_ACT_*` values).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Room the program may grow a packet by (it never does today).
 const OUT_SLACK: usize = 256;
@@ -73,6 +121,9 @@ impl DatapathFixture {
             }
         }
         let mut ebpf = object::load(&pins.0, &sizes)?;
+        prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_POD_INGRESS)?
+            .load()
+            .context("verifying pod TC ingress")?;
         prog_mut::<Xdp>(&mut ebpf, PROG_XDP_INGRESS)?
             .load()
             .context("verifying XDP")?;
@@ -247,6 +298,34 @@ impl DatapathFixture {
             0,
         )?;
         Ok(rev_nat_id)
+    }
+
+    /// Runs the pod-side forward path at `hook` once: what it did, and the
+    /// packet after it (for XDP, behind no metadata).
+    pub fn run_pod(&self, hook: PodHook, packet: &[u8]) -> anyhow::Result<(Verdict, Vec<u8>)> {
+        match hook {
+            PodHook::Tc => {
+                let (verdict, out) = self.run_pod_tc(packet)?;
+                let verdict = match verdict {
+                    TC_ACT_OK => Verdict::Pass,
+                    TC_ACT_SHOT => Verdict::Drop,
+                    TC_ACT_REDIRECT => Verdict::SentBack,
+                    other => anyhow::bail!("unexpected TC verdict {other}"),
+                };
+                Ok((verdict, out))
+            }
+            PodHook::Xdp => Verdict::of_xdp(self.run_xdp(packet)?),
+        }
+    }
+
+    /// Runs the pod TC ingress program once: (verdict, packet after it).
+    pub fn run_pod_tc(&self, packet: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_POD_INGRESS)?).run(packet)
+    }
+
+    /// Average time per run of the pod TC ingress program.
+    pub fn time_pod_tc(&self, packet: &[u8], repeat: u32) -> anyhow::Result<Duration> {
+        Prog::Tc(prog(&self.ebpf, PROG_TC_POD_INGRESS)?).time(packet, repeat)
     }
 
     /// Runs the XDP program once: (verdict, packet after the program).

@@ -4,7 +4,9 @@
 //! the links (and swaps its freshly loaded programs into them).
 //!
 //! Layout: `<pin dir>/links/<ifindex>-<ifname>/{xdp-native|xdp-generic,
-//! tc-egress, tc-ingress}`.
+//! tc-egress, tc-ingress}`; with netlink TC filters (no links to pin), a
+//! pinned copy of each filter's program instead: `tc-egress-nl`,
+//! `tc-ingress-nl` (see `attach.rs`).
 //! The ifindex is part of the name because a deleted interface's name can
 //! come back with a new index, and the old link (defunct once its device
 //! is gone) must not be taken for the new one.
@@ -20,6 +22,15 @@ pub const TC_EGRESS: &str = "tc-egress";
 pub const TC_INGRESS: &str = "tc-ingress";
 /// File name prefix of the pinned XDP link; the mode follows (`xdp-native`).
 const XDP_PREFIX: &str = "xdp-";
+/// Suffix of the program pins that mark our netlink TC filters.
+const NETLINK_SUFFIX: &str = "-nl";
+
+/// A TC hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcDir {
+    Ingress,
+    Egress,
+}
 
 /// The pin directory of one interface's links.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +60,23 @@ impl InterfacePins {
 
     pub fn tc_ingress(&self) -> PathBuf {
         self.dir.join(TC_INGRESS)
+    }
+
+    /// Path of the pinned tcx link of a TC hook.
+    pub fn tc_dir(&self, dir: TcDir) -> PathBuf {
+        match dir {
+            TcDir::Ingress => self.tc_ingress(),
+            TcDir::Egress => self.tc(),
+        }
+    }
+
+    /// Path of the program pin marking our netlink filter on a TC hook.
+    pub fn tc_netlink(&self, dir: TcDir) -> PathBuf {
+        let name = match dir {
+            TcDir::Ingress => TC_INGRESS,
+            TcDir::Egress => TC_EGRESS,
+        };
+        self.dir.join(format!("{name}{NETLINK_SUFFIX}"))
     }
 
     /// The XDP link pinned here and its mode, if any.
@@ -143,6 +171,24 @@ pub fn is_severed(pin: &Path) -> io::Result<bool> {
     Ok(target == 0)
 }
 
+/// Pins the BPF object behind `fd` (a program, for the netlink markers) at
+/// `path` (BPF_OBJ_PIN).
+pub fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // BPF_OBJ_PIN: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 2];
+    attr[0] = path.as_ptr() as u64;
+    attr[1] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u32 as u64;
+    bpf(
+        BPF_OBJ_PIN,
+        attr.as_mut_ptr().cast(),
+        std::mem::size_of_val(&attr),
+    )?;
+    Ok(())
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_TYPE_CGROUP: u32 = 3;

@@ -21,6 +21,8 @@ pub fn load(pin_dir: &Path, max_entries: &[(&str, u32)]) -> anyhow::Result<Ebpf>
     for (name, size) in max_entries {
         loader.map_max_entries(name, *size);
     }
+    let meta = super::probe::xdp_adjust_meta() as u8;
+    loader.override_global("XDP_META_SUPPORTED", &meta, true);
     loader.load(EBPF_OBJECT).with_context(|| {
         format!(
             "loading the eBPF object with maps pinned in {} (needs root, a kernel with BTF, and bpffs mounted)",

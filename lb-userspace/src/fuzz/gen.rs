@@ -28,13 +28,14 @@ pub struct Flow {
 /// Which program gets the next frame, and the frame.
 pub fn case(rng: &mut StdRng, scene: &Scene, flows: &[Flow]) -> (Program, Vec<u8>) {
     let program = match rng.random_range(0..100) {
-        0..40 => Program::XdpPod,
+        0..20 => Program::TcPodIngress,
+        20..40 => Program::XdpPod,
         40..65 => Program::XdpNode,
         65..85 => Program::TcPod,
         _ => Program::TcNode,
     };
     let (src, dst, proto) = match program {
-        Program::XdpPod => forward(rng, scene, &POD_CLIENTS),
+        Program::TcPodIngress | Program::XdpPod => forward(rng, scene, &POD_CLIENTS),
         Program::XdpNode => forward(rng, scene, &EXTERNAL_CLIENTS),
         Program::TcPod | Program::TcNode => reply(rng, scene, flows),
     };

@@ -110,7 +110,9 @@ pub fn diagnose(snap: &Snapshot, progs: &ProgList, service: &str, ctx: &Context)
     let pods = progs
         .programs
         .iter()
-        .filter(|a| a.role == "pod" && a.hook == "xdp")
+        // Every pod hook has a TC ingress program (the DNAT, or the
+        // refusals beside XDP).
+        .filter(|a| a.role == "pod" && a.hook == "tc_ingress")
         .count();
     let uplinks = progs
         .programs

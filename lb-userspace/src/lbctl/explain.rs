@@ -33,7 +33,7 @@ pub const READS: &[MapKind] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Via {
-    /// From a pod, through its veth (lb_xdp_ingress).
+    /// From a pod, through its veth (lb_tc_pod_ingress, or lb_xdp_ingress).
     Pod,
     /// From outside the node, through an uplink (lb_xdp_node).
     Uplink,

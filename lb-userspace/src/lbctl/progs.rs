@@ -9,12 +9,17 @@ use aya::programs::{
     loaded_programs, ProgramInfo,
 };
 use serde::Serialize;
+use std::path::PathBuf;
 
 use super::{
     table::{or_dash, Table},
     Report,
 };
-use crate::ebpf::{link_pins, sock_lb::SOCK_LINKS, NODE_INTERFACES, POD_INTERFACES};
+use crate::ebpf::{
+    link_pins::{self, TcDir},
+    sock_lb::SOCK_LINKS,
+    NODE_INTERFACES, POD_INTERFACES,
+};
 
 /// JSON: `{"stats_enabled": bool, "programs": [Attachment, ...]}`.
 #[derive(Debug, Serialize)]
@@ -32,6 +37,9 @@ pub struct Attachment {
     pub hook: String,
     /// `native` or `generic` for XDP; null otherwise.
     pub xdp_mode: Option<String>,
+    /// `tcx` (a link) or `netlink` (a cls_bpf filter) for TC; null
+    /// otherwise.
+    pub tc_attach: Option<String>,
     /// `pod` or `node` interfaces, or `cgroup`.
     pub role: &'static str,
     /// The interface (null for cgroup hooks).
@@ -56,18 +64,33 @@ pub fn prog_list(dir: &Path) -> ProgList {
         ("node", NODE_INTERFACES.links_subdir),
     ] {
         for pins in link_pins::scan(&dir.join(links_subdir)) {
-            let mut hooks = Vec::new();
+            let mut hooks: Vec<(String, Option<String>, Option<String>, Hook)> = Vec::new();
             match pins.pinned_xdp() {
-                Some((path, mode)) => hooks.push(("xdp".to_string(), Some(mode), path)),
-                // Reads as a missing pin: the interface lost its XDP program.
-                None => hooks.push(("xdp".to_string(), None, pins.xdp("native"))),
+                Some((path, mode)) => {
+                    hooks.push(("xdp".into(), Some(mode), None, Hook::Link(path)))
+                }
+                // Pods' default hook is TC: no XDP there. On an uplink it
+                // reads as a missing pin: the interface lost its XDP program.
+                None if role == "pod" => {}
+                None => hooks.push(("xdp".into(), None, None, Hook::Link(pins.xdp("native")))),
             }
-            hooks.push(("tc_egress".into(), None, pins.tc()));
-            hooks.push(("tc_ingress".into(), None, pins.tc_ingress()));
-            for (hook, xdp_mode, path) in hooks {
-                let mut a = read_link(&path, &programs);
+            for (name, dir) in [("tc_egress", TcDir::Egress), ("tc_ingress", TcDir::Ingress)] {
+                let netlink = pins.tc_netlink(dir);
+                let (mode, hook) = if netlink.exists() {
+                    ("netlink", Hook::Filter(netlink))
+                } else {
+                    ("tcx", Hook::Link(pins.tc_dir(dir)))
+                };
+                hooks.push((name.into(), None, Some(mode.into()), hook));
+            }
+            for (hook, xdp_mode, tc_attach, pin) in hooks {
+                let mut a = match pin {
+                    Hook::Link(path) => read_link(&path, &programs),
+                    Hook::Filter(path) => read_filter(&path),
+                };
                 a.hook = hook;
                 a.xdp_mode = xdp_mode;
+                a.tc_attach = tc_attach;
                 a.role = role;
                 a.interface = Some(pins.ifname.clone());
                 a.ifindex = Some(pins.ifindex);
@@ -93,10 +116,35 @@ pub fn prog_list(dir: &Path) -> ProgList {
     }
 }
 
-fn read_link(path: &Path, programs: &[ProgramInfo]) -> Attachment {
-    let mut a = Attachment {
+/// What marks an attachment in the pin directory.
+enum Hook {
+    /// A pinned link.
+    Link(PathBuf),
+    /// A netlink filter, marked by a pinned copy of its program.
+    Filter(PathBuf),
+}
+
+/// A netlink TC filter, read through the program pinned beside it (a
+/// filter has no link id).
+fn read_filter(path: &Path) -> Attachment {
+    let mut a = empty_attachment();
+    match ProgramInfo::from_pin(path) {
+        Ok(p) => {
+            a.prog_id = Some(p.id());
+            a.prog_name = p.name_as_str().map(str::to_owned);
+            a.run_count = Some(p.run_count());
+            a.run_time_ns = Some(p.run_time().as_nanos() as u64);
+        }
+        Err(e) => a.error = Some(format!("{}: {e}", path.display())),
+    }
+    a
+}
+
+fn empty_attachment() -> Attachment {
+    Attachment {
         hook: String::new(),
         xdp_mode: None,
+        tc_attach: None,
         role: "",
         interface: None,
         ifindex: None,
@@ -106,7 +154,11 @@ fn read_link(path: &Path, programs: &[ProgramInfo]) -> Attachment {
         run_count: None,
         run_time_ns: None,
         error: None,
-    };
+    }
+}
+
+fn read_link(path: &Path, programs: &[ProgramInfo]) -> Attachment {
+    let mut a = empty_attachment();
     let info = PinnedLink::from_pin(path)
         .map_err(|e| e.to_string())
         .and_then(|pinned| FdLink::from(pinned).info().map_err(|e| e.to_string()));
@@ -145,7 +197,7 @@ impl Report for ProgList {
             };
             table.row(vec![
                 a.hook.clone(),
-                or_dash(a.xdp_mode.as_deref()),
+                or_dash(a.xdp_mode.as_deref().or(a.tc_attach.as_deref())),
                 match &a.interface {
                     Some(i) => format!("{i} ({})", a.role),
                     None => a.role.to_string(),

@@ -32,7 +32,17 @@ impl WebBed {
     /// the agent on it with `agent_args`, and waits until the `web`
     /// ClusterIP answers (so `files` must serve it).
     pub fn start(agent: &Path, files: &[(&str, &str)], agent_args: &[&str]) -> Result<WebBed> {
-        let topo = ClusterIpTopology::create(3)?;
+        Self::start_on(ClusterIpTopology::create(3)?, agent, files, agent_args)
+    }
+
+    /// Same, on a topology of three backend pods the caller built (and
+    /// looked at before the agent started).
+    pub fn start_on(
+        topo: ClusterIpTopology,
+        agent: &Path,
+        files: &[(&str, &str)],
+        agent_args: &[&str],
+    ) -> Result<WebBed> {
         let servers = Servers::start(topo.backends())?;
         let scratch = ScratchDir::new()?;
         for (name, yaml) in files {

@@ -9,22 +9,28 @@ use std::path::Path;
 
 use lb_common::{IPPROTO_TCP, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES};
 
-use super::{install_others, new_flow_ns, pass_single_ns, Anchors, Params, CLIENT, VIP};
+use super::{install_others, new_flow_ns, single_ns, Anchors, Params, TimeFn, CLIENT, VIP};
 use crate::bench::plot::{Bars, PlotError};
 use crate::bench::stats::Spread;
 use crate::ebpf::fixture::DatapathFixture;
 use crate::packets::{frame, L4};
 
 const PLOT: &str = "datapath-sweep.png";
-/// The cases of each scale, in table order.
-pub const CASES: [&str; 7] = [
-    "anchor: XDP_PASS only",
-    "anchor: parse + 1 hash lookup",
-    "XDP established-flow hit",
-    "XDP miss",
-    "TC reply reverse-NAT",
-    "anchor: XDP_PASS, single runs",
-    "XDP new-flow hit, single runs",
+/// The cases of each scale, in table order, each with the index of the
+/// anchor it is read against.
+pub const CASES: [(&str, usize); 12] = [
+    ("anchor: TC_ACT_OK only", 0),
+    ("anchor: TC parse + 1 hash lookup", 0),
+    ("TC ingress (pod hook) established-flow hit", 0),
+    ("TC ingress (pod hook) miss", 0),
+    ("TC egress reply reverse-NAT", 0),
+    ("anchor: XDP_PASS only", 5),
+    ("XDP (--pod-hook xdp) established-flow hit", 5),
+    ("XDP (--pod-hook xdp) miss", 5),
+    ("anchor: TC_ACT_OK, single runs", 8),
+    ("TC ingress new-flow hit, single runs", 8),
+    ("anchor: XDP_PASS, single runs", 10),
+    ("XDP new-flow hit, single runs", 10),
 ];
 
 pub struct Scale {
@@ -54,7 +60,7 @@ pub(super) fn run(p: &Params, scales: &[u32]) -> anyhow::Result<Vec<Scale>> {
             &[],
             &[0u8; 64],
         );
-        f.run_xdp(&hit)?;
+        f.run_pod_tc(&hit)?;
         let reply = frame(
             L4::TcpAck,
             SocketAddrV4::new(VIP, 80),
@@ -70,17 +76,22 @@ pub(super) fn run(p: &Params, scales: &[u32]) -> anyhow::Result<Vec<Scale>> {
                 .collect();
             samples.map(|s| Spread::of(&s))
         };
+        let pod_tc: TimeFn = DatapathFixture::time_pod_tc;
+        let xdp: TimeFn = DatapathFixture::time_xdp;
+        let mut port = 1024u16;
         let ns = vec![
+            timed(&mut || anchors.time("anchor_tc_ok", &hit, p.repeat))?,
+            timed(&mut || anchors.time("anchor_tc_parse_lookup", &hit, p.repeat))?,
+            timed(&mut || f.time_pod_tc(&hit, p.repeat))?,
+            timed(&mut || f.time_pod_tc(&miss, p.repeat))?,
+            timed(&mut || f.time_tc(&reply, p.repeat))?,
             timed(&mut || anchors.time("anchor_xdp_pass", &hit, p.repeat))?,
-            timed(&mut || anchors.time("anchor_xdp_parse_lookup", &hit, p.repeat))?,
             timed(&mut || f.time_xdp(&hit, p.repeat))?,
             timed(&mut || f.time_xdp(&miss, p.repeat))?,
-            timed(&mut || f.time_tc(&reply, p.repeat))?,
-            timed(&mut || pass_single_ns(&anchors, &hit, p.new_flows))?,
-            {
-                let mut port = 1024u16;
-                timed(&mut || new_flow_ns(&mut f, &mut port, p.new_flows))?
-            },
+            timed(&mut || single_ns(&anchors, "anchor_tc_ok", &hit, p.new_flows))?,
+            timed(&mut || new_flow_ns(&mut f, pod_tc, &mut port, p.new_flows))?,
+            timed(&mut || single_ns(&anchors, "anchor_xdp_pass", &hit, p.new_flows))?,
+            timed(&mut || new_flow_ns(&mut f, xdp, &mut port, p.new_flows))?,
         ];
         out.push(Scale { services: n, ns });
     }
@@ -94,7 +105,8 @@ pub fn report(p: &Params, scales: &[Scale], plot_dir_link: &str) -> String {
         "### By table size\n\nThe same cases with N other Services x 10 backends installed (maps sized \
          for N), {} repetitions x {} runs ({} tuples per single-run figure), pinned to CPU 0; \
          ns/packet, median (min–max), and the ratio to the XDP_PASS anchor measured at the same \
-         scale (single-run rows: to the single-run XDP_PASS anchor).\n\n\
+         scale: TC rows to the TC_ACT_OK anchor, XDP rows to the XDP_PASS anchor, single-run rows to \
+         the same anchor timed in single runs.\n\n\
          ![datapath by table size]({plot_dir_link}/{PLOT})\n",
         p.repeat, p.runs, p.new_flows
     );
@@ -108,12 +120,10 @@ pub fn report(p: &Params, scales: &[Scale], plot_dir_link: &str) -> String {
             .join(" | "),
         "---|".repeat(scales.len())
     );
-    for (i, case) in CASES.iter().enumerate() {
-        // Single-run rows (5 and 6) compare with the single-run anchor.
-        let anchor = if i >= 5 { 5 } else { 0 };
+    for (i, (case, anchor)) in CASES.iter().enumerate() {
         let cells: Vec<String> = scales
             .iter()
-            .map(|s| format!("{}, {:.2}x", s.ns[i], s.ns[i].median / s.ns[anchor].median))
+            .map(|s| format!("{}, {:.2}x", s.ns[i], s.ns[i].median / s.ns[*anchor].median))
             .collect();
         let _ = writeln!(out, "| {case} | {} |", cells.join(" | "));
     }
@@ -128,9 +138,9 @@ pub fn plot(scales: &[Scale], dir: &Path) -> Result<(), PlotError> {
             .iter()
             .map(|s| format!("{} Services", s.services))
             .collect(),
-        series: [0, 1, 2, 3, 4, 6]
+        series: [0, 1, 2, 3, 4, 6, 9]
             .iter()
-            .map(|&i| (CASES[i], scales.iter().map(|s| s.ns[i]).collect()))
+            .map(|&i| (CASES[i].0, scales.iter().map(|s| s.ns[i]).collect()))
             .collect(),
         log_y: true,
         first_colour: 0,

@@ -73,10 +73,14 @@ pub fn report(r: &TrafficResult, plot_dir_link: &str) -> String {
          the same scale. The client pod runs with `net.ipv4.tcp_timestamps = 2` (timestamps \
          without per-destination offsets): the modes reuse the client's ports, and with offsets \
          the backends' TIME_WAIT sockets from another mode's connections refused some SYNs, \
-         adding ~10 ms retries to the no-NAT and our modes only. While our XDP program is attached to a pod's node-side veth, the kernel \
-         turns TCP segmentation offload off on the pod's eth0 (veth clears the peer's software \
-         GSO features when it has an XDP program), so the pod sends MTU-sized segments: that, not \
-         the NAT, is what the iperf3 row of our mode measures.\n",
+         adding ~10 ms retries to the no-NAT and our modes only. \
+         \"pod IP, our agent attached\": the client connects to a pod IP while our agent serves, \
+         what every pod pays for the agent whether it uses a Service or not. Our default pod hook \
+         is TC ingress; `--pod-hook xdp` puts the DNAT at XDP instead, and while an XDP program \
+         is attached to a pod's node-side veth the kernel turns TCP segmentation offload off on \
+         the pod's eth0 (veth clears the peer's software GSO features when it has an XDP \
+         program), so the pod sends MTU-sized segments: the iperf3 row of that mode measures \
+         this, not the NAT.\n",
         p.connections, p.iperf_secs, p.runs
     );
     for f in &FIGURES {
