@@ -8,11 +8,6 @@ use lb_common::{csum, stats, IPPROTO_UDP};
 
 use crate::parse::{ptr_at, Headers, Ipv4Hdr, ETH_HLEN};
 
-/// Byte offsets inside the IPv4 header.
-const IP_CHECK_OFF: usize = ETH_HLEN + 10;
-const IP_SADDR_OFF: usize = ETH_HLEN + 12;
-const IP_DADDR_OFF: usize = ETH_HLEN + 16;
-
 /// XDP: rewrites the destination to `daddr:dport` and fixes the IP and L4
 /// checksums. A UDP checksum of 0 (none) stays 0. A later fragment has no
 /// L4 header: only its destination address and IP checksum change (the
@@ -93,18 +88,20 @@ pub fn dnat_tc(ctx: &TcContext, h: &Headers, daddr_be: u32, dport_be: u16) -> Re
     rewrite_tc(ctx, h, Field::Destination, old, (daddr_be, dport_be))
 }
 
-/// Which end of the flow a TC rewrite changes.
+/// Which end of the flow a TC rewrite changes (its index among the ports).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Field {
-    Source,
-    Destination,
+    Source = 0,
+    Destination = 1,
 }
 
-/// Rewrites one end's address and port from `old` to `new`. The skb
-/// helpers handle CHECKSUM_PARTIAL packets (offloaded checksums, GSO
-/// super-packets), where the L4 field holds only the pseudo-header sum,
-/// and complete ones alike: no payload is read, nothing is linearised. A
-/// later fragment gets its address and IP checksum rewritten, nothing else.
+/// Rewrites one end's address and port from `old` to `new`. The addresses,
+/// ports and the IP checksum (never offloaded) are written directly; the L4
+/// checksum goes through the skb helper, which handles CHECKSUM_PARTIAL
+/// packets (offloaded checksums, GSO super-packets), where the L4 field
+/// holds only the pseudo-header sum, and complete ones alike: no payload is
+/// read, nothing is linearised. A later fragment gets its address and IP
+/// checksum rewritten, nothing else.
 #[inline(always)]
 fn rewrite_tc(
     ctx: &TcContext,
@@ -113,12 +110,27 @@ fn rewrite_tc(
     old: (u32, u16),
     new: (u32, u16),
 ) -> Result<(), u32> {
-    let fail = |_| stats::DROP_REWRITE_FAILED;
-    let (addr_off, port_off) = match field {
-        Field::Source => (IP_SADDR_OFF, h.l4_off),
-        Field::Destination => (IP_DADDR_OFF, h.l4_off + 2),
+    let fail = stats::DROP_REWRITE_FAILED;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(fail)?;
+    let ports: Option<*mut [u16; 2]> = if h.has_l4() {
+        Some(ptr_at(data, data_end, h.l4_off).ok_or(fail)?)
+    } else {
+        None
     };
-    if h.has_l4() {
+    // SAFETY: both pointers were bounds-checked above; the checksum
+    // helpers below (which invalidate packet pointers) come after.
+    unsafe {
+        (*ip).check = csum::replace4((*ip).check, old.0, new.0);
+        match field {
+            Field::Source => (*ip).saddr_be = new.0,
+            Field::Destination => (*ip).daddr_be = new.0,
+        }
+        if let Some(ports) = ports {
+            (*ports)[field as usize] = new.1;
+        }
+    }
+    if ports.is_some() {
         let csum_off = h.l4_csum_off();
         let udp_flag = if h.proto == IPPROTO_UDP {
             BPF_F_MARK_MANGLED_0 as u64
@@ -131,13 +143,9 @@ fn rewrite_tc(
             new.0 as u64,
             BPF_F_PSEUDO_HDR as u64 | udp_flag | 4,
         )
-        .map_err(fail)?;
+        .map_err(|_| fail)?;
         ctx.l4_csum_replace(csum_off, old.1 as u64, new.1 as u64, udp_flag | 2)
-            .map_err(fail)?;
-        ctx.store(port_off, &new.1, 0).map_err(fail)?;
+            .map_err(|_| fail)?;
     }
-    ctx.l3_csum_replace(IP_CHECK_OFF, old.0 as u64, new.0 as u64, 4)
-        .map_err(fail)?;
-    ctx.store(addr_off, &new.0, 0).map_err(fail)?;
     Ok(())
 }
