@@ -34,6 +34,14 @@ const PLOT_CPU: &str = "nodeport-cpu.png";
 /// The modes compared: a NodePort needs a proxy, so no "direct" here.
 const MODES: [Mode; 3] = [Mode::Ours, Mode::Iptables, Mode::Nftables];
 
+/// A mode's name here: ours serves NodePorts at XDP on the uplink.
+fn label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Ours => "ours (XDP uplink)",
+        other => other.label(),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Params {
     /// Datagrams per stream.
@@ -111,11 +119,11 @@ pub fn run(agent_bin: &Path, p: &Params) -> Result<NodePortResult> {
             let i = (k + run) % MODES.len();
             planes.switch(MODES[i], forwards)?;
             let s = stream(external, pod, to, p.packets)
-                .with_context(|| format!("the stream, {}", MODES[i].label()))?;
+                .with_context(|| format!("the stream, {}", label(MODES[i])))?;
             println!(
                 "    run {} {:<30} {:>6.0} kpps delivered ({:>3.0}% of sent), {:>5.0} ns CPU/packet",
                 run + 1,
-                MODES[i].label(),
+                label(MODES[i]),
                 s.pps / 1e3,
                 s.share * 100.0,
                 s.cpu_ns
@@ -207,7 +215,7 @@ pub fn report(r: &NodePortResult, plot_dir_link: &str) -> String {
         let _ = writeln!(
             out,
             "| {} | {:.0} ({:.0}–{:.0}) | {:.2}x | {:.0}% ({:.0}–{:.0}%) | {:.0} ({:.0}–{:.0}) | {:.2}x |",
-            mode.label(),
+            label(*mode),
             pps.median / 1e3,
             pps.min / 1e3,
             pps.max / 1e3,
@@ -233,7 +241,7 @@ pub fn plots(r: &NodePortResult, dir: &Path) -> Result<(), PlotError> {
             series: MODES
                 .iter()
                 .zip(&r.modes)
-                .map(|(m, s)| (m.label(), vec![Spread::of(&f(s))]))
+                .map(|(m, s)| (label(*m), vec![Spread::of(&f(s))]))
                 .collect(),
             log_y: false,
             first_colour: 1,
