@@ -207,13 +207,6 @@ impl Attacher {
         })
     }
 
-    /// Names of the interfaces we are attached to, with their XDP mode.
-    pub fn attached(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
-        self.attached
-            .iter()
-            .map(|(n, a)| (n.as_str(), a.xdp_mode.as_deref()))
-    }
-
     /// Brings the attachments in line with `present` (name -> ifindex):
     /// adopts what a previous agent left for present interfaces, attaches
     /// to new interfaces, and detaches from vanished or renumbered ones. One
