@@ -127,13 +127,16 @@ impl Packet for TcContext {
     }
 
     /// At the tail (an skb's head cannot shrink below its headers), then
-    /// pulled linear. A GSO super-packet is never refused (a refusal
-    /// answers a flow's first packet), so it never gets here whole.
+    /// pulled linear. A GSO super-packet (a UDP_SEGMENT send) is not
+    /// turned into one refusal: it is dropped instead.
     #[inline(always)]
     fn resize(&self, len: usize) -> Result<(), ()> {
         let skb = self.skb.skb;
-        // SAFETY: plain helper calls on our own context.
+        // SAFETY: reading a field of our own context; plain helper calls.
         unsafe {
+            if (*skb).gso_segs > 1 {
+                return Err(());
+            }
             if bpf_skb_change_tail(skb, len as u32, 0) != 0
                 || bpf_skb_pull_data(skb, len as u32) != 0
             {
