@@ -22,10 +22,22 @@ pub const MAP_CONFIG: &str = "lb_config_v1";
 /// Allowed client ranges of frontends with loadBalancerSourceRanges (LPM
 /// trie). Key `lpm_trie::Key<SourceRange>`, value `u32` (1).
 pub const MAP_SOURCE_RANGES: &str = "lb_srcrange_v1";
-/// The node's addresses where NodePorts answer (`--nodeport-addresses`).
-/// Key `u32` address (network byte order), value `u32` (1).
-pub const MAP_NODE_ADDRS: &str = "lb_nodeaddr_v1";
-pub const NODE_ADDRS_MAX_ENTRIES: u32 = 256;
+/// Node addresses of the cluster. Key `u32` address (network byte order),
+/// value [`NODE_ADDR_LOCAL`] for this node's addresses where NodePorts
+/// answer (`--nodeport-addresses`), [`NODE_ADDR_PEER`] for another node's
+/// (its Node object's InternalIP/ExternalIP). v2: peers, 4096 entries.
+pub const MAP_NODE_ADDRS: &str = "lb_nodeaddr_v2";
+pub const NODE_ADDRS_MAX_ENTRIES: u32 = 4096;
+/// [`MAP_NODE_ADDRS`] value: this node's NodePort address. Packets from
+/// outside to it and a NodePort are balanced here.
+pub const NODE_ADDR_LOCAL: u32 = 1;
+/// [`MAP_NODE_ADDRS`] value: another node's address. Only the node's own
+/// sockets balance its NodePorts at `connect()` (as Cilium's socket LB
+/// does), so that a node process reaches the backend directly: the kernel
+/// then picks the source port for the backend's tuple, which a NodePort
+/// flow DNATed on the other node (client address kept) could otherwise
+/// share with a direct connection.
+pub const NODE_ADDR_PEER: u32 = 2;
 /// sessionAffinity ClientIP: the backend each client last got, per
 /// frontend (LRU). Key [`AffinityKey`], value [`AffinityValue`].
 pub const MAP_AFFINITY: &str = "lb_affinity_v1";

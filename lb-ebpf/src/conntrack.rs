@@ -109,6 +109,24 @@ pub fn keep_reply(fwd: &CtKey, baddr_be: u32, bport_be: u16, value: &CtValue, re
     }
 }
 
+/// Rewrites both entries of a flow a SYN starts (again), stamped now and
+/// without a closing mark. Not inlined: a SYN's rare work keeps its value
+/// copy off the callers' stacks.
+#[inline(never)]
+pub fn reopen(fwd: &CtKey, value: &CtValue) {
+    let mut v = *value;
+    v.flags &= !CT_F_CLOSING;
+    v.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    let _ = CONNTRACK.insert(fwd, &v, 0);
+    let _ = insert_reply(fwd, v.backend_addr_be, v.backend_port_be, &v);
+}
+
+/// Forgets an entry.
+#[inline(always)]
+pub fn remove(k: &CtKey) {
+    let _ = CONNTRACK.remove(k);
+}
+
 /// The reply direction's key of forward key `fwd` balanced to `(baddr,
 /// bport)`.
 #[inline(always)]

@@ -2,7 +2,7 @@
 //! backend replies (see `node_egress` for the program body).
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{stats, CT_DIR_REPLY};
+use lb_common::{stats, CT_DIR_REPLY, CT_F_CLOSING};
 
 use crate::{
     conntrack,
@@ -50,6 +50,15 @@ pub fn reverse_nat(ctx: &TcContext, h: &Headers) -> Result<Option<u32>, u32> {
     let Some((entry, _)) = conntrack::lookup(&reply, h.is_tcp_closing()) else {
         return Ok(None);
     };
+    if h.is_tcp_syn_ack() && entry.flags & CT_F_CLOSING != 0 {
+        // A closed flow's tuple answering a new connection that reached
+        // the backend without us: a client that used the same source port
+        // towards a NodePort (DNATed to a local backend, client address
+        // kept) and then to the backend itself (socket LB, pod IP). The
+        // new connection is not ours to rewrite; the stale entry goes.
+        conntrack::remove(&reply);
+        return Ok(None);
+    }
     // SAFETY: copied out at once.
     let Some(frontend) = (unsafe { REVNAT.get(&entry.rev_nat_id).copied() }) else {
         return Ok(Some(stats::TC_PASS_REVNAT_MISSING));

@@ -39,7 +39,14 @@ pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16, u32)> {
     if !keep {
         return None;
     }
-    conntrack::keep_reply(fwd, addr_be, port_be, &entry, refreshed);
+    if h.is_tcp_syn() {
+        // A new connection (or its SYN again) on a tracked tuple: both
+        // entries belong to it, fresh, so that its backend's SYN-ACK does
+        // not look like a closed flow's stale reply (`egress::reverse_nat`).
+        conntrack::reopen(fwd, &entry);
+    } else {
+        conntrack::keep_reply(fwd, addr_be, port_be, &entry, refreshed);
+    }
     Some((addr_be, port_be, entry.backend_id))
 }
 

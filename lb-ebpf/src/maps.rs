@@ -31,8 +31,8 @@ pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(CONNTRACK_
 #[map(name = "lb_srcrange_v1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> = LpmTrie::pinned(SOURCE_RANGES_MAX_ENTRIES, 0);
 
-/// The node's NodePort addresses.
-#[map(name = "lb_nodeaddr_v1")]
+/// Node addresses: this node's NodePort addresses and its peers'.
+#[map(name = "lb_nodeaddr_v2")]
 pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(NODE_ADDRS_MAX_ENTRIES, 0);
 
 /// sessionAffinity ClientIP: the last backend per (frontend, client).

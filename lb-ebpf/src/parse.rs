@@ -96,6 +96,13 @@ impl Headers {
         self.proto == IPPROTO_TCP && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
     }
 
+    /// A TCP SYN-ACK: a server accepting a new connection.
+    #[inline(always)]
+    pub fn is_tcp_syn_ack(&self) -> bool {
+        self.proto == IPPROTO_TCP
+            && self.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN | TCP_FLAG_ACK
+    }
+
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {

@@ -1,6 +1,6 @@
 //! Frontend lookup and backend choice.
 
-use lb_common::{stats, Backend, ServiceKey, ServiceValue};
+use lb_common::{stats, Backend, ServiceKey, ServiceValue, NODE_ADDR_LOCAL};
 
 use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES};
 
@@ -24,13 +24,29 @@ pub fn frontend(vip_be: u32, port_be: u16, proto: u8) -> Option<ServiceValue> {
 /// Returns the master and whether it is the wildcard.
 #[inline(always)]
 pub fn external_frontend(daddr_be: u32, port_be: u16, proto: u8) -> Option<(ServiceValue, bool)> {
-    if let Some(master) = frontend(daddr_be, port_be, proto) {
-        return Some((master, false));
+    match any_frontend(daddr_be, port_be, proto)? {
+        (master, FRONTEND_EXACT) => Some((master, false)),
+        (master, NODE_ADDR_LOCAL) => Some((master, true)),
+        _ => None,
     }
-    // SAFETY: presence check only.
-    unsafe { NODE_ADDRS.get(&daddr_be) }?;
-    frontend(0, port_be, proto).map(|m| (m, true))
 }
+
+/// The frontend `daddr:port` names for the node's own sockets: an exact
+/// match ([`FRONTEND_EXACT`]), or the NodePort wildcard when `daddr` is a
+/// node address, with its [`MAP_NODE_ADDRS`](lb_common::MAP_NODE_ADDRS)
+/// kind (this node's or a peer's).
+#[inline(always)]
+pub fn any_frontend(daddr_be: u32, port_be: u16, proto: u8) -> Option<(ServiceValue, u32)> {
+    if let Some(master) = frontend(daddr_be, port_be, proto) {
+        return Some((master, FRONTEND_EXACT));
+    }
+    // SAFETY: copied out at once.
+    let kind = unsafe { NODE_ADDRS.get(&daddr_be).copied() }?;
+    frontend(0, port_be, proto).map(|m| (m, kind))
+}
+
+/// [`any_frontend`]'s kind of an exact (non-NodePort) frontend.
+pub const FRONTEND_EXACT: u32 = 0;
 
 /// Picks the backend in slot `1 + choice % count` of the frontend: with a
 /// uniform `choice` (a flow hash, a random number), uniformly among its

@@ -19,7 +19,10 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use lb_common::{SockRevNatKey, SockRevNatValue, IPPROTO_TCP, IPPROTO_UDP, SVC_F_SOURCE_RANGES};
+use lb_common::{
+    SockRevNatKey, SockRevNatValue, IPPROTO_TCP, IPPROTO_UDP, NODE_ADDR_PEER, SVC_F_LOCAL_ONLY,
+    SVC_F_SOURCE_RANGES,
+};
 
 use crate::{
     affinity,
@@ -53,9 +56,15 @@ pub fn to_backend(ctx: &SockAddrContext) -> i32 {
     if family != AF_INET || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) || !in_node_netns(sa) {
         return ALLOW;
     }
-    let Some((master, wildcard)) = select::external_frontend(dst_be, port_be, proto) else {
+    let Some((master, kind)) = select::any_frontend(dst_be, port_be, proto) else {
         return ALLOW;
     };
+    // Another node's NodePort with externalTrafficPolicy Local is that
+    // node's to serve from its own endpoints: the connection goes there.
+    if kind == NODE_ADDR_PEER && master.flags & SVC_F_LOCAL_ONLY != 0 {
+        return ALLOW;
+    }
+    let wildcard = kind != select::FRONTEND_EXACT;
     // The node's own sockets may use every endpoint of an external
     // frontend with a Local policy (kube-proxy: `--src-type LOCAL`).
     let master = master.for_internal_clients();

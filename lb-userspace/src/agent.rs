@@ -223,8 +223,13 @@ struct Datapath {
     /// What the config map holds.
     config: lb_common::NodeConfig,
     node_addrs: ebpf::NodeAddrMap,
-    /// What the node address map holds.
+    /// What the node address map holds: this node's NodePort addresses
+    /// and its peers'.
     nodeport_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
+    peer_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
+    /// The other Nodes' addresses as last listed (written with the next
+    /// uplink sync).
+    peers_listed: std::collections::BTreeSet<std::net::Ipv4Addr>,
     /// Health check node ports the last sync asked for, until served.
     health_checks_wanted: Option<HealthCheckWanted>,
     /// What the health check servers serve.
@@ -288,6 +293,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 match matcher.present() {
                     Ok(present) => dp.attacher.sync(&mut dp.ebpf, &present),
                     Err(e) => warn!("listing interfaces: {e}"),
+                }
+                if let Source::Kube(k) = &source {
+                    dp.peers_listed = k.peer_addresses();
                 }
                 sync_uplinks(&mut dp, &cfg, &telemetry);
             }
@@ -439,6 +447,8 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         ct_entries: None,
         node_addrs,
         nodeport_addresses: Default::default(),
+        peer_addresses: Default::default(),
+        peers_listed: Default::default(),
         uplinks,
         config: lb_common::NodeConfig::default(),
         ebpf,
@@ -564,15 +574,22 @@ fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
         }
     };
     let nodeport = node_addresses::nodeport_addresses(&addresses, &cfg.net.nodeport_addresses);
-    if nodeport != dp.nodeport_addresses {
-        match dp.node_addrs.sync(&nodeport) {
+    if nodeport != dp.nodeport_addresses || dp.peers_listed != dp.peer_addresses {
+        let peers = dp.peers_listed.clone();
+        match dp.node_addrs.sync(&nodeport, &peers) {
             Ok(()) => {
-                info!(addresses = ?nodeport, "NodePort addresses");
+                if nodeport != dp.nodeport_addresses {
+                    info!(addresses = ?nodeport, "NodePort addresses");
+                }
+                if peers != dp.peer_addresses {
+                    info!(addresses = ?peers, "other nodes' addresses (their NodePorts balanced at connect())");
+                }
                 dp.nodeport_addresses = nodeport;
+                dp.peer_addresses = peers;
             }
             Err(e) => {
                 telemetry.error("map_write");
-                warn!("writing the NodePort addresses: {e:#}");
+                warn!("writing the node addresses: {e:#}");
             }
         }
     }

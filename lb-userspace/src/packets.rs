@@ -19,6 +19,8 @@ pub enum L4 {
     TcpSyn,
     /// A SYN carrying an MSS option (data offset 6).
     TcpSynMss,
+    /// A server's SYN-ACK.
+    TcpSynAck,
     /// A TCP segment with the ACK flag.
     TcpAck,
     /// A TCP segment with FIN and ACK.
@@ -60,6 +62,11 @@ pub fn frame(
             .syn()
             .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
             .expect("one MSS option fits")
+            .write(&mut out, payload),
+        L4::TcpSynAck => b
+            .tcp(src.port(), dst.port(), 5000, 64240)
+            .syn()
+            .ack(1001)
             .write(&mut out, payload),
         L4::TcpAck => b
             .tcp(src.port(), dst.port(), 1001, 64240)

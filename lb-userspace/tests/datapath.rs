@@ -1023,6 +1023,54 @@ fn fin_and_rst_mark_their_conntrack_direction_closing() {
     }
 }
 
+/// A client that reuses a closed flow's tuple: through the frontend again,
+/// the SYN reopens the flow and its SYN-ACK is reverse-NATed; straight to
+/// the backend (another node's socket LB picked the same pod with the same
+/// source port), the SYN-ACK is not ours and the stale entry goes.
+#[test]
+fn a_closed_flows_tuple_reused_by_a_new_connection() {
+    for hook in HOOKS {
+        let Some(f) = one_backend() else { return };
+        let close = || {
+            f.run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+                .unwrap();
+            f.run_pod(hook, &frame(L4::TcpFin, CLIENT, FRONTEND, &[], b""))
+                .unwrap();
+            let (_, out) = f
+                .run_tc(&frame(L4::TcpFin, BACKEND, CLIENT, &[], b""))
+                .unwrap();
+            assert_eq!(out, frame(L4::TcpFin, FRONTEND, CLIENT, &[], b""));
+        };
+        let syn_ack = frame(L4::TcpSynAck, BACKEND, CLIENT, &[], b"");
+
+        close();
+        f.run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
+            .unwrap();
+        assert!(
+            f.conntrack()
+                .unwrap()
+                .iter()
+                .all(|(_, v)| v.flags & CT_F_CLOSING == 0),
+            "the SYN reopened both entries"
+        );
+        let (_, out) = f.run_tc(&syn_ack).unwrap();
+        assert_eq!(out, frame(L4::TcpSynAck, FRONTEND, CLIENT, &[], b""));
+
+        close();
+        // The backend answers a connection we never saw.
+        let (verdict, out) = f.run_tc(&syn_ack).unwrap();
+        assert_eq!((verdict, out), (TC_ACT_OK, syn_ack));
+        let ack = frame(L4::TcpAck, BACKEND, CLIENT, &[], b"pod-1");
+        let (_, out) = f.run_tc(&ack).unwrap();
+        assert_eq!(out, ack, "the stale reply entry is gone");
+        assert!(!f
+            .conntrack()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k.dir == CT_DIR_REPLY));
+    }
+}
+
 #[test]
 fn hairpin_pod_reaches_itself_through_the_node() {
     for hook in HOOKS {

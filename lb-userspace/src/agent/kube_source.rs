@@ -13,7 +13,8 @@ mod tests;
 mod watch;
 
 use std::{
-    net::IpAddr,
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
@@ -56,6 +57,8 @@ pub struct NodeInfo {
 pub struct KubeSource {
     changes: UnboundedReceiver<Change>,
     index: DesiredIndex,
+    node_name: String,
+    /// Every Node of the cluster.
     nodes: reflector::Store<Node>,
     signals: Arc<Signals>,
     /// The zone when the Node object has no zone label.
@@ -85,12 +88,18 @@ impl KubeSource {
             watch::watch_objects(Api::all(client.clone()), signals.clone(), 1, tx, |update| {
                 Change::Slice(Box::new(update))
             });
-        let this_node = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
-        let (nodes, node_task) =
-            watch::reflect::<Node>(Api::all(client), this_node, signals.clone(), 2);
+        // Every Node: this one for its zone and addresses, the others for
+        // their addresses (the node's sockets balance their NodePorts).
+        let (nodes, node_task) = watch::reflect::<Node>(
+            Api::all(client),
+            watcher::Config::default(),
+            signals.clone(),
+            2,
+        );
         Self {
             changes,
             index: DesiredIndex::new(Some(node_name.to_owned())),
+            node_name: node_name.to_owned(),
             nodes,
             signals,
             default_zone,
@@ -124,7 +133,8 @@ impl KubeSource {
             info!(
                 services = self.index.service_count(),
                 endpointslices = self.index.slice_count(),
-                node_found = self.nodes.len() == 1,
+                node_found = self.node().is_some(),
+                nodes = self.nodes.len(),
                 "initial list complete"
             );
         }
@@ -203,16 +213,12 @@ impl KubeSource {
 
     /// This node, once its Node object has been seen.
     pub fn node(&self) -> Option<NodeInfo> {
-        let node = self.nodes.state().into_iter().next()?;
-        let addresses = node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
+        let node = self
+            .nodes
+            .state()
             .into_iter()
-            .flatten()
-            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-            .filter_map(|a| a.address.parse().ok())
-            .collect();
+            .find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()))?;
+        let addresses = node_addresses(&node);
         let zone = node
             .metadata
             .labels
@@ -223,6 +229,20 @@ impl KubeSource {
             addresses,
             zone,
         })
+    }
+
+    /// The IPv4 addresses of every other Node.
+    pub fn peer_addresses(&self) -> BTreeSet<Ipv4Addr> {
+        self.nodes
+            .state()
+            .iter()
+            .filter(|n| n.metadata.name.as_deref() != Some(self.node_name.as_str()))
+            .flat_map(|n| node_addresses(n))
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
     }
 
     /// Watch failures since the last call.
@@ -237,4 +257,16 @@ impl Drop for KubeSource {
             t.abort();
         }
     }
+}
+
+/// A Node's status.addresses of type InternalIP and ExternalIP.
+fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect()
 }

@@ -185,7 +185,15 @@ impl DatapathFixture {
     /// Makes `addr` one of the node's NodePort addresses.
     pub fn add_node_address(&mut self, addr: Ipv4Addr) -> anyhow::Result<()> {
         let mut map: HashMap<_, u32, u32> = self.map(MAP_NODE_ADDRS)?;
-        map.insert(be_addr(addr), 1, 0)?;
+        map.insert(be_addr(addr), lb_common::NODE_ADDR_LOCAL, 0)?;
+        Ok(())
+    }
+
+    /// Makes `addr` another node's address (its NodePorts balanced by the
+    /// node's own sockets).
+    pub fn add_peer_address(&mut self, addr: Ipv4Addr) -> anyhow::Result<()> {
+        let mut map: HashMap<_, u32, u32> = self.map(MAP_NODE_ADDRS)?;
+        map.insert(be_addr(addr), lb_common::NODE_ADDR_PEER, 0)?;
         Ok(())
     }
 

@@ -1,14 +1,18 @@
-//! The node's NodePort addresses as the datapath sees them: a packet from
-//! outside addressed to one of them and a NodePort is balanced.
+//! Node addresses as the datapath sees them: a packet from outside
+//! addressed to one of this node's and a NodePort is balanced; a node
+//! socket connecting to a peer's NodePort is balanced at `connect()`.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{HashMap, MapData},
     Ebpf,
 };
-use lb_common::MAP_NODE_ADDRS;
+use lb_common::{MAP_NODE_ADDRS, NODE_ADDR_LOCAL, NODE_ADDR_PEER};
 
 pub struct NodeAddrMap {
     map: HashMap<MapData, u32, u32>,
@@ -24,27 +28,56 @@ impl NodeAddrMap {
         })
     }
 
-    /// Makes the map hold exactly `wanted`: new addresses first, so that a
-    /// renumbering never leaves a moment with none.
-    pub fn sync(&mut self, wanted: &BTreeSet<Ipv4Addr>) -> anyhow::Result<()> {
+    /// Makes the map hold exactly `local` (value [`NODE_ADDR_LOCAL`]) and
+    /// `peers` (value [`NODE_ADDR_PEER`]; an address in both is local): new
+    /// and changed entries first, so that a renumbering never leaves a
+    /// moment with none.
+    pub fn sync(
+        &mut self,
+        local: &BTreeSet<Ipv4Addr>,
+        peers: &BTreeSet<Ipv4Addr>,
+    ) -> anyhow::Result<()> {
         let key = |a: &Ipv4Addr| u32::from_ne_bytes(a.octets());
-        let present: BTreeSet<u32> = self.map.keys().filter_map(Result::ok).collect();
-        for addr in wanted {
-            if !present.contains(&key(addr)) {
+        let wanted = wanted(local, peers);
+        let present: BTreeMap<u32, u32> = self.map.iter().filter_map(Result::ok).collect();
+        for (addr, kind) in &wanted {
+            if present.get(&key(addr)) != Some(kind) {
                 self.map
-                    .insert(key(addr), 1, 0)
-                    .with_context(|| format!("adding NodePort address {addr}"))?;
+                    .insert(key(addr), kind, 0)
+                    .with_context(|| format!("adding node address {addr}"))?;
             }
         }
-        let wanted: BTreeSet<u32> = wanted.iter().map(key).collect();
-        for stale in present.difference(&wanted) {
-            self.map.remove(stale).with_context(|| {
-                format!(
-                    "removing NodePort address {}",
-                    Ipv4Addr::from(stale.to_ne_bytes())
-                )
-            })?;
+        for stale in present.keys() {
+            let addr = Ipv4Addr::from(stale.to_ne_bytes());
+            if !wanted.contains_key(&addr) {
+                self.map
+                    .remove(stale)
+                    .with_context(|| format!("removing node address {addr}"))?;
+            }
         }
         Ok(())
+    }
+}
+
+/// The map's content for `local` and `peers`.
+fn wanted(local: &BTreeSet<Ipv4Addr>, peers: &BTreeSet<Ipv4Addr>) -> BTreeMap<Ipv4Addr, u32> {
+    let mut all: BTreeMap<Ipv4Addr, u32> = peers.iter().map(|a| (*a, NODE_ADDR_PEER)).collect();
+    all.extend(local.iter().map(|a| (*a, NODE_ADDR_LOCAL)));
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_address_wins_over_a_peer_listing_it() {
+        let a = Ipv4Addr::new(192, 168, 50, 10);
+        let b = Ipv4Addr::new(192, 168, 50, 11);
+        let got = wanted(&[a].into(), &[a, b].into());
+        assert_eq!(
+            got,
+            BTreeMap::from([(a, NODE_ADDR_LOCAL), (b, NODE_ADDR_PEER)])
+        );
     }
 }

@@ -204,10 +204,17 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
             .collect(),
         MapKind::NodeAddrs => snapshot
             .node_addrs
-            .keys()
-            .map(|&addr| Entry {
+            .iter()
+            .map(|(&addr, &kind)| Entry {
                 key: vec![("addr", Value::Ip(ip(addr)))],
-                value: vec![],
+                value: vec![(
+                    "node",
+                    match kind {
+                        lb_common::NODE_ADDR_LOCAL => Value::Text("this".into()),
+                        lb_common::NODE_ADDR_PEER => Value::Text("peer".into()),
+                        other => other.into(),
+                    },
+                )],
             })
             .collect(),
         MapKind::Config => snapshot

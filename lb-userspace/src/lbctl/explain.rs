@@ -164,20 +164,22 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
     };
     let (master, wildcard) = match snap.services.get(&master_key(daddr)) {
         Some(m) => (*m, false),
-        None if snap.node_addrs.contains_key(&daddr) => match snap.services.get(&master_key(0)) {
-            Some(m) => (*m, true),
-            None => {
-                e.step(
-                    "frontend",
-                    format!(
-                        "{} is a node address, but no NodePort {} is served",
-                        flow.dst.ip(),
-                        flow.dst.port()
-                    ),
-                );
-                return e.end("pass", "not a Service: passes untouched (pass_no_service)");
+        None if snap.node_addrs.get(&daddr) == Some(&lb_common::NODE_ADDR_LOCAL) => {
+            match snap.services.get(&master_key(0)) {
+                Some(m) => (*m, true),
+                None => {
+                    e.step(
+                        "frontend",
+                        format!(
+                            "{} is a node address, but no NodePort {} is served",
+                            flow.dst.ip(),
+                            flow.dst.port()
+                        ),
+                    );
+                    return e.end("pass", "not a Service: passes untouched (pass_no_service)");
+                }
             }
-        },
+        }
         None => {
             e.step(
                 "frontend",

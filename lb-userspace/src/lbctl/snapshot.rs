@@ -105,7 +105,7 @@ pub struct Snapshot {
     pub config: Option<NodeConfig>,
     /// `lb_srcrange_v1`: (LPM prefix length, data).
     pub source_ranges: Vec<(u32, SourceRange)>,
-    /// `lb_nodeaddr_v1`: the node's NodePort addresses.
+    /// `lb_nodeaddr_v2`: node addresses (this node's NodePort addresses, value 1; peers', 2).
     pub node_addrs: BTreeMap<u32, u32>,
     /// `lb_affinity_v1`: sessionAffinity ClientIP memory.
     pub affinity: BTreeMap<AffinityKey, AffinityValue>,

@@ -583,8 +583,34 @@ fn granular_node_to_service(bins: &Binaries) -> Result<Outcome> {
         TRIES,
         start,
     )?;
+    // A peer's nodePort is balanced at connect(), as the ClusterIP is: the
+    // backend sees node-b itself, never node-a's SNAT. (Left to node-a, a
+    // connection DNATed to its local pod keeps node-b's address and port,
+    // and the same port towards the ClusterIP's pick of that pod would
+    // meet the first connection's TIME_WAIT there.)
+    // The agent learns its peers from their Node objects on its next tick.
+    let peer_np = at(cluster.topo.node_ip(0), G_NP_HTTP);
+    let balanced = Instant::now();
+    loop {
+        let replies = cluster.from_node(1, Transport::Tcp, peer_np, TRIES)?;
+        let snat: Vec<_> = replies
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|r| r.seen_peer.ip() == std::net::IpAddr::V4(cluster.topo.node_ip(0)))
+            .map(|r| format!("{} saw {}", r.backend, r.seen_peer))
+            .collect();
+        let answered = replies.iter().filter(|r| r.is_ok()).count();
+        if answered == TRIES && snat.is_empty() {
+            break;
+        }
+        ensure!(
+            balanced.elapsed() < CONVERGE,
+            "node-b -> node-a's nodePort {peer_np} not balanced at connect() within {CONVERGE:?}: {answered}/{TRIES} answered; SNATed by node-a: {snat:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(Outcome::new(format!(
-        "from hostNetwork processes on both nodes: ClusterIP http/udp and both node IPs' nodePorts http/udp: {TRIES}/{TRIES} on each of {} paths, all 4 endpoints seen on each, all verified by {} after the objects (upstream: ~2 min)",
+        "from hostNetwork processes on both nodes: ClusterIP http/udp and both node IPs' nodePorts http/udp: {TRIES}/{TRIES} on each of {} paths, all 4 endpoints seen on each, all verified by {} after the objects (upstream: ~2 min); the other node's nodePort is balanced at connect() ({TRIES}/{TRIES} with the node's own address, none SNATed by the other node)",
         checks.len(),
         secs(took)
     )))
