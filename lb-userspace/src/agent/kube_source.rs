@@ -93,6 +93,7 @@ impl KubeSource {
         let (nodes, node_task) = watch::reflect::<Node>(
             Api::all(client),
             watcher::Config::default(),
+            trim_node,
             signals.clone(),
             2,
         );
@@ -269,4 +270,18 @@ fn node_addresses(node: &Node) -> Vec<IpAddr> {
         .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
         .filter_map(|a| a.address.parse().ok())
         .collect()
+}
+
+/// Keeps of a Node only what the agent reads (name, labels, addresses): a
+/// Node's status carries its image list and more, tens of KiB each.
+fn trim_node(node: &mut Node) {
+    node.metadata.annotations = None;
+    node.metadata.managed_fields = None;
+    node.spec = None;
+    if let Some(status) = &mut node.status {
+        *status = k8s_openapi::api::core::v1::NodeStatus {
+            addresses: status.addresses.take(),
+            ..Default::default()
+        };
+    }
 }

@@ -134,3 +134,46 @@ async fn changes_arrive_and_a_relist_after_410_never_drops_present_services() {
         "converged without a re-list"
     );
 }
+
+fn node(name: &str, ip: &str) -> k8s_openapi::api::core::v1::Node {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": "z1"}},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name}
+            ],
+            "images": [{"names": ["registry.example/big:1"], "sizeBytes": 1}]
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn this_node_and_its_peers_addresses_from_every_node_kept_small() {
+    let server = FakeApiServer::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    server.apply_node(node("node-a", "192.168.50.10"));
+    server.apply_node(node("node-b", "192.168.50.11"));
+    server.apply_node(node("node-c", "192.168.50.12"));
+    let client = Client::try_from(Config::new(server.url().parse().unwrap())).unwrap();
+    let mut source = KubeSource::start(client, "node-a", None);
+    follow(&mut source, &Served::new(), |_| {}).await;
+
+    let me = source.node().expect("node-a seen");
+    assert_eq!(me.addresses, ["192.168.50.10".parse::<IpAddr>().unwrap()]);
+    assert_eq!(me.zone.as_deref(), Some("z1"));
+    let peers: Vec<String> = source
+        .peer_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(peers, ["192.168.50.11", "192.168.50.12"]);
+    // The store keeps addresses and labels, not the image lists.
+    for n in source.nodes.state() {
+        let status = n.status.as_ref().unwrap();
+        assert!(status.images.is_none(), "{n:?}");
+        assert!(n.metadata.labels.is_some());
+    }
+}

@@ -117,9 +117,11 @@ where
 
 /// A reflector over `api`, whose store is read when needed: nothing to
 /// hand to the run loop, which is only woken when the first list is in.
+/// `trim` drops what the store need not keep of each object.
 pub(super) fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
+    trim: fn(&mut K),
     signals: Arc<Signals>,
     listed: usize,
 ) -> (reflector::Store<K>, JoinHandle<()>)
@@ -129,7 +131,10 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = K::kind(&()).into_owned();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer);
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
