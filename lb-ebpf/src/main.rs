@@ -73,9 +73,9 @@ pub fn lb_xdp_ingress(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    // The same steps as on the uplinks: reverse NAT of replies, and SNAT of
-    // hairpin flows (a pod balanced to itself).
-    tc_verdict(&ctx, node_egress::try_node_egress)
+    // The steps of the uplinks: reverse NAT of replies, and SNAT of hairpin
+    // flows (a pod balanced to itself).
+    tc_verdict(&ctx, |ctx| node_egress::try_egress(ctx, ingress::Side::Pod))
 }
 
 #[xdp]
@@ -85,7 +85,9 @@ pub fn lb_xdp_node(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn lb_tc_node_egress(ctx: TcContext) -> i32 {
-    tc_verdict(&ctx, node_egress::try_node_egress)
+    tc_verdict(&ctx, |ctx| {
+        node_egress::try_egress(ctx, ingress::Side::Uplink)
+    })
 }
 
 #[classifier]

@@ -8,23 +8,29 @@
 use aya_ebpf::programs::TcContext;
 use lb_common::{stats, CT_DIR_SNAT_OUT};
 
-use crate::{conntrack, egress, frag, nat, parse::Headers};
+use crate::{conntrack, egress, frag, ingress::Side, nat, parse::Headers};
 
 #[inline(always)]
-pub fn try_node_egress(ctx: &TcContext) -> Result<u32, u32> {
+pub fn try_egress(ctx: &TcContext, side: Side) -> Result<u32, u32> {
     let h = match egress::parse_skb(ctx) {
         Ok(h) => h,
         Err(reason) => return Ok(reason),
     };
-    frag::follow(&h, steps(ctx, &h))
+    frag::follow(&h, steps(ctx, side, &h))
 }
 
 /// The steps after parsing (a later fragment takes them with its first
 /// fragment's ports: only conntrack lookups, never a new entry).
 #[inline(always)]
-fn steps(ctx: &TcContext, h: &Headers) -> Result<u32, u32> {
+fn steps(ctx: &TcContext, side: Side, h: &Headers) -> Result<u32, u32> {
     if let Some(reason) = egress::reverse_nat(ctx, h)? {
         return Ok(reason);
+    }
+    // Into a pod, the only SNAT is a hairpin's (a pod balanced to itself:
+    // source and destination are that pod): every other packet is spared
+    // the lookup.
+    if side == Side::Pod && h.saddr_be != h.daddr_be {
+        return Ok(stats::TC_PASS_NOT_REPLY);
     }
     let out = conntrack::key(
         h.saddr_be,

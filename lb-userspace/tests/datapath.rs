@@ -676,6 +676,11 @@ fn nodeport_to_a_remote_backend_is_snated_and_its_reply_restored() {
     );
     assert_eq!(out, frame(L4::TcpSyn, snat, REMOTE, &[], b""));
     assert_eq!(f.count(stats::SNAT).unwrap(), 1);
+    // A pod veth's egress SNATs only hairpins (source = destination): the
+    // same packet into a pod is spared the lookup and passes as it came.
+    let into_pod = frame(L4::TcpSyn, EXTERNAL, REMOTE, &[], b"");
+    assert_eq!(f.run_tc(&into_pod).unwrap(), (TC_ACT_OK, into_pod));
+    assert_eq!(f.count(stats::SNAT).unwrap(), 1);
 
     // The remote pod's reply to node:port comes in: back to the client.
     let (verdict, out) = f
