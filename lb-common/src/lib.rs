@@ -14,12 +14,14 @@
 #![no_std]
 
 pub mod csum;
+pub mod filter;
 pub mod hash;
 pub mod maps;
 pub mod names;
 pub mod sock;
 pub mod stats;
 
+pub use filter::*;
 pub use maps::*;
 pub use names::*;
 pub use sock::*;

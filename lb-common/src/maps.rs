@@ -55,7 +55,7 @@ pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
 pub const MAP_STATS: &str = "lb_stats_v6";
 
 /// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_REVNAT,
@@ -71,6 +71,7 @@ pub const ALL_MAPS: [&str; 15] = [
     crate::names::MAP_SVC_NAMES,
     crate::names::MAP_SVC_STATS,
     crate::names::MAP_BACKEND_STATS,
+    crate::filter::MAP_FILTER,
 ];
 
 /// Default sizes. The agent sets the real ones at load time (flags

@@ -10,8 +10,8 @@ use lb_common::{
     stats, AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig,
     RevNat, RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
     StatsCounter, SvcName, AFFINITY_MAX_ENTRIES, BACKENDS_MAX_ENTRIES, CONNTRACK_MAX_ENTRIES,
-    FRAGMENTS_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES, SERVICES_MAX_ENTRIES,
-    SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
+    FILTER_MAX_ENTRIES, FRAGMENTS_MAX_ENTRIES, NODE_ADDRS_MAX_ENTRIES, REVNAT_MAX_ENTRIES,
+    SERVICES_MAX_ENTRIES, SOCK_REVNAT_MAX_ENTRIES, SOURCE_RANGES_MAX_ENTRIES,
 };
 
 #[map(name = "lb_svc_v4")]
@@ -74,3 +74,7 @@ pub static BACKEND_STATS: PerCpuHashMap<u32, StatsCounter> =
 
 #[map(name = "lb_stats_v6")]
 pub static STATS: PerCpuArray<StatsCounter> = PerCpuArray::pinned(stats::COUNT, 0);
+
+/// Frontend filter: one bit per frontend hash (see `lb_common::filter`).
+#[map(name = "lb_filter_v1")]
+pub static FILTER: Array<u64> = Array::pinned(FILTER_MAX_ENTRIES, 0);

@@ -27,9 +27,11 @@ fn steps(ctx: &TcContext, side: Side, h: &Headers) -> Result<u32, u32> {
         return Ok(reason);
     }
     // Into a pod, the only SNAT is a hairpin's (a pod balanced to itself:
-    // source and destination are that pod): every other packet is spared
-    // the lookup.
-    if side == Side::Pod && h.saddr_be != h.daddr_be {
+    // source and destination are that pod); anywhere, an SNATed flow goes
+    // to a backend. Every other packet is spared the lookup.
+    if side == Side::Pod && h.saddr_be != h.daddr_be
+        || !crate::select::maybe_backend(h.daddr_be, h.dport_be, h.proto)
+    {
         return Ok(stats::TC_PASS_NOT_REPLY);
     }
     let out = conntrack::key(

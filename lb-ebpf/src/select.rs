@@ -1,8 +1,11 @@
 //! Frontend lookup and backend choice.
 
-use lb_common::{stats, Backend, ServiceKey, ServiceValue, NODE_ADDR_LOCAL};
+use lb_common::{
+    filter_slot, stats, Backend, ServiceKey, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS,
+    FILTER_VALID, FILTER_VALID_WORD, NODE_ADDR_LOCAL,
+};
 
-use crate::maps::{BACKENDS, NODE_ADDRS, SERVICES};
+use crate::maps::{BACKENDS, FILTER, NODE_ADDRS, SERVICES};
 
 /// The master entry of the frontend `(vip, port, proto)`, if it is one.
 #[inline(always)]
@@ -37,12 +40,44 @@ pub fn external_frontend(daddr_be: u32, port_be: u16, proto: u8) -> Option<(Serv
 /// kind (this node's or a peer's).
 #[inline(always)]
 pub fn any_frontend(daddr_be: u32, port_be: u16, proto: u8) -> Option<(ServiceValue, u32)> {
-    if let Some(master) = frontend(daddr_be, port_be, proto) {
-        return Some((master, FRONTEND_EXACT));
+    let filtered = filter_valid();
+    if !filtered || maybe_frontend(daddr_be, port_be, proto) {
+        if let Some(master) = frontend(daddr_be, port_be, proto) {
+            return Some((master, FRONTEND_EXACT));
+        }
+    }
+    // The NodePort wildcard's bit says whether `port` is a NodePort at all.
+    if filtered && !maybe_frontend(0, port_be, proto) {
+        return None;
     }
     // SAFETY: copied out at once.
     let kind = unsafe { NODE_ADDRS.get(&daddr_be).copied() }?;
     frontend(0, port_be, proto).map(|m| (m, kind))
+}
+
+/// The agent has written the filter (see `lb_common::filter`).
+#[inline(always)]
+fn filter_valid() -> bool {
+    FILTER.get(FILTER_VALID_WORD).copied() == Some(FILTER_VALID)
+}
+
+/// False when `(addr, port, proto)` is certainly no frontend.
+#[inline(always)]
+fn maybe_frontend(addr_be: u32, port_be: u16, proto: u8) -> bool {
+    filter_bit(FILTER_FRONTENDS, addr_be, port_be, proto)
+}
+
+/// False when `(addr, port, proto)` is certainly no backend: no conntrack
+/// entry has it as its backend (an unwritten filter says nothing).
+#[inline(always)]
+pub fn maybe_backend(addr_be: u32, port_be: u16, proto: u8) -> bool {
+    !filter_valid() || filter_bit(FILTER_BACKENDS, addr_be, port_be, proto)
+}
+
+#[inline(always)]
+fn filter_bit(region: u32, addr_be: u32, port_be: u16, proto: u8) -> bool {
+    let (word, mask) = filter_slot(region, addr_be, port_be, proto);
+    FILTER.get(word).is_none_or(|w| w & mask != 0)
 }
 
 /// [`any_frontend`]'s kind of an exact (non-NodePort) frontend.

@@ -223,6 +223,10 @@ struct Datapath {
     /// What the config map holds.
     config: lb_common::NodeConfig,
     node_addrs: ebpf::NodeAddrMap,
+    filter: ebpf::FilterMap,
+    /// The backends conntrack entries named at the last walk (their bits
+    /// stay in the filter while their flows live).
+    ct_backends: std::collections::BTreeSet<(u32, u16, u8)>,
     /// What the node address map holds: this node's NodePort addresses
     /// and its peers'.
     nodeport_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
@@ -312,7 +316,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                     check_node(k, &cfg.net, &mut node, &telemetry);
                 }
             }
-            _ = ct_gc_tick.tick() => collect_conntrack_garbage(&mut dp, &cfg.ct_timeouts),
+            _ = ct_gc_tick.tick() => {
+                collect_conntrack_garbage(&mut dp, &cfg.ct_timeouts);
+                rebuild_filter(&mut dp, &reconciler, &telemetry);
+            }
             _ = resync_tick.tick() => {
                 // The maps are read back and the current state programmed
                 // below (for Kubernetes, once the first lists are in).
@@ -437,6 +444,7 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         }
     };
     let node_addrs = ebpf::NodeAddrMap::from_ebpf(&mut ebpf)?;
+    let filter = ebpf::FilterMap::from_ebpf(&mut ebpf)?;
     let svc_names = ebpf::SvcNameMap::from_ebpf(&mut ebpf)?;
     Ok(Datapath {
         svc_names,
@@ -446,6 +454,8 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         nodeport_range: cfg.nodeport_range,
         ct_entries: None,
         node_addrs,
+        filter,
+        ct_backends: Default::default(),
         nodeport_addresses: Default::default(),
         peer_addresses: Default::default(),
         peers_listed: Default::default(),
@@ -490,10 +500,19 @@ fn sync(
         telemetry.error("config");
     }
     let started = Instant::now();
+    // Bits first: a frontend is never in the Service map without its bit.
+    if let Err(e) = dp.filter.cover(desired) {
+        telemetry.error("map_write");
+        warn!("writing the frontend filter: {e:#}");
+        return false;
+    }
     let result = applier.apply(pending, reconciler, &mut dp.dataplane);
     let ok = result.is_ok();
     if !ok {
         telemetry.error("map_write");
+    }
+    if ok && !dp.filter.valid() {
+        rebuild_filter(dp, reconciler, telemetry);
     }
     let left_out = reconciler.left_out();
     let services: std::collections::BTreeSet<_> = left_out.iter().map(|l| &l.service).collect();
@@ -549,6 +568,27 @@ fn report_nodeports_out_of_range(desired: &crate::model::Desired, dp: &mut Datap
         warn!(service = %service, node_port = fe.port, range = ?dp.nodeport_range, "NodePort outside --nodeport-range; served anyway");
     }
     dp.reported_out_of_range = outside;
+}
+
+/// Rewrites the filter from what the Service and backend maps hold and
+/// the backends conntrack named at its last walk, dropping the bits of
+/// what is gone (and making it valid after the first sync).
+fn rebuild_filter(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
+    let Some(state) = reconciler.programmed() else {
+        return;
+    };
+    // Before the first rewrite, the flows a previous agent left (to
+    // backends that may have left their Service since) are read too.
+    if !dp.filter.valid() {
+        dp.ct_backends = dp.monitor.tracked_backends();
+    }
+    if let Err(e) = dp
+        .filter
+        .rebuild(&state.services, &state.backends, &dp.ct_backends)
+    {
+        telemetry.error("map_write");
+        warn!("rewriting the frontend filter: {e:#}");
+    }
 }
 
 /// Attaches to the uplinks present and keeps the datapath's config (the
@@ -618,11 +658,16 @@ fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
 /// Removes the conntrack entries idle longer than their timeout (a walk of
 /// the whole map, so not on every monitor tick).
 fn collect_conntrack_garbage(dp: &mut Datapath, timeouts: &CtTimeouts) {
-    let (seen, removed) = dp.monitor.collect_garbage(ct_gc::now_ns(), timeouts);
-    if removed > 0 {
-        tracing::debug!(seen, removed, "conntrack entries expired");
+    let gc = dp.monitor.collect_garbage(ct_gc::now_ns(), timeouts);
+    if gc.removed > 0 {
+        tracing::debug!(
+            seen = gc.seen,
+            removed = gc.removed,
+            "conntrack entries expired"
+        );
     }
-    dp.ct_entries = Some(seen - removed);
+    dp.ct_entries = Some(gc.seen - gc.removed);
+    dp.ct_backends = gc.tracked;
 }
 
 /// Re-attaches what was detached behind our back: interfaces' programs at

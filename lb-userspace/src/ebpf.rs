@@ -5,6 +5,7 @@
 mod attach;
 mod backend_stats;
 mod dataplane;
+pub mod filter;
 pub mod fixture;
 pub(crate) mod link_pins;
 mod monitor;
@@ -20,6 +21,7 @@ pub use attach::{
     POD_INTERFACES, POD_INTERFACES_XDP, TC_NL_HANDLE, TC_NL_PRIORITY,
 };
 pub use dataplane::BpfDataplane;
+pub use filter::FilterMap;
 pub use monitor::{DatapathMonitor, ReasonTotals};
 pub use node_addrs::NodeAddrMap;
 pub use object::{load, EBPF_OBJECT};

@@ -212,6 +212,30 @@ fn reply_is_reverse_nated_at_tc_egress() {
     }
 }
 
+/// The filter decides before the maps: a frontend without its bit is
+/// passed as no Service, a reply from a backend without its bit is passed
+/// without a conntrack lookup; a filter not yet written by the agent (not
+/// valid) filters nothing.
+#[test]
+fn the_filter_answers_before_the_service_and_conntrack_maps() {
+    for hook in HOOKS {
+        let Some(mut f) = one_backend() else { return };
+        let syn = frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b"");
+        let reply = frame(L4::TcpAck, BACKEND, CLIENT, &[], b"pod-1");
+        f.run_pod(hook, &syn).unwrap();
+        f.reset_filter(true).unwrap();
+        assert_eq!(f.run_tc(&reply).unwrap(), (TC_ACT_OK, reply.clone()));
+        assert_eq!(f.count(stats::REVNAT).unwrap(), 0);
+        assert_eq!(f.run_pod(hook, &syn).unwrap(), (Verdict::Pass, syn.clone()));
+        assert_eq!(f.count(stats::PASS_NO_SERVICE).unwrap(), 1);
+        f.reset_filter(false).unwrap();
+        let (_, out) = f.run_pod(hook, &syn).unwrap();
+        assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""));
+        let (_, out) = f.run_tc(&reply).unwrap();
+        assert_eq!(out, frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"pod-1"));
+    }
+}
+
 #[test]
 fn lookalike_reply_without_conntrack_is_not_rewritten() {
     for hook in HOOKS {

@@ -275,6 +275,45 @@ fn long_lived_connections_survive_conntrack_churn() {
     );
 }
 
+/// Connections to endpoints that left the Service keep going while the
+/// agent rewrites its filter (every conntrack walk, here each second): the
+/// backends' bits stay while conntrack entries name them, or their replies
+/// would leave without reverse NAT and the client would reset them.
+///
+/// Upstream has no counterpart (kube-proxy keeps the conntrack entries of
+/// a removed endpoint's established connections too).
+#[test]
+fn connections_to_removed_endpoints_outlive_filter_rewrites() {
+    if !require_privileged("connections_to_removed_endpoints_outlive_filter_rewrites") {
+        return;
+    }
+    let all = [1, 2, 3].map(pod_ip);
+    let bed = Bed::start(&web_manifest(&all, &[]), &["--ct-gc-interval-secs", "1"]);
+    let conns = ConnectionStream::open(
+        bed.topo.client(),
+        WEB_VIP,
+        LINES_PORT,
+        9,
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = conns.snapshot();
+    assert_window(&before, 3, "before the endpoints left");
+    bed.write(&web_manifest(&all[..1], &[]));
+    std::thread::sleep(Duration::from_millis(3500));
+    let window = conns.snapshot().since(&before);
+    println!(
+        "pods 2 and 3 left the Service 3.5 s ago:\n{}",
+        window.summary()
+    );
+    assert_window(
+        &window,
+        20,
+        "after two endpoints left, across 3 filter rewrites",
+    );
+}
+
 /// A topology with three backend pods and a client, the pod servers, and
 /// the agent (with `agent_args`) serving the manifest directory, ready.
 struct Bed {

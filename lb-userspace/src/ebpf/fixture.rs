@@ -19,9 +19,10 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    stats, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat, RevNatId, ServiceKey,
-    ServiceValue, SourceRange, StatsCounter, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG,
-    MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
+    filter_slot, stats, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat, RevNatId,
+    ServiceKey, ServiceValue, SourceRange, StatsCounter, FILTER_BACKENDS, FILTER_FRONTENDS,
+    FILTER_VALID, FILTER_VALID_WORD, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK,
+    MAP_FILTER, MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
     MAP_STATS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_TC_POD_INGRESS,
     PROG_XDP_INGRESS, PROG_XDP_NODE, REJECT_BOUNCE_MARK,
 };
@@ -139,12 +140,35 @@ impl DatapathFixture {
         prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_INGRESS)?
             .load()
             .context("verifying TC ingress")?;
-        Ok(Self {
+        let mut fixture = Self {
             ebpf,
             next_backend_id: 1,
             next_rev_nat_id: 1,
             _pins: pins,
-        })
+        };
+        // The frontend filter on, as the agent runs it: each frontend added
+        // gets its bit.
+        fixture.filter()?.set(FILTER_VALID_WORD, FILTER_VALID, 0)?;
+        Ok(fixture)
+    }
+
+    /// Clears every bit of the frontend filter, and sets whether the
+    /// datapath uses it (as before the agent's first write: unused).
+    pub fn reset_filter(&mut self, valid: bool) -> anyhow::Result<()> {
+        let mut filter = self.filter()?;
+        for word in 0..FILTER_VALID_WORD {
+            filter.set(word, 0, 0)?;
+        }
+        filter.set(FILTER_VALID_WORD, if valid { FILTER_VALID } else { 0 }, 0)?;
+        Ok(())
+    }
+
+    fn filter(&mut self) -> anyhow::Result<Array<&mut MapData, u64>> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_FILTER)
+            .ok_or_else(|| anyhow!("{MAP_FILTER} missing"))?;
+        Ok(Array::try_from(map)?)
     }
 
     /// Adds a frontend with `backends` (ids and rev-NAT id allocated here).
@@ -294,6 +318,19 @@ impl DatapathFixture {
                 0,
             )?;
         }
+        let mut filter = self.filter()?;
+        let backend_slots = backends
+            .iter()
+            .chain(internal_only)
+            .map(|(addr, bport, _)| (FILTER_BACKENDS, be_addr(*addr), bport.to_be()));
+        for (region, addr_be, port) in
+            std::iter::once((FILTER_FRONTENDS, vip_be, port_be)).chain(backend_slots)
+        {
+            let (word, mask) = filter_slot(region, addr_be, port, proto);
+            let bits = filter.get(&word, 0)?;
+            filter.set(word, bits | mask, 0)?;
+        }
+        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
         services.insert(
             key(0),
             ServiceValue {

@@ -1,6 +1,8 @@
 //! What the agent reads back from the datapath for its metrics: the
 //! per-CPU verdict counters, conntrack occupancy, and every map's size.
 
+use std::collections::BTreeSet;
+
 use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray},
@@ -72,27 +74,51 @@ impl DatapathMonitor {
         &mut self,
         now_ns: u64,
         timeouts: &crate::agent::ct_gc::CtTimeouts,
-    ) -> (u64, u64) {
+    ) -> GcReport {
         use crate::agent::ct_gc::{expired, reply_of};
         let mut seen = 0;
         let mut doomed = Vec::new();
+        let mut tracked = BTreeSet::new();
         for (key, value) in self.conntrack.iter().filter_map(Result::ok) {
             seen += 1;
             if expired(&key, &value, now_ns, timeouts) {
                 doomed.push(key);
                 doomed.extend(reply_of(&key, &value));
+            } else {
+                tracked.insert((value.backend_addr_be, value.backend_port_be, key.proto));
             }
         }
         let removed = doomed
             .iter()
             .filter(|k| self.conntrack.remove(k).is_ok())
             .count() as u64;
-        (seen, removed)
+        GcReport {
+            seen,
+            removed,
+            tracked,
+        }
+    }
+
+    /// The backends `(addr_be, port_be, proto)` conntrack entries name.
+    pub fn tracked_backends(&self) -> BTreeSet<(u32, u16, u8)> {
+        self.conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, value)| (value.backend_addr_be, value.backend_port_be, key.proto))
+            .collect()
     }
 
     pub fn conntrack_max(&self) -> u32 {
         self.conntrack_max
     }
+}
+
+/// What a conntrack walk found.
+pub struct GcReport {
+    pub seen: u64,
+    pub removed: u64,
+    /// The backends `(addr_be, port_be, proto)` the remaining entries name.
+    pub tracked: BTreeSet<(u32, u16, u8)>,
 }
 
 /// The size a map was created with (a pinned map keeps its size even when

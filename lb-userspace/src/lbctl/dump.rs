@@ -287,6 +287,15 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 value: vec![("packets", v.packets.into()), ("bytes", v.bytes.into())],
             })
             .collect(),
+        // Words with bits set, and the valid word (the last).
+        MapKind::Filter => (0u32..)
+            .zip(&snapshot.filter)
+            .filter(|&(i, &w)| w != 0 || i == lb_common::FILTER_VALID_WORD)
+            .map(|(i, &w)| Entry {
+                key: vec![("word", i.into())],
+                value: vec![("bits", Value::Flags(w))],
+            })
+            .collect(),
     };
     // The maps' own order is by raw bytes, i.e. byte-swapped addresses.
     entries.sort_by(|a, b| a.key.cmp(&b.key));

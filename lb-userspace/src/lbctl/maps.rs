@@ -282,6 +282,11 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
             snapshot.svc_names = read_hash(map, limit)?;
             snapshot.svc_names.len()
         }
+        MapKind::Filter => {
+            let array = aya::maps::Array::<_, u64>::try_from(map)?;
+            snapshot.filter = array.iter().collect::<Result<_, _>>()?;
+            snapshot.filter.len()
+        }
     })
 }
 

@@ -29,11 +29,12 @@ pub enum MapKind {
     SvcNames,
     SvcStats,
     BackendStats,
+    Filter,
 }
 
 impl MapKind {
     /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 15] = [
+    pub const ALL: [MapKind; 16] = [
         MapKind::Services,
         MapKind::Backends,
         MapKind::RevNat,
@@ -49,6 +50,7 @@ impl MapKind {
         MapKind::SvcNames,
         MapKind::SvcStats,
         MapKind::BackendStats,
+        MapKind::Filter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +70,7 @@ impl MapKind {
             MapKind::SvcNames => MAP_SVC_NAMES,
             MapKind::SvcStats => MAP_SVC_STATS,
             MapKind::BackendStats => MAP_BACKEND_STATS,
+            MapKind::Filter => lb_common::MAP_FILTER,
         }
     }
 }
@@ -127,6 +130,8 @@ pub struct Snapshot {
     /// `lb_backendstats_v1`, summed over CPUs: packets and bytes forwarded
     /// to each backend, by backend id.
     pub backend_stats: BTreeMap<u32, StatsCounter>,
+    /// `lb_filter_v1`: the frontend filter's words, then its valid word.
+    pub filter: Vec<u64>,
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
     pub now_ns: u64,
