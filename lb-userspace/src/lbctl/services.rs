@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use lb_common::{RevNatId, ServiceValue};
+use lb_common::{
+    filter_slot, RevNatId, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS, FILTER_VALID,
+    FILTER_VALID_WORD,
+};
 use serde::Serialize;
 
 use super::{
@@ -19,6 +22,7 @@ pub const READS: &[MapKind] = &[
     MapKind::Backends,
     MapKind::RevNat,
     MapKind::SvcNames,
+    MapKind::Filter,
 ];
 
 /// JSON: `{"services": [Service, ...]}`, sorted by frontend.
@@ -59,7 +63,7 @@ pub struct Slot {
 }
 
 /// JSON: `{"kind": "<snake_case variant>", <fields>}`.
-#[derive(Debug, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Problem {
     /// Slots exist but no master entry: the datapath ignores the frontend.
@@ -77,6 +81,10 @@ pub enum Problem {
         rev_nat_id: RevNatId,
         target: IpPort,
     },
+    /// The filter is in use and the frontend's bit is clear.
+    FrontendNotInFilter,
+    /// The filter is in use and a slot's backend has no bit.
+    BackendNotInFilter { slot: u16 },
 }
 
 impl fmt::Display for Problem {
@@ -116,6 +124,16 @@ impl fmt::Display for Problem {
                     "rev-NAT id {rev_nat_id} restores {target}, not this frontend"
                 )
             }
+            Problem::FrontendNotInFilter => write!(
+                f,
+                "no bit in {}: the datapath passes its packets as no Service",
+                lb_common::MAP_FILTER
+            ),
+            Problem::BackendNotInFilter { slot } => write!(
+                f,
+                "slot {slot}: the backend has no bit in {}: its replies are not reverse-NATed",
+                lb_common::MAP_FILTER
+            ),
         }
     }
 }
@@ -156,6 +174,11 @@ fn service(
             let used = master.for_internal_clients().count;
             let missing = (1..=used).filter(|slot| !entries.contains_key(slot));
             problems.extend(missing.map(|slot| Problem::SlotMissing { slot }));
+            let vip_be = u32::from_ne_bytes(frontend.ip.octets());
+            let (port_be, proto) = (frontend.port.to_be(), frontend.proto.0);
+            if !in_filter(snapshot, FILTER_FRONTENDS, vip_be, port_be, proto) {
+                problems.push(Problem::FrontendNotInFilter);
+            }
         }
     }
     let mut slots = Vec::with_capacity(entries.len());
@@ -164,11 +187,15 @@ fn service(
             .backends
             .get(&entry.backend_id)
             .map(Endpoint::backend);
-        if backend.is_none() {
-            problems.push(Problem::BackendMissing {
+        match snapshot.backends.get(&entry.backend_id) {
+            None => problems.push(Problem::BackendMissing {
                 slot,
                 backend_id: entry.backend_id,
-            });
+            }),
+            Some(b) if !in_filter(snapshot, FILTER_BACKENDS, b.addr_be, b.port_be, b.proto) => {
+                problems.push(Problem::BackendNotInFilter { slot })
+            }
+            Some(_) => {}
         }
         if master.is_some_and(|m| slot > m.for_internal_clients().count) {
             problems.push(Problem::SlotBeyondCount { slot });
@@ -192,6 +219,16 @@ fn service(
         slots,
         problems,
     }
+}
+
+/// Whether the filter lets `(addr, port, proto)` of `region` through: yes
+/// when it is not in use (not read, or not valid yet).
+fn in_filter(s: &Snapshot, region: u32, addr_be: u32, port_be: u16, proto: u8) -> bool {
+    if s.filter.get(FILTER_VALID_WORD as usize) != Some(&FILTER_VALID) {
+        return true;
+    }
+    let (word, mask) = filter_slot(region, addr_be, port_be, proto);
+    s.filter.get(word as usize).is_some_and(|w| w & mask != 0)
 }
 
 /// `count`, and `+n` when the node's own clients have `n` more slots.
@@ -394,6 +431,31 @@ FRONTEND           SERVICE           REVNAT  COUNT  FLAGS   SLOT  BACKEND  ADDRE
         assert!(list
             .table()
             .contains("10.96.0.20:53/tcp  -        -       -      -       1     7"));
+    }
+
+    #[test]
+    fn frontends_and_backends_missing_from_a_valid_filter_are_flagged() {
+        let mut s = Snapshot::default();
+        add_service(&mut s, "10.96.0.10", 80, 1, &[7]);
+        add_backend(&mut s, 7, "10.244.1.5", 8080);
+        let problems = |s: &Snapshot| service_list(s).services[0].problems.clone();
+        // No filter read, or one not valid yet: nothing to say.
+        assert_eq!(problems(&s), []);
+        s.filter = vec![0; FILTER_VALID_WORD as usize + 1];
+        assert_eq!(problems(&s), []);
+        s.filter[FILTER_VALID_WORD as usize] = FILTER_VALID;
+        assert_eq!(
+            problems(&s),
+            [
+                Problem::FrontendNotInFilter,
+                Problem::BackendNotInFilter { slot: 1 }
+            ]
+        );
+        let (w, mask) = filter_slot(FILTER_FRONTENDS, ip_be("10.96.0.10"), 80u16.to_be(), 6);
+        s.filter[w as usize] |= mask;
+        let (w, mask) = filter_slot(FILTER_BACKENDS, ip_be("10.244.1.5"), 8080u16.to_be(), 6);
+        s.filter[w as usize] |= mask;
+        assert_eq!(problems(&s), []);
     }
 
     #[test]
