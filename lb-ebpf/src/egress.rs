@@ -9,7 +9,7 @@ use crate::{
     maps::REVNAT,
     nat,
     parse::{self, Headers},
-    select,
+    select::BackendFilter,
 };
 
 /// Bytes of headers we need in the linear area: Ethernet, IPv4 with the
@@ -39,9 +39,13 @@ pub fn parse_skb(ctx: &TcContext) -> Result<Headers, u32> {
 /// Rewrites a tracked backend reply to come from its frontend: `Some`
 /// reason if it was one, `None` if the packet is not a tracked reply.
 #[inline(always)]
-pub fn reverse_nat(ctx: &TcContext, h: &Headers) -> Result<Option<u32>, u32> {
+pub fn reverse_nat(
+    ctx: &TcContext,
+    h: &Headers,
+    filter: BackendFilter,
+) -> Result<Option<u32>, u32> {
     // A reply comes from a backend: from anything else, no lookup.
-    if !select::maybe_backend(h.saddr_be, h.sport_be, h.proto) {
+    if !filter.maybe_backend(h.saddr_be, h.sport_be, h.proto) {
         return Ok(None);
     }
     let reply = conntrack::key(

@@ -8,7 +8,7 @@
 use aya_ebpf::programs::TcContext;
 use lb_common::{stats, CT_DIR_SNAT_OUT};
 
-use crate::{conntrack, egress, frag, ingress::Side, nat, parse::Headers};
+use crate::{conntrack, egress, frag, ingress::Side, nat, parse::Headers, select::BackendFilter};
 
 #[inline(always)]
 pub fn try_egress(ctx: &TcContext, side: Side) -> Result<u32, u32> {
@@ -23,14 +23,15 @@ pub fn try_egress(ctx: &TcContext, side: Side) -> Result<u32, u32> {
 /// fragment's ports: only conntrack lookups, never a new entry).
 #[inline(always)]
 fn steps(ctx: &TcContext, side: Side, h: &Headers) -> Result<u32, u32> {
-    if let Some(reason) = egress::reverse_nat(ctx, h)? {
+    let filter = BackendFilter::read();
+    if let Some(reason) = egress::reverse_nat(ctx, h, filter)? {
         return Ok(reason);
     }
     // Into a pod, the only SNAT is a hairpin's (a pod balanced to itself:
     // source and destination are that pod); anywhere, an SNATed flow goes
     // to a backend. Every other packet is spared the lookup.
     if side == Side::Pod && h.saddr_be != h.daddr_be
-        || !crate::select::maybe_backend(h.daddr_be, h.dport_be, h.proto)
+        || !filter.maybe_backend(h.daddr_be, h.dport_be, h.proto)
     {
         return Ok(stats::TC_PASS_NOT_REPLY);
     }

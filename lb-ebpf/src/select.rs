@@ -67,11 +67,28 @@ fn maybe_frontend(addr_be: u32, port_be: u16, proto: u8) -> bool {
     filter_bit(FILTER_FRONTENDS, addr_be, port_be, proto)
 }
 
-/// False when `(addr, port, proto)` is certainly no backend: no conntrack
-/// entry has it as its backend (an unwritten filter says nothing).
-#[inline(always)]
-pub fn maybe_backend(addr_be: u32, port_be: u16, proto: u8) -> bool {
-    !filter_valid() || filter_bit(FILTER_BACKENDS, addr_be, port_be, proto)
+/// The filter's answer for backends, read once per packet: the valid
+/// word decides whether the bits mean anything.
+#[derive(Clone, Copy)]
+pub struct BackendFilter {
+    valid: bool,
+}
+
+impl BackendFilter {
+    #[inline(always)]
+    pub fn read() -> Self {
+        Self {
+            valid: filter_valid(),
+        }
+    }
+
+    /// False when `(addr, port, proto)` is certainly no backend: no
+    /// conntrack entry has it as its backend (an unwritten filter says
+    /// nothing).
+    #[inline(always)]
+    pub fn maybe_backend(self, addr_be: u32, port_be: u16, proto: u8) -> bool {
+        !self.valid || filter_bit(FILTER_BACKENDS, addr_be, port_be, proto)
+    }
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
     hash::flow_hash, Backend, CtKey, ServiceKey, ServiceValue, BACKEND_F_REMOTE, CT_DIR_FORWARD,
-    CT_DIR_SNAT_IN, IPPROTO_TCP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
+    CT_DIR_SNAT_IN, FILTER_FRONTENDS, IPPROTO_TCP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES,
 };
 use serde::Serialize;
 
@@ -27,6 +27,7 @@ pub const READS: &[MapKind] = &[
     MapKind::NodeAddrs,
     MapKind::Affinity,
     MapKind::SvcNames,
+    MapKind::Filter,
 ];
 
 /// Where the packet enters the node.
@@ -162,11 +163,31 @@ pub fn explain(snap: &Snapshot, flow: &Flow) -> Explanation {
         proto: flow.proto,
         _pad: [0; 3],
     };
-    let (master, wildcard) = match snap.services.get(&master_key(daddr)) {
-        Some(m) => (*m, false),
+    // The datapath looks up only what the filter lets through: an entry
+    // whose bit is clear is not there for it (an agent bug, which `service
+    // list` reports).
+    let lookup = |e: &mut Explanation, vip_be: u32| {
+        let master = snap.services.get(&master_key(vip_be))?;
+        if snap.in_filter(FILTER_FRONTENDS, vip_be, dport_be, flow.proto) {
+            return Some(*master);
+        }
+        e.step(
+            "filter",
+            format!(
+                "{}:{}/{} is in the service map but not in the filter: the datapath never \
+                 looks it up (see `lbctl service list`)",
+                Ipv4Addr::from(u32::from_be(vip_be)),
+                flow.dst.port(),
+                Proto(flow.proto)
+            ),
+        );
+        None
+    };
+    let (master, wildcard) = match lookup(&mut e, daddr) {
+        Some(m) => (m, false),
         None if snap.node_addrs.get(&daddr) == Some(&lb_common::NODE_ADDR_LOCAL) => {
-            match snap.services.get(&master_key(0)) {
-                Some(m) => (*m, true),
+            match lookup(&mut e, 0) {
+                Some(m) => (m, true),
                 None => {
                     e.step(
                         "frontend",
@@ -451,5 +472,46 @@ impl Report for Explanation {
             out += &format!("  rewrite                    {r}\n");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{filter_slot, FILTER_VALID, FILTER_VALID_WORD};
+
+    use super::*;
+    use crate::lbctl::testutil::*;
+
+    fn flow_to(dst: &str) -> Flow {
+        Flow {
+            src: "10.244.0.9".parse().unwrap(),
+            sport: Some(40000),
+            dst: dst.parse().unwrap(),
+            proto: IPPROTO_TCP,
+            via: Via::Pod,
+        }
+    }
+
+    #[test]
+    fn a_frontend_missing_from_a_valid_filter_passes_as_the_datapath_does() {
+        let mut s = Snapshot::default();
+        add_service(&mut s, "10.96.0.10", 80, 1, &[7]);
+        add_backend(&mut s, 7, "10.244.1.5", 8080);
+        let flow = flow_to("10.96.0.10:80");
+        // A filter not yet valid says nothing.
+        s.filter = vec![0; FILTER_VALID_WORD as usize + 1];
+        assert_eq!(explain(&s, &flow).verdict, "dnat");
+
+        s.filter[FILTER_VALID_WORD as usize] = FILTER_VALID;
+        let e = explain(&s, &flow);
+        assert_eq!(e.verdict, "pass");
+        assert_eq!(e.steps[0].check, "filter");
+        assert!(e.steps[0].found.contains("10.96.0.10:80/tcp"), "{e:?}");
+
+        let (w, mask) = filter_slot(FILTER_FRONTENDS, ip_be("10.96.0.10"), 80u16.to_be(), 6);
+        s.filter[w as usize] |= mask;
+        let e = explain(&s, &flow);
+        assert_eq!(e.verdict, "dnat");
+        assert!(e.steps.iter().all(|step| step.check != "filter"));
     }
 }

@@ -4,10 +4,7 @@
 
 use std::{collections::BTreeMap, fmt};
 
-use lb_common::{
-    filter_slot, RevNatId, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS, FILTER_VALID,
-    FILTER_VALID_WORD,
-};
+use lb_common::{RevNatId, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS};
 use serde::Serialize;
 
 use super::{
@@ -176,7 +173,7 @@ fn service(
             problems.extend(missing.map(|slot| Problem::SlotMissing { slot }));
             let vip_be = u32::from_ne_bytes(frontend.ip.octets());
             let (port_be, proto) = (frontend.port.to_be(), frontend.proto.0);
-            if !in_filter(snapshot, FILTER_FRONTENDS, vip_be, port_be, proto) {
+            if !snapshot.in_filter(FILTER_FRONTENDS, vip_be, port_be, proto) {
                 problems.push(Problem::FrontendNotInFilter);
             }
         }
@@ -192,7 +189,7 @@ fn service(
                 slot,
                 backend_id: entry.backend_id,
             }),
-            Some(b) if !in_filter(snapshot, FILTER_BACKENDS, b.addr_be, b.port_be, b.proto) => {
+            Some(b) if !snapshot.in_filter(FILTER_BACKENDS, b.addr_be, b.port_be, b.proto) => {
                 problems.push(Problem::BackendNotInFilter { slot })
             }
             Some(_) => {}
@@ -219,16 +216,6 @@ fn service(
         slots,
         problems,
     }
-}
-
-/// Whether the filter lets `(addr, port, proto)` of `region` through: yes
-/// when it is not in use (not read, or not valid yet).
-fn in_filter(s: &Snapshot, region: u32, addr_be: u32, port_be: u16, proto: u8) -> bool {
-    if s.filter.get(FILTER_VALID_WORD as usize) != Some(&FILTER_VALID) {
-        return true;
-    }
-    let (word, mask) = filter_slot(region, addr_be, port_be, proto);
-    s.filter.get(word as usize).is_some_and(|w| w & mask != 0)
 }
 
 /// `count`, and `+n` when the node's own clients have `n` more slots.
@@ -292,7 +279,7 @@ impl Report for ServiceList {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::RevNat;
+    use lb_common::{filter_slot, RevNat, FILTER_VALID, FILTER_VALID_WORD};
 
     use super::*;
     use crate::lbctl::{render, testutil::*, Format};

@@ -4,11 +4,12 @@
 use std::{collections::BTreeMap, str::FromStr};
 
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat,
-    RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, StatsCounter,
-    SvcName, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK,
-    MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT,
-    MAP_SOURCE_RANGES, MAP_STATS, MAP_SVC_NAMES, MAP_SVC_STATS,
+    filter_slot, AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue,
+    NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
+    SourceRange, StatsCounter, SvcName, FILTER_VALID, FILTER_VALID_WORD, MAP_AFFINITY,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS,
+    MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
+    MAP_SVC_NAMES, MAP_SVC_STATS,
 };
 
 /// One of our maps; its [`name`](Self::name) is also its pin's file name.
@@ -135,6 +136,22 @@ pub struct Snapshot {
     /// CLOCK_MONOTONIC in ns when the read finished: the clock of
     /// `bpf_ktime_get_ns`, which conntrack timestamps come from.
     pub now_ns: u64,
+}
+
+impl Snapshot {
+    /// Whether the datapath's filter lets `(addr, port, proto)` of `region`
+    /// (`FILTER_FRONTENDS` or `FILTER_BACKENDS`) through to the map
+    /// lookups: yes when the filter is not in use (not read, or not valid
+    /// yet), as in `lb-ebpf/src/select.rs`.
+    pub fn in_filter(&self, region: u32, addr_be: u32, port_be: u16, proto: u8) -> bool {
+        if self.filter.get(FILTER_VALID_WORD as usize) != Some(&FILTER_VALID) {
+            return true;
+        }
+        let (word, mask) = filter_slot(region, addr_be, port_be, proto);
+        self.filter
+            .get(word as usize)
+            .is_some_and(|w| w & mask != 0)
+    }
 }
 
 #[cfg(test)]
