@@ -406,8 +406,14 @@ fn dnat(
 ) -> Explanation {
     e.backend = Some(backend);
     e.chosen_by = Some(why);
+    // Where the forward rewrite runs: uplinks are XDP; pod veths TC
+    // ingress by default (XDP only with `--pod-hook xdp`).
+    let hook = match flow.via {
+        Via::Uplink => "XDP",
+        Via::Pod => "the pod veth's ingress hook",
+    };
     e.rewrite.push(format!(
-        "destination {} -> {backend} (DNAT at XDP)",
+        "destination {} -> {backend} (DNAT at {hook})",
         flow.dst
     ));
     if snat {
