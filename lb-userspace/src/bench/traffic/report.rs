@@ -114,6 +114,7 @@ pub fn report(r: &TrafficResult, plot_dir_link: &str) -> String {
         }
         out.push('\n');
     }
+    out += &paired_table(r);
     let failures: Vec<String> = r
         .scales
         .iter()
@@ -143,6 +144,66 @@ pub fn report(r: &TrafficResult, plot_dir_link: &str) -> String {
         }
     );
     out
+}
+
+/// The comparisons the acceptance figures name, as the median (min–max)
+/// of per-run ratios: the two modes of a pair ran minutes apart at most,
+/// within one run, so a slow drift of the machine cancels out of each
+/// ratio, which a ratio of medians over the whole run does not get.
+const PAIRS: [(Mode, Mode); 4] = [
+    (Mode::Ours, Mode::Direct),
+    (Mode::Ours, Mode::Iptables),
+    (Mode::Ours, Mode::Nftables),
+    (Mode::DirectAgentAttached, Mode::Direct),
+];
+
+fn paired_table(r: &TrafficResult) -> String {
+    let mut out = String::from(
+        "### Side by side: per-run ratios
+
+Each cell is the median (min–max) over the runs of one \
+         run's ratio between two modes; for latency, below 1 is better.\n\n",
+    );
+    let heads: Vec<String> = PAIRS
+        .iter()
+        .map(|(a, b)| format!("{} / {}", a.label(), b.label()))
+        .collect();
+    let _ = writeln!(
+        out,
+        "| Services | figure | {} |\n|---|---|{}",
+        heads.join(" | "),
+        "---|".repeat(PAIRS.len())
+    );
+    let index = |m: Mode| Mode::ALL.iter().position(|&x| x == m).expect("in ALL");
+    for s in &r.scales {
+        for f in FIGURES.iter().filter(|f| f.file != "traffic-p50.png") {
+            let cells: Vec<String> = PAIRS
+                .iter()
+                .map(|&(a, b)| {
+                    let ratio = paired(
+                        (f.samples)(&s.modes[index(a)]),
+                        (f.samples)(&s.modes[index(b)]),
+                    );
+                    format!("{:.2}x ({:.2}–{:.2})", ratio.median, ratio.min, ratio.max)
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                s.services,
+                f.title,
+                cells.join(" | ")
+            );
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// The spread of `a[i] / b[i]` over the runs `i`.
+fn paired(a: &[f64], b: &[f64]) -> Spread {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    Spread::of(&ratios)
 }
 
 /// Three significant digits or whole numbers.
@@ -184,4 +245,19 @@ pub fn plots(r: &TrafficResult, dir: &Path) -> Result<(), PlotError> {
         .draw(&dir.join(f.file))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_run_ratios_cancel_a_drift_that_medians_keep() {
+        // The machine slows down run after run; mode a is always 5% faster.
+        let b = [100.0, 80.0, 60.0, 40.0];
+        let a = b.map(|v| v * 1.05);
+        let r = paired(&a, &b);
+        assert!((r.median - 1.05).abs() < 1e-9 && (r.max - r.min).abs() < 1e-9);
+        assert_eq!(paired(&[2.0, 9.0, 3.0], &[1.0, 3.0, 3.0]).median, 2.0);
+    }
 }
