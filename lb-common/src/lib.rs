@@ -1,5 +1,5 @@
 //! Plain data shared by the kernel programs (`lb-ebpf`) and userspace
-//! (`lb-userspace`): map names, map keys and values, stats reasons, and the
+//! (`lb-core`, `lb-agent`, `lbctl`): map names, map keys and values, stats reasons, and the
 //! checksum arithmetic both sides must agree on.
 //!
 //! Conventions, so that neither side can misread the other:

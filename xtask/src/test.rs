@@ -27,7 +27,7 @@ pub fn run(args: &[OsString]) -> Result<ExitCode> {
     let mut netlink = cmd::cargo()?;
     netlink
         .env("LB_TC_ATTACH", "netlink")
-        .args(["test", "-p", "lb-userspace"]);
+        .args(["test", "-p", "lb-testbed"]);
     for suite in NETLINK_SUITES {
         netlink.args(["--test", suite]);
     }
