@@ -34,6 +34,7 @@ use health_check_ports::HealthCheckPorts;
 use interfaces::InterfaceMatcher;
 use kube_source::{KubeSource, NodeInfo};
 use lb_core::conntrack::CtTimeouts;
+use lb_core::model::{Desired, DesiredFrontend, Frontend};
 pub use lb_core::net_config::NetConfig;
 use lb_core::reconcile::Reconciler;
 use manifest_source::ManifestSource;
@@ -42,9 +43,6 @@ use telemetry::Telemetry;
 /// How often datapath counters, conntrack and map occupancy are refreshed
 /// for /metrics.
 const MONITOR_PERIOD: Duration = Duration::from_secs(5);
-/// Up to this many frontends, Service names for lbctl are refreshed after
-/// every sync, not only on the monitor tick.
-const NAME_AT_SYNC_MAX: usize = 20_000;
 
 /// Where Services and EndpointSlices come from.
 #[derive(Debug, Clone)]
@@ -173,13 +171,6 @@ impl Source {
         }
     }
 
-    fn desired(&self) -> &lb_core::model::Desired {
-        match self {
-            Source::Manifests(m) => m.index().desired(),
-            Source::Kube(k) => k.index().desired(),
-        }
-    }
-
     /// Makes the next `take_pending` hand out the current state even if
     /// nothing changed.
     fn offer_again(&mut self) {
@@ -305,7 +296,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             _ = backoff.over() => {}
             _ = monitor_tick.tick() => {
                 monitor(&mut dp, &reconciler, &telemetry);
-                name_frontends(&mut dp, &reconciler, source.desired());
                 repair_detached(&mut dp, &cfg, &telemetry);
                 if let Source::Kube(k) = &source {
                     for _ in 0..k.take_watch_failures() {
@@ -337,12 +327,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             let ok = sync(pending, &mut applier, &mut reconciler, &mut dp, &telemetry);
             backoff.record(ok, tokio::time::Instant::now());
             source.done(ok, seen);
-            // Names at once for small clusters; for large ones naming every
-            // frontend on each sync would cost more than the sync, and the
-            // monitor tick does it.
-            if ok && source.desired().frontends.len() <= NAME_AT_SYNC_MAX {
-                name_frontends(&mut dp, &reconciler, source.desired());
-            }
         }
         if let Some(wanted) = dp.health_checks_wanted.take() {
             let errors = health_check_ports.sync(wanted.clone()).await;
@@ -498,16 +482,28 @@ fn sync(
         telemetry.error("config");
     }
     let started = Instant::now();
+    let partial = reconciler.is_partial();
+    let touched = pending.state.touched_frontends();
     // Bits first: a frontend is never in the Service map without its bit.
-    if let Err(e) = dp.filter.cover(desired) {
+    // A partial sync writes touched frontends only.
+    let covered = match partial {
+        true => dp
+            .filter
+            .cover_some(desired, pending.state.touched_frontends()),
+        false => dp.filter.cover(desired),
+    };
+    if let Err(e) = covered {
         telemetry.error("map_write");
         warn!("writing the frontend filter: {e:#}");
         return false;
     }
     let result = applier.apply(pending, reconciler, &mut dp.dataplane);
     let ok = result.is_ok();
-    if !ok {
-        telemetry.error("map_write");
+    match &result {
+        // Names (for lbctl) of what the sync touched; all after a full one.
+        Ok(report) if partial => name_touched(dp, reconciler, desired, touched, report),
+        Ok(_) => name_frontends(dp, reconciler, desired),
+        Err(_) => telemetry.error("map_write"),
     }
     if ok && !dp.filter.valid() {
         rebuild_filter(dp, reconciler, telemetry);
@@ -692,10 +688,10 @@ fn repair_detached(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) 
     }
 }
 
-/// Keeps the frontend -> Service name map (for lbctl) equal to what is
+/// Makes the frontend -> Service name map (for lbctl) equal to what is
 /// programmed: every master entry's rev-NAT id gets the name of the
 /// Service whose frontend it is.
-fn name_frontends(dp: &mut Datapath, reconciler: &Reconciler, desired: &lb_core::model::Desired) {
+fn name_frontends(dp: &mut Datapath, reconciler: &Reconciler, desired: &Desired) {
     let Some(maps) = reconciler.programmed() else {
         return;
     };
@@ -704,24 +700,60 @@ fn name_frontends(dp: &mut Datapath, reconciler: &Reconciler, desired: &lb_core:
         .iter()
         .filter(|(key, _)| key.slot == 0)
         .filter_map(|(key, master)| {
-            let frontend = lb_core::model::Frontend {
-                vip: std::net::Ipv4Addr::from(key.vip_be.to_ne_bytes()),
-                port: u16::from_be(key.port_be),
-                proto: match key.proto {
-                    lb_common::IPPROTO_UDP => lb_core::model::Proto::Udp,
-                    _ => lb_core::model::Proto::Tcp,
-                },
-            };
-            let wanted = desired.frontends.get(&frontend)?;
-            let name = match &wanted.port_name {
-                Some(port) if !port.is_empty() => format!("{}:{port}", wanted.service),
-                _ => wanted.service.to_string(),
-            };
-            Some((master.rev_nat_id, name))
+            let wanted = desired.frontends.get(&frontend_of(key))?;
+            Some((master.rev_nat_id, service_name(wanted)))
         })
         .collect();
     if let Err(e) = dp.svc_names.sync(wanted) {
         warn!("{e:#}");
+    }
+}
+
+/// [`name_frontends`] after a partial sync: the names of the frontends it
+/// touched, and the names of rev-NAT ids it deleted removed.
+fn name_touched(
+    dp: &mut Datapath,
+    reconciler: &Reconciler,
+    desired: &Desired,
+    touched: &std::collections::BTreeSet<Frontend>,
+    report: &lb_core::reconcile::SyncReport,
+) {
+    let Some(maps) = reconciler.programmed() else {
+        return;
+    };
+    let named = touched
+        .iter()
+        .filter_map(|f| {
+            let master = maps.services.get(&lb_core::reconcile::master_key(f))?;
+            Some((master.rev_nat_id, service_name(desired.frontends.get(f)?)))
+        })
+        .collect();
+    let prune = report.deleted_revnat > 0;
+    if let Err(e) = dp
+        .svc_names
+        .update(named, prune, |id| maps.revnat.contains_key(&id))
+    {
+        warn!("{e:#}");
+    }
+}
+
+/// `namespace/name[:port]`, as lbctl shows a frontend's Service.
+fn service_name(wanted: &DesiredFrontend) -> String {
+    match &wanted.port_name {
+        Some(port) if !port.is_empty() => format!("{}:{port}", wanted.service),
+        _ => wanted.service.to_string(),
+    }
+}
+
+/// The frontend of a master entry's key.
+fn frontend_of(key: &lb_common::ServiceKey) -> Frontend {
+    Frontend {
+        vip: std::net::Ipv4Addr::from(key.vip_be.to_ne_bytes()),
+        port: u16::from_be(key.port_be),
+        proto: match key.proto {
+            lb_common::IPPROTO_UDP => lb_core::model::Proto::Udp,
+            _ => lb_core::model::Proto::Tcp,
+        },
     }
 }
 

@@ -39,9 +39,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::Ipv4Net;
 use lb_common::{Backend, RevNat, RevNatId, ServiceKey, ServiceValue};
 
-use crate::model::Desired;
+use crate::model::{Desired, Frontend};
 pub use capacity::{Capacity, LeftOut};
 pub use fake::FakeDataplane;
+
+/// The key of `frontend`'s master entry (slot 0) in the service map.
+pub fn master_key(frontend: &Frontend) -> lb_common::ServiceKey {
+    entries::service_key(frontend, 0)
+}
 use ids::Ids;
 use index::Programmed;
 
@@ -249,21 +254,56 @@ impl Reconciler {
         desired: &Desired,
         dp: &mut dyn Dataplane,
     ) -> Result<SyncReport, DataplaneError> {
-        let first = self.sync_once(desired, dp)?;
+        self.sync_hinted(desired, None, dp)
+    }
+
+    /// [`Self::sync`] when only `touched` frontends can differ from the
+    /// `desired` the last complete sync programmed (kube-proxy's partial
+    /// sync): the walk over every frontend is skipped, so a change costs
+    /// what it touches. A sync that has to read the maps back, or that
+    /// gives out room after leaving frontends out, still looks at all.
+    pub fn sync_partial(
+        &mut self,
+        desired: &Desired,
+        touched: &BTreeSet<Frontend>,
+        dp: &mut dyn Dataplane,
+    ) -> Result<SyncReport, DataplaneError> {
+        self.sync_hinted(desired, Some(touched), dp)
+    }
+
+    /// Whether the next sync starts from what the last one programmed and
+    /// may take a partial view ([`Self::sync_partial`]); otherwise it
+    /// writes whatever the maps lack of the whole desired state.
+    pub fn is_partial(&self) -> bool {
+        self.known.is_some() && self.left_out.is_empty()
+    }
+
+    fn sync_hinted(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&BTreeSet<Frontend>>,
+        dp: &mut dyn Dataplane,
+    ) -> Result<SyncReport, DataplaneError> {
+        let first = self.sync_once(desired, touched, dp)?;
         if self.left_out.is_empty() || first.deleted() == 0 {
             return Ok(first);
         }
-        let second = self.sync_once(desired, dp)?;
+        let second = self.sync_once(desired, None, dp)?;
         Ok(first + second)
     }
 
     fn sync_once(
         &mut self,
         desired: &Desired,
+        touched: Option<&BTreeSet<Frontend>>,
         dp: &mut dyn Dataplane,
     ) -> Result<SyncReport, DataplaneError> {
         match self.known.take() {
-            Some(known) => self.sync_changes(desired, known, dp),
+            Some(known) => {
+                // Left-out frontends may get room now: they are not touched.
+                let touched = touched.filter(|_| self.left_out.is_empty());
+                self.sync_changes(desired, touched, known, dp)
+            }
             None => self.sync_all(desired, dp),
         }
     }
@@ -298,10 +338,22 @@ impl Reconciler {
     fn sync_changes(
         &mut self,
         desired: &Desired,
+        touched: Option<&BTreeSet<Frontend>>,
         mut known: Programmed,
         dp: &mut dyn Dataplane,
     ) -> Result<SyncReport, DataplaneError> {
-        let mut changes = known.changes(desired);
+        let mut changes = match touched {
+            Some(touched) => {
+                let changes = known.changes_among(desired, touched);
+                debug_assert_eq!(
+                    changes,
+                    known.changes(desired),
+                    "a change outside {touched:?}"
+                );
+                changes
+            }
+            None => known.changes(desired),
+        };
         let fitted = match self.capacity {
             // The common case costs the change only: no room was short
             // last time and the change fits.

@@ -346,3 +346,59 @@ fn diagnose_names_what_is_broken() {
     assert_eq!(status_of(&checks, "agent healthy"), ["fail"], "{checks:?}");
     assert_eq!(code, 1);
 }
+
+/// The Service names lbctl shows, in frontend order.
+fn service_names(pin_dir: &Path) -> Vec<String> {
+    let doc = lbctl_json(pin_dir, &["service", "list"]);
+    doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["service"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// A second Service's YAML: `other` on 10.96.0.50:80, one endpoint.
+const OTHER_YAML: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: default}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: other-1
+  namespace: default
+  labels: {kubernetes.io/service-name: other}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+  - addresses: ["10.244.1.2"]
+    conditions: {ready: true}
+"#;
+
+/// Syncs after the first touch only the frontends that changed (partial
+/// syncs); the names lbctl reads must follow them: a new Service named,
+/// a removed one's names gone, at once rather than on a later full pass.
+#[test]
+fn service_names_follow_services_added_and_removed() {
+    if !require_privileged("service_names_follow_services_added_and_removed") {
+        return;
+    }
+    let bed = WebBed::start(lb_testbed::bins::agent(), &[("web.yaml", WEB_YAML)], &[]).unwrap();
+    let pin_dir = bed.agent.pin_dir();
+    assert_eq!(service_names(pin_dir), ["default/web:dns", "default/web:http"]);
+
+    let wait_for = |want: &[&str]| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let ok = lb_testbed::wait_until(deadline, || service_names(pin_dir) == want);
+        assert!(ok, "names {:?}, wanted {want:?}", service_names(pin_dir));
+    };
+    bed.write("other.yaml", OTHER_YAML).unwrap();
+    wait_for(&["default/web:dns", "default/web:http", "default/other:http"]);
+    std::fs::remove_file(bed.scratch.path().join("web.yaml")).unwrap();
+    wait_for(&["default/other:http"]);
+}

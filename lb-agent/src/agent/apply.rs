@@ -50,7 +50,8 @@ impl Applier {
     ) -> Result<SyncReport, DataplaneError> {
         self.report_problems(&pending);
         let desired = pending.state.desired();
-        match reconciler.sync(desired, dp) {
+        let touched = pending.state.touched_frontends();
+        match reconciler.sync_partial(desired, touched, dp) {
             Ok(report) => {
                 self.report_left_out(reconciler.left_out());
                 if report.total() > 0 {

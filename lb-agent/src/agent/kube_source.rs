@@ -190,12 +190,6 @@ impl KubeSource {
         }
     }
 
-    /// The objects as the watches delivered them (changes not yet taken
-    /// by `take_pending` excepted).
-    pub fn index(&self) -> &DesiredIndex {
-        &self.index
-    }
-
     /// Reports how programming the last pending state went. A failed one
     /// is offered again (with the changes since).
     pub fn done(&mut self, ok: bool, seen: Instant) {

@@ -69,11 +69,6 @@ impl ManifestSource {
         })
     }
 
-    /// The objects of the last read.
-    pub fn index(&self) -> &DesiredIndex {
-        &self.index
-    }
-
     /// Reports how programming the last pending state went.
     pub fn done(&mut self, ok: bool) {
         if ok {

@@ -16,7 +16,7 @@ use lb_common::{
     FILTER_VALID, FILTER_VALID_WORD, MAP_FILTER,
 };
 
-use lb_core::model::Desired;
+use lb_core::model::{Desired, DesiredFrontend, Frontend};
 
 pub struct FilterMap {
     map: Array<MapData, u64>,
@@ -47,15 +47,45 @@ impl FilterMap {
     /// Adds the bits of every frontend and backend `desired` has, before a
     /// sync writes them: neither is ever in the maps without its bit.
     pub fn cover(&mut self, desired: &Desired) -> anyhow::Result<()> {
-        let mut wanted = self.words.clone();
-        for (f, d) in &desired.frontends {
+        self.cover_frontends(desired.frontends.iter())
+    }
+
+    /// [`Self::cover`] for the `touched` frontends of `desired` only: a
+    /// partial sync writes no other.
+    pub fn cover_some(
+        &mut self,
+        desired: &Desired,
+        touched: &BTreeSet<Frontend>,
+    ) -> anyhow::Result<()> {
+        self.cover_frontends(
+            touched
+                .iter()
+                .filter_map(|f| desired.frontends.get_key_value(f)),
+        )
+    }
+
+    fn cover_frontends<'d>(
+        &mut self,
+        frontends: impl Iterator<Item = (&'d Frontend, &'d DesiredFrontend)>,
+    ) -> anyhow::Result<()> {
+        let mut added = Vec::new();
+        for (f, d) in frontends {
             let proto = f.proto.number();
-            set(&mut wanted, FILTER_FRONTENDS, f.vip.octets(), f.port, proto);
+            added.push(slot(FILTER_FRONTENDS, f.vip.octets(), f.port, proto));
             for b in d.slots() {
-                set(&mut wanted, FILTER_BACKENDS, b.ip.octets(), b.port, proto);
+                added.push(slot(FILTER_BACKENDS, b.ip.octets(), b.port, proto));
             }
         }
-        self.write(wanted)
+        for (word, mask) in added {
+            let want = self.words[word as usize] | mask;
+            if want != self.words[word as usize] {
+                self.map
+                    .set(word, want, 0)
+                    .with_context(|| format!("writing word {word} of {MAP_FILTER}"))?;
+                self.words[word as usize] = want;
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites the filter to hold exactly the frontends of `services` (the
@@ -92,10 +122,9 @@ impl FilterMap {
     }
 }
 
-/// Sets the bit of `(addr, port, proto)` in `region` of `words`.
-fn set(words: &mut [u64], region: u32, addr: [u8; 4], port: u16, proto: u8) {
-    let (w, mask) = filter_slot(region, u32::from_ne_bytes(addr), port.to_be(), proto);
-    words[w as usize] |= mask;
+/// The word and bit of `(addr, port, proto)` in `region`.
+fn slot(region: u32, addr: [u8; 4], port: u16, proto: u8) -> (u32, u64) {
+    filter_slot(region, u32::from_ne_bytes(addr), port.to_be(), proto)
 }
 
 /// The filter's words: the master entries among `keys`, the backends and

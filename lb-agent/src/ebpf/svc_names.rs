@@ -66,6 +66,44 @@ impl SvcNameMap {
         Ok(changes)
     }
 
+    /// Names the frontends of a partial sync: `named` are the ids of the
+    /// frontends it touched, with their names now; with `prune`, ids that
+    /// `exists` no longer knows (their frontends went) are removed too.
+    /// Returns how many entries were written or removed.
+    pub fn update(
+        &mut self,
+        named: Vec<(RevNatId, String)>,
+        prune: bool,
+        exists: impl Fn(RevNatId) -> bool,
+    ) -> anyhow::Result<usize> {
+        let mut changes = 0;
+        for (id, name) in named {
+            if self.written.get(&id) != Some(&name) {
+                self.map
+                    .insert(id, SvcName::new(&name), 0)
+                    .with_context(|| format!("writing {MAP_SVC_NAMES}[{id}]"))?;
+                self.zero_counters(id);
+                self.written.insert(id, name);
+                changes += 1;
+            }
+        }
+        if prune {
+            let gone: Vec<RevNatId> = self
+                .written
+                .keys()
+                .copied()
+                .filter(|&id| !exists(id))
+                .collect();
+            for id in gone {
+                // Gone already is fine.
+                let _ = self.map.remove(&id);
+                self.written.remove(&id);
+                changes += 1;
+            }
+        }
+        Ok(changes)
+    }
+
     /// A new frontend's counters start from zero. Out of range ids (a
     /// rev-NAT map resized since the counters were pinned) are not counted
     /// by the datapath either.

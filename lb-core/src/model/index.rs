@@ -56,6 +56,9 @@ pub struct DesiredIndex {
     serving: usize,
     /// Services whose frontends changed since `clear_changed`.
     changed: BTreeSet<ObjectRef>,
+    /// Frontends whose entry in `desired` changed (added, removed, other
+    /// backends or winner) since `clear_changed`.
+    touched: BTreeSet<Frontend>,
     desired: Desired,
     /// `desired.errors` must be reassembled (see `finish`).
     errors_stale: bool,
@@ -94,6 +97,7 @@ impl DesiredIndex {
             health: HealthClaims::default(),
             serving: 0,
             changed: BTreeSet::new(),
+            touched: BTreeSet::new(),
             desired: Desired::default(),
             errors_stale: false,
         }
@@ -202,8 +206,17 @@ impl DesiredIndex {
         &self.changed
     }
 
+    /// The frontends whose entry in [`desired`](Self::desired) changed
+    /// since the last [`clear_changed`](Self::clear_changed): every other
+    /// frontend is as it was then, so a sync that programmed that state
+    /// has only these to look at (kube-proxy's partial sync).
+    pub fn touched_frontends(&self) -> &BTreeSet<Frontend> {
+        &self.touched
+    }
+
     pub fn clear_changed(&mut self) {
         self.changed.clear();
+        self.touched.clear();
     }
 
     /// How many Services there are (whether or not they serve anything).
@@ -385,6 +398,9 @@ impl DesiredIndex {
         outcome: Outcome,
         others: &mut Vec<ObjectRef>,
     ) {
+        if outcome != Outcome::Unchanged {
+            self.touched.insert(frontend);
+        }
         match outcome {
             Outcome::Unchanged => {}
             Outcome::Updated => self.note_changed(service.clone()),

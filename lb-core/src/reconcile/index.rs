@@ -3,7 +3,7 @@
 //! backend they drop, whether another frontend still uses it.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use lb_common::Backend;
 
@@ -126,6 +126,25 @@ impl Programmed {
             }
         }
         changes
+    }
+
+    /// [`Self::changes`] when only `touched` frontends can have changed.
+    pub(super) fn changes_among<'d>(
+        &self,
+        desired: &'d Desired,
+        touched: &BTreeSet<Frontend>,
+    ) -> Vec<Change<'d>> {
+        touched
+            .iter()
+            .filter_map(|frontend| {
+                let wanted = desired.frontends.get(frontend);
+                match (self.frontends.get(frontend), wanted) {
+                    (Some(old), Some(new)) if old.serves(new) => None,
+                    (None, None) => None,
+                    _ => Some((*frontend, wanted)),
+                }
+            })
+            .collect()
     }
 
     /// Adds the frontend's programmed entries to `entries` and takes back

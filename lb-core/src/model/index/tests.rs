@@ -13,6 +13,7 @@ use super::*;
 use crate::model::{
     desired_state, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, NODE_PORT_VIP,
 };
+use crate::reconcile::{FakeDataplane, MapState, Reconciler};
 
 const NAMESPACES: [&str; 2] = ["default", "prod"];
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -331,6 +332,14 @@ fn services_changed(before: &Desired, after: &Desired) -> BTreeSet<ObjectRef> {
     services
 }
 
+/// The frontends added, removed or serving something else.
+fn frontends_changed(before: &Desired, after: &Desired) -> BTreeSet<Frontend> {
+    let keys = before.frontends.keys().chain(after.frontends.keys());
+    keys.filter(|f| before.frontends.get(f) != after.frontends.get(f))
+        .copied()
+        .collect()
+}
+
 #[test]
 fn index_equals_full_computation_after_every_change() {
     let mut takeovers = 0;
@@ -340,6 +349,10 @@ fn index_equals_full_computation_after_every_change() {
         let mut world = World::default();
         let mut index = DesiredIndex::new(Some(NODE.into()));
         let mut before = Desired::default();
+        // Partial syncs after every step: a frontend changed but not
+        // touched fails the reconciler's debug assertion.
+        let mut reconciler = Reconciler::new();
+        let mut maps = FakeDataplane::new(MapState::default());
         for n in 0..60 {
             let relist = step(&mut rng, &mut world, &mut index);
             let expected = world.desired();
@@ -360,11 +373,20 @@ fn index_equals_full_computation_after_every_change() {
             // A re-list passes through intermediate states, which may
             // touch a Service that ends up as it was.
             let changed = services_changed(&before, &expected);
+            // And every frontend whose entry differs is touched (a partial
+            // sync looks at no other).
+            let differ = frontends_changed(&before, &expected);
             if relist {
                 assert!(index.changed_services().is_superset(&changed), "{context}");
+                assert!(index.touched_frontends().is_superset(&differ), "{context}");
             } else {
                 assert_eq!(index.changed_services(), &changed, "{context}");
+                assert_eq!(index.touched_frontends(), &differ, "{context}");
             }
+            let touched = index.touched_frontends();
+            reconciler
+                .sync_partial(index.desired(), touched, &mut maps)
+                .unwrap();
             index.clear_changed();
 
             // A frontend passing from one Service to another: the case
