@@ -548,20 +548,28 @@ fn sync(
 /// (the Service asks for them), but the API server and this agent disagree
 /// on the range, which an operator should fix.
 fn report_nodeports_out_of_range(desired: &lb_core::model::Desired, dp: &mut Datapath) {
-    let (first, last) = dp.nodeport_range;
-    let outside: std::collections::BTreeSet<_> = desired
-        .frontends
-        .iter()
-        .filter(|(fe, _)| {
-            fe.vip == lb_core::model::NODE_PORT_VIP && !(first..=last).contains(&fe.port)
-        })
-        .map(|(fe, _)| *fe)
-        .collect();
+    let outside = nodeports_outside(desired, dp.nodeport_range);
     for fe in outside.difference(&dp.reported_out_of_range) {
         let service = &desired.frontends[fe].service;
         warn!(service = %service, node_port = fe.port, range = ?dp.nodeport_range, "NodePort outside --nodeport-range; served anyway");
     }
     dp.reported_out_of_range = outside;
+}
+
+/// The NodePort frontends of `desired` outside `(first, last)`. NodePorts
+/// sort first (their address is 0.0.0.0): the walk stops at the first
+/// other frontend, whatever the cluster's size.
+fn nodeports_outside(
+    desired: &Desired,
+    (first, last): (u16, u16),
+) -> std::collections::BTreeSet<Frontend> {
+    desired
+        .frontends
+        .keys()
+        .take_while(|fe| fe.vip == lb_core::model::NODE_PORT_VIP)
+        .filter(|fe| !(first..=last).contains(&fe.port))
+        .copied()
+        .collect()
 }
 
 /// Rewrites the filter from what the Service and backend maps hold and
@@ -836,4 +844,46 @@ pub fn cleanup(dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_core::model::{DesiredFrontend, ObjectRef, Proto, NODE_PORT_VIP};
+
+    use super::*;
+
+    #[test]
+    fn nodeports_outside_the_range_are_found_among_other_frontends() {
+        let mut desired = Desired::default();
+        let frontend = |vip, port| Frontend {
+            vip,
+            port,
+            proto: Proto::Tcp,
+        };
+        for fe in [
+            frontend(NODE_PORT_VIP, 30080),
+            frontend(NODE_PORT_VIP, 8080),
+            frontend(NODE_PORT_VIP, 40000),
+            frontend("10.96.0.10".parse().unwrap(), 80),
+            frontend("10.96.0.11".parse().unwrap(), 30),
+        ] {
+            let wanted = DesiredFrontend {
+                service: ObjectRef {
+                    namespace: "default".into(),
+                    name: "web".into(),
+                },
+                port_name: None,
+                backends: Default::default(),
+                internal_backends: Default::default(),
+                external: true,
+                local_only: false,
+                source_ranges: Vec::new(),
+                affinity_timeout_s: 0,
+            };
+            desired.frontends.insert(fe, wanted);
+        }
+        let outside = nodeports_outside(&desired, (30000, 32767));
+        let ports: Vec<u16> = outside.iter().map(|fe| fe.port).collect();
+        assert_eq!(ports, [8080, 40000]);
+    }
 }

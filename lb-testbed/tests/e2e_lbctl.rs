@@ -390,7 +390,10 @@ fn service_names_follow_services_added_and_removed() {
     }
     let bed = WebBed::start(lb_testbed::bins::agent(), &[("web.yaml", WEB_YAML)], &[]).unwrap();
     let pin_dir = bed.agent.pin_dir();
-    assert_eq!(service_names(pin_dir), ["default/web:dns", "default/web:http"]);
+    assert_eq!(
+        service_names(pin_dir),
+        ["default/web:dns", "default/web:http"]
+    );
 
     let wait_for = |want: &[&str]| {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
