@@ -34,7 +34,7 @@ use tokio::{
 use tracing::info;
 
 use super::apply::Pending;
-use lb_core::model::{object_ref, DesiredIndex};
+use lb_core::model::{object_ref, DesiredIndex, ObjectRef};
 use watch::{Signals, Update};
 
 /// A change handed from a watch task to the run loop (boxed: objects are
@@ -65,6 +65,9 @@ pub struct KubeSource {
     default_zone: Option<String>,
     /// All first lists are complete.
     ready: bool,
+    /// The Services and EndpointSlices of the lists in progress.
+    listing_services: Option<BTreeSet<ObjectRef>>,
+    listing_slices: Option<BTreeSet<ObjectRef>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -105,6 +108,8 @@ impl KubeSource {
             signals,
             default_zone,
             ready: false,
+            listing_services: None,
+            listing_slices: None,
             tasks: vec![svc_task, slice_task, node_task],
         }
     }
@@ -171,8 +176,14 @@ impl KubeSource {
                             self.index.delete_service(&oref);
                         }
                     }
-                    Update::Relisted(all) => {
-                        self.index.replace_services(all.iter().map(|s| (s, None)))
+                    Update::ListStart => self.listing_services = Some(BTreeSet::new()),
+                    Update::Listed(s) => {
+                        note_listed(&mut self.listing_services, &s.metadata);
+                        self.index.apply_service(&s);
+                    }
+                    Update::ListDone => {
+                        let listed = self.listing_services.take().unwrap_or_default();
+                        self.index.retain_services(&listed);
                     }
                 },
                 Change::Slice(update) => match *update {
@@ -182,8 +193,14 @@ impl KubeSource {
                             self.index.delete_slice(&oref);
                         }
                     }
-                    Update::Relisted(all) => {
-                        self.index.replace_slices(all.iter().map(|s| (s, None)))
+                    Update::ListStart => self.listing_slices = Some(BTreeSet::new()),
+                    Update::Listed(s) => {
+                        note_listed(&mut self.listing_slices, &s.metadata);
+                        self.index.apply_slice(&s);
+                    }
+                    Update::ListDone => {
+                        let listed = self.listing_slices.take().unwrap_or_default();
+                        self.index.retain_slices(&listed);
                     }
                 },
             }
@@ -243,6 +260,17 @@ impl KubeSource {
     /// Watch failures since the last call.
     pub fn take_watch_failures(&self) -> u64 {
         self.signals.failures.swap(0, Ordering::AcqRel)
+    }
+}
+
+/// Notes an object of a list in progress (an object without a name is
+/// ignored by the index too).
+fn note_listed(
+    listing: &mut Option<BTreeSet<ObjectRef>>,
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) {
+    if let (Some(listing), Some(oref)) = (listing, object_ref(metadata)) {
+        listing.insert(oref);
     }
 }
 

@@ -179,6 +179,34 @@ impl DesiredIndex {
         self.finish();
     }
 
+    /// Ends a re-list whose Services came one by one through
+    /// [`Self::apply_service`]: those not `listed` are gone. (Applying a
+    /// list as it streams in, and deleting only at its end, never holds
+    /// the whole list in memory and never drops a Service still there.)
+    pub fn retain_services(&mut self, listed: &BTreeSet<ObjectRef>) {
+        let gone: Vec<ObjectRef> = self
+            .services
+            .keys()
+            .filter(|s| !listed.contains(*s))
+            .cloned()
+            .collect();
+        for service in &gone {
+            self.remove_service(service);
+        }
+        self.finish();
+    }
+
+    /// [`Self::retain_services`] for EndpointSlices.
+    pub fn retain_slices(&mut self, listed: &BTreeSet<ObjectRef>) {
+        // A slice with errors may have no owner (a bad address type).
+        let known = self.slice_owners.keys().chain(self.slice_errors.keys());
+        let gone: BTreeSet<ObjectRef> = known.filter(|s| !listed.contains(*s)).cloned().collect();
+        for slice in &gone {
+            self.remove_slice(slice);
+        }
+        self.finish();
+    }
+
     /// Makes `slices` the whole set of EndpointSlices; see `replace_services`.
     pub fn replace_slices<'a>(
         &mut self,

@@ -2,11 +2,13 @@
 //! loop, which applies them to the desired-state index.
 //!
 //! A re-list (at start, and after the API server answers 410 Gone) arrives
-//! as `Init`, one `InitApply` per object, then `InitDone`. The task keeps
-//! those objects to itself and hands them over as one [`Update::Relisted`]
-//! at `InitDone`, so the run loop never sees half a list: objects missing
-//! from it are deleted only once the list is known to be complete, and the
-//! maps never see an emptied cluster in between.
+//! as `Init`, one `InitApply` per object, then `InitDone`, handed on as
+//! [`Update::ListStart`], one [`Update::Listed`] per object and
+//! [`Update::ListDone`]. The run loop applies listed objects as they come
+//! (the whole list is never held in memory: at 100k Services it was most
+//! of the agent's peak) and deletes the objects missing from a list only
+//! at its end, once the list is known to be complete, so the maps never
+//! see an emptied cluster in between.
 
 use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
@@ -48,8 +50,12 @@ impl Signals {
 pub(super) enum Update<K> {
     Apply(K),
     Delete(K),
-    /// The complete set of objects, from a (re-)list.
-    Relisted(Vec<K>),
+    /// A (re-)list begins (again, if one broke off).
+    ListStart,
+    /// One object of the list in progress.
+    Listed(K),
+    /// The list is complete: objects it did not name are gone.
+    ListDone,
 }
 
 /// Follows `api` in a background task, sending each change through `tx`
@@ -71,28 +77,25 @@ where
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
-        // A list in progress: when it started and the objects so far.
-        let mut listing: Option<(Instant, Vec<K>)> = None;
+        // When the list in progress started (a list that broke off and
+        // restarts keeps its start).
+        let mut listing: Option<Instant> = None;
         while let Some(event) = stream.next().await {
             let (update, seen) = match event {
                 Ok(watcher::Event::Init) => {
-                    // A list that broke off and restarts keeps its start.
-                    let since = listing.take().map_or_else(Instant::now, |(t, _)| t);
-                    listing = Some((since, Vec::new()));
-                    continue;
+                    let since = *listing.get_or_insert_with(Instant::now);
+                    (Update::ListStart, since)
                 }
-                Ok(watcher::Event::InitApply(object)) => {
-                    match &mut listing {
-                        Some((_, objects)) => objects.push(object),
-                        None => warn!(kind = %kind, "object listed outside a list; ignored"),
+                Ok(watcher::Event::InitApply(object)) => match listing {
+                    Some(since) => (Update::Listed(object), since),
+                    None => {
+                        warn!(kind = %kind, "object listed outside a list; ignored");
+                        continue;
                     }
-                    continue;
-                }
+                },
                 Ok(watcher::Event::InitDone) => {
-                    let (since, objects) = listing
-                        .take()
-                        .unwrap_or_else(|| (Instant::now(), Vec::new()));
-                    (Update::Relisted(objects), since)
+                    let since = listing.take().unwrap_or_else(Instant::now);
+                    (Update::ListDone, since)
                 }
                 Ok(watcher::Event::Apply(object)) => (Update::Apply(object), Instant::now()),
                 Ok(watcher::Event::Delete(object)) => (Update::Delete(object), Instant::now()),
@@ -103,13 +106,14 @@ where
                     continue;
                 }
             };
-            let relisted = matches!(update, Update::Relisted(_));
+            let done = matches!(update, Update::ListDone);
             if tx.send(wrap(update)).is_err() {
                 return; // the source is gone
             }
-            if relisted {
+            if done {
                 signals.listed[listed].store(true, Ordering::Release);
             }
+            // Listed objects too: the run loop drains them as they come.
             signals.changed_at(seen);
         }
     })

@@ -242,7 +242,11 @@ fn unnamed<T: serde::de::DeserializeOwned>() -> T {
 
 /// One random change, to both the world and the index. Returns whether it
 /// replaced a whole kind (a re-list).
-fn step(rng: &mut StdRng, world: &mut World, index: &mut DesiredIndex) -> bool {
+/// One random change; `true` for a re-list. With `streamed`, re-lists
+/// arrive as the API source applies them (every object named, applied one
+/// by one, the missing ones deleted at the end); else as a manifest
+/// directory re-read.
+fn step(rng: &mut StdRng, world: &mut World, index: &mut DesiredIndex, streamed: bool) -> bool {
     match rng.random_range(0..10) {
         0..=2 => {
             let r = random_ref(rng, &NAMES);
@@ -281,9 +285,16 @@ fn step(rng: &mut StdRng, world: &mut World, index: &mut DesiredIndex) -> bool {
             for _ in 0..rng.random_range(0..4) {
                 let r = random_ref(rng, &NAMES);
                 let service = random_service(rng, &r.name, &r.namespace);
-                services.insert(r, (service, Some(PathBuf::from(FILE))));
+                services.insert(r, (service, (!streamed).then(|| PathBuf::from(FILE))));
             }
             world.services = services;
+            if streamed {
+                for service in world.services.values() {
+                    index.apply_service(&service.0);
+                }
+                index.retain_services(&world.services.keys().cloned().collect());
+                return true;
+            }
             world.unnamed_services = (0..rng.random_range(0..2)).map(|_| unnamed()).collect();
             let objects = world.services.values().map(|(s, f)| (s, f.as_deref()));
             let unnamed = world
@@ -303,9 +314,16 @@ fn step(rng: &mut StdRng, world: &mut World, index: &mut DesiredIndex) -> bool {
             for _ in 0..rng.random_range(0..4) {
                 let r = random_ref(rng, &SLICE_NAMES);
                 let slice = random_slice(rng, &r.name, &r.namespace);
-                slices.insert(r, (slice, Some(PathBuf::from(FILE))));
+                slices.insert(r, (slice, (!streamed).then(|| PathBuf::from(FILE))));
             }
             world.slices = slices;
+            if streamed {
+                for slice in world.slices.values() {
+                    index.apply_slice(&slice.0);
+                }
+                index.retain_slices(&world.slices.keys().cloned().collect());
+                return true;
+            }
             world.unnamed_slices = (0..rng.random_range(0..2)).map(|_| unnamed()).collect();
             let objects = world.slices.values().map(|(s, f)| (s, f.as_deref()));
             let unnamed = world
@@ -354,7 +372,7 @@ fn index_equals_full_computation_after_every_change() {
         let mut reconciler = Reconciler::new();
         let mut maps = FakeDataplane::new(MapState::default());
         for n in 0..60 {
-            let relist = step(&mut rng, &mut world, &mut index);
+            let relist = step(&mut rng, &mut world, &mut index, seed % 2 == 1);
             let expected = world.desired();
             let context = format!("seed {seed} step {n}");
             assert_eq!(index.desired(), &expected, "{context}");

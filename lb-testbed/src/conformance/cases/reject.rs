@@ -123,13 +123,25 @@ fn reject_evicted_pods(bins: &Binaries) -> Result<Outcome> {
 /// Every client refused at once: TCP and connected UDP (as upstream's
 /// clients: only a connected socket hears the ICMP error) from the client
 /// pods of both nodes, and TCP from a process of node `node`; returns the
-/// slowest refusal.
+/// slowest refusal. Each node's agent programs the change from its own
+/// watch, so each node gets [`PROGRAMMED_WITHIN`] first: one node refusing
+/// says nothing of the other's progress.
 fn refused_everywhere(
     cluster: &Cluster,
     tcp: SocketAddr,
     udp: SocketAddr,
     node: usize,
 ) -> Result<Duration> {
+    for i in 0..2 {
+        let pod = cluster.topo.client_pod(i);
+        let what = format!("TCP refused from {}", pod.name);
+        eventually(&what, PROGRAMMED_WITHIN, || {
+            matches!(
+                cluster.from_pod(pod, Transport::Tcp, tcp, 1).as_deref(),
+                Ok([Err(RequestError::Refused)])
+            )
+        })?;
+    }
     let mut slowest = Duration::ZERO;
     for i in 0..2 {
         let pod = cluster.topo.client_pod(i);
