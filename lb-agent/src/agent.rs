@@ -487,9 +487,7 @@ fn sync(
     // Bits first: a frontend is never in the Service map without its bit.
     // A partial sync writes touched frontends only.
     let covered = match partial {
-        true => dp
-            .filter
-            .cover_some(desired, pending.state.touched_frontends()),
+        true => dp.filter.cover_some(desired, touched),
         false => dp.filter.cover(desired),
     };
     if let Err(e) = covered {

@@ -47,23 +47,8 @@ impl SvcNameMap {
     /// Makes the map hold exactly `wanted`; returns how many entries were
     /// written or removed.
     pub fn sync(&mut self, wanted: BTreeMap<RevNatId, String>) -> anyhow::Result<usize> {
-        let mut changes = 0;
-        for (id, name) in &wanted {
-            if self.written.get(id) != Some(name) {
-                self.map
-                    .insert(id, SvcName::new(name), 0)
-                    .with_context(|| format!("writing {MAP_SVC_NAMES}[{id}]"))?;
-                self.zero_counters(*id);
-                changes += 1;
-            }
-        }
-        for id in self.written.keys().filter(|id| !wanted.contains_key(id)) {
-            // Gone already is fine.
-            let _ = self.map.remove(id);
-            changes += 1;
-        }
-        self.written = wanted;
-        Ok(changes)
+        let keep: std::collections::BTreeSet<RevNatId> = wanted.keys().copied().collect();
+        self.update(wanted.into_iter().collect(), true, |id| keep.contains(&id))
     }
 
     /// Names the frontends of a partial sync: `named` are the ids of the
