@@ -33,6 +33,7 @@ use backoff::Backoff;
 use health_check_ports::HealthCheckPorts;
 use interfaces::InterfaceMatcher;
 use kube_source::{KubeSource, NodeInfo};
+use lb_common::MapId;
 use lb_core::conntrack::CtTimeouts;
 use lb_core::model::{Desired, DesiredFrontend, Frontend};
 pub use lb_core::net_config::NetConfig;
@@ -53,28 +54,7 @@ pub enum SourceConfig {
     Kube { kubeconfig: Option<PathBuf> },
 }
 
-/// Sizes of the BPF maps, fixed when they are created (a pinned map keeps
-/// its size across restarts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MapSizes {
-    /// Service map entries: frontends x (1 + backends each).
-    pub services: u32,
-    pub backends: u32,
-    /// Rev-NAT entries: one per frontend.
-    pub revnat: u32,
-    pub conntrack: u32,
-}
-
-impl Default for MapSizes {
-    fn default() -> Self {
-        Self {
-            services: lb_common::SERVICES_MAX_ENTRIES,
-            backends: lb_common::BACKENDS_MAX_ENTRIES,
-            revnat: lb_common::REVNAT_MAX_ENTRIES,
-            conntrack: lb_common::CONNTRACK_MAX_ENTRIES,
-        }
-    }
-}
+pub use lb_common::MapSizes;
 
 /// What the agent needs to run (the binary maps its flags onto this).
 #[derive(Debug, Clone)]
@@ -369,27 +349,17 @@ fn interval(period: Duration) -> tokio::time::Interval {
 fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
     ebpf::probe::kernel_floor().map_err(|e| anyhow::anyhow!(e))?;
     let sizes = cfg.map_sizes;
-    let mut ebpf = ebpf::load(
-        &cfg.bpffs,
-        &[
-            (lb_common::MAP_SERVICES, sizes.services),
-            (lb_common::MAP_BACKENDS, sizes.backends),
-            (lb_common::MAP_REVNAT, sizes.revnat),
-            (lb_common::MAP_SVC_NAMES, sizes.revnat),
-            (lb_common::MAP_SVC_STATS, sizes.revnat.saturating_mul(2)),
-            (lb_common::MAP_BACKEND_STATS, sizes.backends),
-            (lb_common::MAP_CONNTRACK, sizes.conntrack),
-        ],
-    )?;
+    let mut ebpf = ebpf::load(&cfg.bpffs, &sizes)?;
     let dataplane = BpfDataplane::from_ebpf(&mut ebpf)?;
     let monitor = DatapathMonitor::from_ebpf(&mut ebpf)?;
-    let wanted = [sizes.services, sizes.backends, sizes.revnat];
-    for ((name, size), want) in dataplane.max_entries().into_iter().zip(wanted) {
-        if size != want {
+    let capacity = dataplane.capacity();
+    for map in [MapId::Services, MapId::Backends, MapId::RevNat] {
+        let (size, wanted) = (capacity.of(map), map.max_entries(&sizes) as usize);
+        if size != wanted {
             warn!(
-                map = name,
+                map = map.name(),
                 size,
-                wanted = want,
+                wanted,
                 "pinned map keeps its size; remove the pins (lb-agent --cleanup) to resize"
             );
         }
@@ -779,18 +749,19 @@ fn monitor(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Telemetry) {
         .unwrap_or_else(|| dp.monitor.conntrack_entries());
     telemetry.set_conntrack_entries(ct);
     telemetry.set_map_occupancy(
-        lb_common::MAP_CONNTRACK,
+        MapId::Conntrack.name(),
         ct,
         dp.monitor.conntrack_max().into(),
     );
     if let Some(state) = reconciler.programmed() {
+        let capacity = dp.dataplane.capacity();
         let counts = [
-            state.services.len(),
-            state.backends.len(),
-            state.revnat.len(),
+            (MapId::Services, state.services.len()),
+            (MapId::Backends, state.backends.len()),
+            (MapId::RevNat, state.revnat.len()),
         ];
-        for ((name, max), n) in dp.dataplane.max_entries().into_iter().zip(counts) {
-            telemetry.set_map_occupancy(name, n as u64, max.into());
+        for (map, n) in counts {
+            telemetry.set_map_occupancy(map.name(), n as u64, capacity.of(map) as u64);
         }
     }
 }
@@ -818,8 +789,8 @@ fn check_node(k: &KubeSource, net: &NetConfig, last: &mut Option<NodeInfo>, tele
 
 /// Removes our pinned maps and, if then empty, the pin directory.
 pub fn unpin_maps(dir: &std::path::Path) {
-    for name in lb_common::ALL_MAPS {
-        let _ = std::fs::remove_file(dir.join(name));
+    for map in MapId::ALL {
+        let _ = std::fs::remove_file(dir.join(map.name()));
     }
     let _ = std::fs::remove_dir(dir);
 }

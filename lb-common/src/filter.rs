@@ -14,9 +14,6 @@
 //! the filter once, [`FILTER_VALID_WORD`] is 0 and every packet is looked
 //! up, so an agent upgrade that creates the map serves as before.
 
-/// Array of `u64` words, indexed by word: the frontend region, the backend
-/// region, then the valid word.
-pub const MAP_FILTER: &str = "lb_filter_v1";
 /// Words per region: 262 144 bits, 32 KiB.
 pub const FILTER_REGION_WORDS: u32 = 4096;
 /// Region of frontends `(VIP, port, proto)`, the NodePort wildcard's

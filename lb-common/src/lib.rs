@@ -1,5 +1,5 @@
 //! Plain data shared by the kernel programs (`lb-ebpf`) and userspace
-//! (`lb-core`, `lb-agent`, `lbctl`): map names, map keys and values, stats reasons, and the
+//! (`lb-core`, `lb-agent`, `lbctl`): the map registry, map keys and values, stats reasons, and the
 //! checksum arithmetic both sides must agree on.
 //!
 //! Conventions, so that neither side can misread the other:
@@ -18,10 +18,12 @@ pub mod filter;
 pub mod hash;
 pub mod maps;
 pub mod names;
+pub mod registry;
 pub mod sock;
 pub mod stats;
 
 pub use filter::*;
 pub use maps::*;
 pub use names::*;
+pub use registry::*;
 pub use sock::*;

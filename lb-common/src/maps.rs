@@ -9,80 +9,24 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Frontends and their backend slots. Key [`ServiceKey`], value [`ServiceValue`].
-pub const MAP_SERVICES: &str = "lb_svc_v4";
-/// Backends by id. Key `u32` backend id, value [`Backend`].
-pub const MAP_BACKENDS: &str = "lb_backend_v1";
-/// Reverse-NAT targets by id. Key [`RevNatId`], value [`RevNat`].
-pub const MAP_REVNAT: &str = "lb_revnat_v2";
-/// Connection tracking (LRU). Key [`CtKey`], value [`CtValue`].
-pub const MAP_CONNTRACK: &str = "lb_ct_v4";
-/// The node's settings for the datapath (array of one). Value [`NodeConfig`].
-pub const MAP_CONFIG: &str = "lb_config_v1";
-/// Allowed client ranges of frontends with loadBalancerSourceRanges (LPM
-/// trie). Key `lpm_trie::Key<SourceRange>`, value `u32` (1).
-pub const MAP_SOURCE_RANGES: &str = "lb_srcrange_v1";
-/// Node addresses of the cluster. Key `u32` address (network byte order),
-/// value [`NODE_ADDR_LOCAL`] for this node's addresses where NodePorts
-/// answer (`--nodeport-addresses`), [`NODE_ADDR_PEER`] for another node's
-/// (its Node object's InternalIP/ExternalIP). v2: peers, 4096 entries.
-pub const MAP_NODE_ADDRS: &str = "lb_nodeaddr_v2";
 pub const NODE_ADDRS_MAX_ENTRIES: u32 = 4096;
-/// [`MAP_NODE_ADDRS`] value: this node's NodePort address. Packets from
+/// [`MapId::NodeAddrs`] value: this node's NodePort address. Packets from
 /// outside to it and a NodePort are balanced here.
 pub const NODE_ADDR_LOCAL: u32 = 1;
-/// [`MAP_NODE_ADDRS`] value: another node's address. Only the node's own
+/// [`MapId::NodeAddrs`] value: another node's address. Only the node's own
 /// sockets balance its NodePorts at `connect()` (as Cilium's socket LB
 /// does), so that a node process reaches the backend directly: the kernel
 /// then picks the source port for the backend's tuple, which a NodePort
 /// flow DNATed on the other node (client address kept) could otherwise
 /// share with a direct connection.
 pub const NODE_ADDR_PEER: u32 = 2;
-/// sessionAffinity ClientIP: the backend each client last got, per
-/// frontend (LRU). Key [`AffinityKey`], value [`AffinityValue`].
-pub const MAP_AFFINITY: &str = "lb_affinity_v1";
 pub const AFFINITY_MAX_ENTRIES: u32 = 65_536;
-/// IPv4 fragments: the L4 ports of each fragmented datagram whose first
-/// fragment the datapath rewrote, so that its later fragments (which carry
-/// no L4 header) get the same rewrite (LRU). Key [`FragKey`], value
-/// [`FragValue`].
-pub const MAP_FRAGMENTS: &str = "lb_frag_v1";
-/// Entries of [`MAP_FRAGMENTS`] (Cilium's default for its fragment map). An
+/// Entries of [`MapId::Fragments`] (Cilium's default for its fragment map). An
 /// entry only matters while its datagram's fragments are in flight, so the
 /// LRU only needs room for the fragmented datagrams of a few milliseconds.
 pub const FRAGMENTS_MAX_ENTRIES: u32 = 8_192;
-/// Per-CPU counters by reason. Index `u32` (see [`crate::stats`]), value [`StatsCounter`].
-pub const MAP_STATS: &str = "lb_stats_v6";
 
-/// Every map of ours, in the order `lbctl map list` shows them.
-pub const ALL_MAPS: [&str; 16] = [
-    MAP_SERVICES,
-    MAP_BACKENDS,
-    MAP_REVNAT,
-    MAP_CONNTRACK,
-    MAP_CONFIG,
-    MAP_SOURCE_RANGES,
-    MAP_NODE_ADDRS,
-    MAP_AFFINITY,
-    MAP_FRAGMENTS,
-    MAP_STATS,
-    crate::sock::MAP_SOCK_NETNS,
-    crate::sock::MAP_SOCK_REVNAT,
-    crate::names::MAP_SVC_NAMES,
-    crate::names::MAP_SVC_STATS,
-    crate::names::MAP_BACKEND_STATS,
-    crate::filter::MAP_FILTER,
-];
-
-/// Default sizes. The agent sets the real ones at load time (flags
-/// `--services-map-max` and friends); a pinned map keeps the size it was
-/// created with.
-pub const SERVICES_MAX_ENTRIES: u32 = 262_144;
-pub const BACKENDS_MAX_ENTRIES: u32 = 131_072;
-pub const REVNAT_MAX_ENTRIES: u32 = 65_536;
-pub const CONNTRACK_MAX_ENTRIES: u32 = 262_144;
-
-/// Key of [`MAP_REVNAT`]; 0 means "none". 32 bits, so that more than 65535
+/// Key of [`MapId::RevNat`]; 0 means "none". 32 bits, so that more than 65535
 /// frontends (Cilium's limit with its 16-bit index) fit.
 pub type RevNatId = u32;
 
@@ -121,7 +65,7 @@ pub const REJECT_BOUNCE_MARK: u32 = 0x4c42_5254;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// Key of [`MAP_SERVICES`]. Slot 0 is the frontend's master entry.
+/// Key of [`MapId::Services`]. Slot 0 is the frontend's master entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct ServiceKey {
@@ -137,13 +81,13 @@ pub struct ServiceKey {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
 
-/// Value of [`MAP_SERVICES`].
+/// Value of [`MapId::Services`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ServiceValue {
     /// Backend slots: the backend id. Master entry: 0.
     pub backend_id: u32,
-    /// Id in [`MAP_REVNAT`] that restores this frontend on replies.
+    /// Id in [`MapId::RevNat`] that restores this frontend on replies.
     pub rev_nat_id: RevNatId,
     /// Master entry: number of backend slots. Backend slots: 0.
     pub count: u16,
@@ -178,7 +122,7 @@ impl ServiceValue {
     }
 }
 
-/// Value of [`MAP_BACKENDS`], keyed by a `u32` backend id (never reused while
+/// Value of [`MapId::Backends`], keyed by a `u32` backend id (never reused while
 /// the agent runs, so a stale conntrack entry cannot reach a new pod).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -194,7 +138,7 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 
-/// Value of [`MAP_REVNAT`], keyed by a [`RevNatId`]: what a reply's
+/// Value of [`MapId::RevNat`], keyed by a [`RevNatId`]: what a reply's
 /// source is rewritten to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -226,15 +170,15 @@ pub const CT_F_CLOSING: u16 = 1;
 /// only this node's endpoints; none means drop, not forward).
 pub const SVC_F_LOCAL_ONLY: u16 = 1;
 /// [`ServiceValue::flags`]: new flows are only accepted from the client
-/// ranges in [`MAP_SOURCE_RANGES`] under this frontend's rev-NAT id.
+/// ranges in [`MapId::SourceRanges`] under this frontend's rev-NAT id.
 pub const SVC_F_SOURCE_RANGES: u16 = 2;
-/// Entries of [`MAP_SOURCE_RANGES`].
+/// Entries of [`MapId::SourceRanges`].
 pub const SOURCE_RANGES_MAX_ENTRIES: u32 = 16_384;
 /// [`Backend::flags`]: the endpoint runs on another node (external traffic
 /// to it is SNATed so that the reply returns through this node).
 pub const BACKEND_F_REMOTE: u8 = 1;
 
-/// Key of [`MAP_CONNTRACK`]: the 5-tuple as it appears in the packet, plus
+/// Key of [`MapId::Conntrack`]: the 5-tuple as it appears in the packet, plus
 /// which direction that tuple belongs to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
@@ -272,7 +216,7 @@ impl CtKey {
     }
 }
 
-/// Value of [`MAP_CONNTRACK`].
+/// Value of [`MapId::Conntrack`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct CtValue {
@@ -301,7 +245,7 @@ pub struct CtValue {
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 40);
 
-/// Data of a [`MAP_SOURCE_RANGES`] key. The LPM prefix length counts the
+/// Data of a [`MapId::SourceRanges`] key. The LPM prefix length counts the
 /// 32 bits of `rev_nat_id` (always matched whole) plus the range's bits of
 /// `addr_be`.
 #[repr(C)]
@@ -315,7 +259,7 @@ pub struct SourceRange {
 }
 const _: () = assert!(core::mem::size_of::<SourceRange>() == 8);
 
-/// Key of [`MAP_AFFINITY`].
+/// Key of [`MapId::Affinity`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct AffinityKey {
@@ -326,7 +270,7 @@ pub struct AffinityKey {
 }
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 
-/// Value of [`MAP_AFFINITY`].
+/// Value of [`MapId::Affinity`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct AffinityValue {
@@ -337,7 +281,7 @@ pub struct AffinityValue {
 }
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
 
-/// Key of [`MAP_FRAGMENTS`]: what every fragment of one IPv4 datagram
+/// Key of [`MapId::Fragments`]: what every fragment of one IPv4 datagram
 /// carries, as the fragment arrived at the program (before any rewrite).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
@@ -354,7 +298,7 @@ pub struct FragKey {
 }
 const _: () = assert!(core::mem::size_of::<FragKey>() == 12);
 
-/// Value of [`MAP_FRAGMENTS`]: the datagram's L4 ports as its first
+/// Value of [`MapId::Fragments`]: the datagram's L4 ports as its first
 /// fragment carried them when it arrived (before any rewrite).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
@@ -366,7 +310,7 @@ pub struct FragValue {
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 4);
 
-/// Value of [`MAP_CONFIG`] (index 0), written by the agent.
+/// Value of [`MapId::Config`] (index 0), written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct NodeConfig {
@@ -381,7 +325,7 @@ pub struct NodeConfig {
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
 
-/// Counter of [`MAP_STATS`] (per CPU; userspace sums the CPUs).
+/// Counter of [`MapId::Stats`] (per CPU; userspace sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct StatsCounter {

@@ -4,20 +4,6 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// Key `RevNatId` (one per frontend), value [`SvcName`].
-pub const MAP_SVC_NAMES: &str = "lb_svcname_v1";
-/// Per-CPU array of [`crate::StatsCounter`]: at `2 * rev-NAT id` the
-/// packets and bytes forwarded to the frontend's backends, at `2 * id + 1`
-/// those dropped or refused at it. Sized twice the rev-NAT map.
-pub const MAP_SVC_STATS: &str = "lb_svcstats_v1";
-/// Per-CPU hash of [`crate::StatsCounter`] by backend id: the packets and
-/// bytes forwarded to each backend (client to backend; the datapath never
-/// sees the replies of flows it did not rewrite, so only this direction is
-/// counted everywhere). The agent adds a backend's entry, zeroed, when it
-/// adds the backend and removes it with the backend; the datapath only
-/// increments existing entries. Sized like the backend map.
-pub const MAP_BACKEND_STATS: &str = "lb_backendstats_v1";
-
 /// `namespace/name` of a Service, or `namespace/name:port` for a named
 /// port: UTF-8, NUL-padded, cut at 128 bytes (namespace and name are at
 /// most 63 bytes each, so only a long port name can be cut short).

@@ -3,17 +3,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
-/// The network namespace whose sockets are balanced at the socket level:
-/// index 0, its cookie (`SO_NETNS_COOKIE`); 0 turns socket balancing off.
-pub const MAP_SOCK_NETNS: &str = "lb_sock_netns_v1";
-/// Per socket, the frontend each backend it was pointed at stands for, so
-/// that `recvmsg()` and `getpeername()` show the frontend (LRU: sockets
-/// come and go without telling us). Key [`SockRevNatKey`], value
-/// [`SockRevNatValue`].
-pub const MAP_SOCK_REVNAT: &str = "lb_sock_revnat_v1";
 pub const SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
 
-/// Key of [`MAP_SOCK_REVNAT`].
+/// Key of [`MapId::SockRevNat`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct SockRevNatKey {
@@ -26,7 +18,7 @@ pub struct SockRevNatKey {
 }
 const _: () = assert!(core::mem::size_of::<SockRevNatKey>() == 16);
 
-/// Value of [`MAP_SOCK_REVNAT`]: the address the application asked for.
+/// Value of [`MapId::SockRevNat`]: the address the application asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct SockRevNatValue {

@@ -1,4 +1,4 @@
-//! Indexes of [`crate::MAP_STATS`]: every verdict the programs reach is
+//! Indexes of [`crate::MapId::Stats`]: every verdict the programs reach is
 //! counted under exactly one reason, so that no packet is passed or dropped
 //! without a trace.
 
@@ -61,7 +61,7 @@ pub const REJECT_TCP_RST: u32 = 20;
 pub const REJECT_ICMP_UNREACHABLE: u32 = 21;
 /// XDP/TC: a later IP fragment (no L4 header) of a datagram whose first
 /// fragment was rewritten here: its IP header got the same rewrite, found
-/// through the first fragment's ports (see `MAP_FRAGMENTS`).
+/// through the first fragment's ports (see `MapId::Fragments`).
 pub const FRAG_REWRITTEN: u32 = 22;
 /// XDP/TC: recording a rewritten first fragment's ports failed; the packet
 /// was still forwarded, but its later fragments will pass untouched.

@@ -19,12 +19,10 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    filter_slot, stats, Backend, CtKey, CtValue, FragKey, FragValue, NodeConfig, RevNat, RevNatId,
-    ServiceKey, ServiceValue, SourceRange, StatsCounter, FILTER_BACKENDS, FILTER_FRONTENDS,
-    FILTER_VALID, FILTER_VALID_WORD, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK,
-    MAP_FILTER, MAP_FRAGMENTS, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
-    MAP_STATS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_TC_NODE_EGRESS, PROG_TC_POD_INGRESS,
-    PROG_XDP_INGRESS, PROG_XDP_NODE, REJECT_BOUNCE_MARK,
+    filter_slot, stats, Backend, CtKey, CtValue, FragKey, FragValue, MapId, MapSizes, NodeConfig,
+    RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange, StatsCounter, FILTER_BACKENDS,
+    FILTER_FRONTENDS, FILTER_VALID, FILTER_VALID_WORD, PROG_TC_EGRESS, PROG_TC_INGRESS,
+    PROG_TC_NODE_EGRESS, PROG_TC_POD_INGRESS, PROG_XDP_INGRESS, PROG_XDP_NODE, REJECT_BOUNCE_MARK,
 };
 
 use lb_agent::ebpf::{load, PodHook};
@@ -101,26 +99,17 @@ impl DatapathFixture {
     /// Loads the object with its maps pinned in a fresh directory under
     /// /sys/fs/bpf (removed on drop) and verifies both programs.
     pub fn new() -> anyhow::Result<Self> {
-        Self::with_max_entries(&[])
+        Self::with_sizes(MapSizes::DEFAULT)
     }
 
-    /// Same, with some maps resized (e.g. a small conntrack).
-    pub fn with_max_entries(max_entries: &[(&str, u32)]) -> anyhow::Result<Self> {
+    /// Same, with the maps sized as the agent sizes them under `sizes`.
+    pub fn with_sizes(sizes: MapSizes) -> anyhow::Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let pins = PinDir(PathBuf::from(format!(
             "/sys/fs/bpf/lbfix-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         )));
-        // The per-backend counters follow the backend map's size, as the
-        // agent sizes them.
-        let mut sizes = max_entries.to_vec();
-        let backends = sizes.iter().find(|(name, _)| *name == MAP_BACKENDS);
-        if let Some(&(_, n)) = backends {
-            if !sizes.iter().any(|(name, _)| *name == MAP_BACKEND_STATS) {
-                sizes.push((MAP_BACKEND_STATS, n));
-            }
-        }
         let mut ebpf = load(&pins.0, &sizes)?;
         prog_mut::<SchedClassifier>(&mut ebpf, PROG_TC_POD_INGRESS)?
             .load()
@@ -166,8 +155,8 @@ impl DatapathFixture {
     fn filter(&mut self) -> anyhow::Result<Array<&mut MapData, u64>> {
         let map = self
             .ebpf
-            .map_mut(MAP_FILTER)
-            .ok_or_else(|| anyhow!("{MAP_FILTER} missing"))?;
+            .map_mut(MapId::Filter.name())
+            .ok_or_else(|| anyhow!("{} missing", MapId::Filter.name()))?;
         Ok(Array::try_from(map)?)
     }
 
@@ -192,7 +181,8 @@ impl DatapathFixture {
         proto: u8,
         timeout_s: u32,
     ) -> anyhow::Result<()> {
-        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            self.map(MapId::Services.name())?;
         let key = ServiceKey {
             vip_be: be_addr(vip),
             port_be: port.to_be(),
@@ -208,7 +198,7 @@ impl DatapathFixture {
 
     /// Makes `addr` one of the node's NodePort addresses.
     pub fn add_node_address(&mut self, addr: Ipv4Addr) -> anyhow::Result<()> {
-        let mut map: HashMap<_, u32, u32> = self.map(MAP_NODE_ADDRS)?;
+        let mut map: HashMap<_, u32, u32> = self.map(MapId::NodeAddrs.name())?;
         map.insert(be_addr(addr), lb_common::NODE_ADDR_LOCAL, 0)?;
         Ok(())
     }
@@ -216,7 +206,7 @@ impl DatapathFixture {
     /// Makes `addr` another node's address (its NodePorts balanced by the
     /// node's own sockets).
     pub fn add_peer_address(&mut self, addr: Ipv4Addr) -> anyhow::Result<()> {
-        let mut map: HashMap<_, u32, u32> = self.map(MAP_NODE_ADDRS)?;
+        let mut map: HashMap<_, u32, u32> = self.map(MapId::NodeAddrs.name())?;
         map.insert(be_addr(addr), lb_common::NODE_ADDR_PEER, 0)?;
         Ok(())
     }
@@ -231,8 +221,8 @@ impl DatapathFixture {
     ) -> anyhow::Result<()> {
         let map = self
             .ebpf
-            .map_mut(MAP_SOURCE_RANGES)
-            .ok_or_else(|| anyhow!("{MAP_SOURCE_RANGES} missing"))?;
+            .map_mut(MapId::SourceRanges.name())
+            .ok_or_else(|| anyhow!("{} missing", MapId::SourceRanges.name()))?;
         let mut trie: LpmTrie<_, SourceRange, u32> = LpmTrie::try_from(map)?;
         let data = SourceRange {
             rev_nat_id_be: rev_nat_id.to_be(),
@@ -271,7 +261,7 @@ impl DatapathFixture {
         self.next_rev_nat_id += 1;
         let vip_be = be_addr(vip);
         let port_be = port.to_be();
-        let mut revnat: HashMap<_, RevNatId, RevNat> = self.map(MAP_REVNAT)?;
+        let mut revnat: HashMap<_, RevNatId, RevNat> = self.map(MapId::RevNat.name())?;
         revnat.insert(
             rev_nat_id,
             RevNat {
@@ -285,7 +275,7 @@ impl DatapathFixture {
         for (addr, bport, backend_flags) in backends.iter().chain(internal_only) {
             let id = self.next_backend_id;
             self.next_backend_id += 1;
-            let mut backend_map: HashMap<_, u32, Backend> = self.map(MAP_BACKENDS)?;
+            let mut backend_map: HashMap<_, u32, Backend> = self.map(MapId::Backends.name())?;
             backend_map.insert(
                 id,
                 Backend {
@@ -299,7 +289,8 @@ impl DatapathFixture {
             self.add_backend_counters(id)?;
             ids.push(id);
         }
-        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            self.map(MapId::Services.name())?;
         let key = |slot: u16| ServiceKey {
             vip_be,
             port_be,
@@ -330,7 +321,8 @@ impl DatapathFixture {
             let bits = filter.get(&word, 0)?;
             filter.set(word, bits | mask, 0)?;
         }
-        let mut services: HashMap<_, ServiceKey, ServiceValue> = self.map(MAP_SERVICES)?;
+        let mut services: HashMap<_, ServiceKey, ServiceValue> =
+            self.map(MapId::Services.name())?;
         services.insert(
             key(0),
             ServiceValue {
@@ -382,8 +374,8 @@ impl DatapathFixture {
     pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
         let map = self
             .ebpf
-            .map_mut(MAP_CONFIG)
-            .ok_or_else(|| anyhow!("{MAP_CONFIG} missing"))?;
+            .map_mut(MapId::Config.name())
+            .ok_or_else(|| anyhow!("{} missing", MapId::Config.name()))?;
         let mut array: Array<_, NodeConfig> = Array::try_from(map)?;
         array.set(0, config, 0)?;
         Ok(())
@@ -441,8 +433,8 @@ impl DatapathFixture {
     pub fn stats(&self) -> anyhow::Result<Vec<StatsCounter>> {
         let map: PerCpuArray<_, StatsCounter> = PerCpuArray::try_from(
             self.ebpf
-                .map(MAP_STATS)
-                .ok_or_else(|| anyhow!("{MAP_STATS} missing"))?,
+                .map(MapId::Stats.name())
+                .ok_or_else(|| anyhow!("{} missing", MapId::Stats.name()))?,
         )?;
         (0..stats::COUNT)
             .map(|i| {
@@ -456,8 +448,8 @@ impl DatapathFixture {
     /// them with each backend.
     fn add_backend_counters(&mut self, id: u32) -> anyhow::Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let map = (self.ebpf.map_mut(MAP_BACKEND_STATS))
-            .ok_or_else(|| anyhow!("{MAP_BACKEND_STATS} missing"))?;
+        let map = (self.ebpf.map_mut(MapId::BackendStats.name()))
+            .ok_or_else(|| anyhow!("{} missing", MapId::BackendStats.name()))?;
         let mut counters: PerCpuHashMap<_, u32, StatsCounter> = PerCpuHashMap::try_from(map)?;
         let zeroes = PerCpuValues::try_from(vec![StatsCounter::default(); cpus])?;
         counters.insert(id, zeroes, 0)?;
@@ -466,14 +458,15 @@ impl DatapathFixture {
 
     /// What the backend `addr:port` was counted, summed over CPUs.
     pub fn backend_counter(&self, addr: Ipv4Addr, port: u16) -> anyhow::Result<StatsCounter> {
-        let map = (self.ebpf.map(MAP_BACKENDS)).ok_or_else(|| anyhow!("{MAP_BACKENDS} missing"))?;
+        let map = (self.ebpf.map(MapId::Backends.name()))
+            .ok_or_else(|| anyhow!("{} missing", MapId::Backends.name()))?;
         let backends: HashMap<_, u32, Backend> = HashMap::try_from(map)?;
         let id = (backends.iter().filter_map(Result::ok))
             .find(|(_, b)| b.addr_be == be_addr(addr) && b.port_be == port.to_be())
             .map(|(id, _)| id)
             .ok_or_else(|| anyhow!("no backend {addr}:{port}"))?;
-        let map = (self.ebpf.map(MAP_BACKEND_STATS))
-            .ok_or_else(|| anyhow!("{MAP_BACKEND_STATS} missing"))?;
+        let map = (self.ebpf.map(MapId::BackendStats.name()))
+            .ok_or_else(|| anyhow!("{} missing", MapId::BackendStats.name()))?;
         let counters: PerCpuHashMap<_, u32, StatsCounter> = PerCpuHashMap::try_from(map)?;
         let per_cpu = counters.get(&id, 0)?;
         Ok(StatsCounter::total(per_cpu.iter()))
@@ -487,7 +480,7 @@ impl DatapathFixture {
     /// Deletes the backend `addr:port` from the backend map, as the agent
     /// does once no Service uses it any more. Returns whether it was there.
     pub fn remove_backend(&mut self, addr: Ipv4Addr, port: u16) -> anyhow::Result<bool> {
-        let mut backends: HashMap<_, u32, Backend> = self.map(MAP_BACKENDS)?;
+        let mut backends: HashMap<_, u32, Backend> = self.map(MapId::Backends.name())?;
         let ids: Vec<u32> = backends
             .iter()
             .filter_map(Result::ok)
@@ -505,8 +498,8 @@ impl DatapathFixture {
         // aya's HashMap covers LRU hash maps too.
         let map: HashMap<_, CtKey, CtValue> = HashMap::try_from(
             self.ebpf
-                .map(MAP_CONNTRACK)
-                .ok_or_else(|| anyhow!("{MAP_CONNTRACK} missing"))?,
+                .map(MapId::Conntrack.name())
+                .ok_or_else(|| anyhow!("{} missing", MapId::Conntrack.name()))?,
         )?;
         Ok(map.iter().collect::<Result<_, _>>()?)
     }
@@ -516,8 +509,8 @@ impl DatapathFixture {
     pub fn forget_conntrack(&mut self) -> anyhow::Result<()> {
         let mut map: HashMap<_, CtKey, CtValue> = HashMap::try_from(
             self.ebpf
-                .map_mut(MAP_CONNTRACK)
-                .ok_or_else(|| anyhow!("{MAP_CONNTRACK} missing"))?,
+                .map_mut(MapId::Conntrack.name())
+                .ok_or_else(|| anyhow!("{} missing", MapId::Conntrack.name()))?,
         )?;
         let keys: Vec<CtKey> = map.keys().collect::<Result<_, _>>()?;
         for key in keys {
@@ -530,8 +523,8 @@ impl DatapathFixture {
     pub fn fragments(&self) -> anyhow::Result<Vec<(FragKey, FragValue)>> {
         let map: HashMap<_, FragKey, FragValue> = HashMap::try_from(
             self.ebpf
-                .map(MAP_FRAGMENTS)
-                .ok_or_else(|| anyhow!("{MAP_FRAGMENTS} missing"))?,
+                .map(MapId::Fragments.name())
+                .ok_or_else(|| anyhow!("{} missing", MapId::Fragments.name()))?,
         )?;
         Ok(map.iter().collect::<Result<_, _>>()?)
     }

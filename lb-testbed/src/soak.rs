@@ -267,8 +267,8 @@ fn occupancy(pin_dir: &Path) -> Result<(usize, usize)> {
             .ok_or_else(|| anyhow!("{name}: entries unreadable"))
     };
     Ok((
-        entries(lb_common::MAP_CONNTRACK)?,
-        entries(lb_common::MAP_AFFINITY)?,
+        entries(lb_common::MapId::Conntrack.name())?,
+        entries(lb_common::MapId::Affinity.name())?,
     ))
 }
 

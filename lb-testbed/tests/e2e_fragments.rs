@@ -36,7 +36,7 @@ use lb_testbed::servers::{TCP_PORT, UDP_ECHO};
 use lb_testbed::topology::{ClusterIpTopology, Pod};
 use lb_testbed::web_bed::{WebBed, WEB_YAML};
 use lb_testbed::{WEB_TCP_PORT, WEB_UDP_PORT, WEB_VIP};
-use lbctl::{read_snapshot, MapKind};
+use lbctl::{read_snapshot, MapId};
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 /// Sizes of the UDP payloads sent: 4000 bytes are three fragments at a
@@ -76,7 +76,7 @@ fn fragmented_udp_datagrams_arrive_whole_and_their_answers_too() {
         delta("ReasmOKs"),
         delta("FragCreates"),
     );
-    let counts = read_snapshot(agent.pin_dir(), &[MapKind::Stats])
+    let counts = read_snapshot(agent.pin_dir(), &[MapId::Stats])
         .unwrap()
         .stats;
     let counted = |reason: u32| counts[reason as usize].packets;

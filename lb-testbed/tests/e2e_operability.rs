@@ -112,7 +112,10 @@ fn health_and_metrics_follow_the_dataplane() {
         "{text}"
     );
     // Map occupancy: 2 masters + 6 slots in the service map.
-    let svc_entries = format!(r#"lb_map_entries{{map="{}"}}"#, lb_common::MAP_SERVICES);
+    let svc_entries = format!(
+        r#"lb_map_entries{{map="{}"}}"#,
+        lb_common::MapId::Services.name()
+    );
     assert_eq!(sample(&text, &svc_entries), Some(8.0), "{text}");
     assert!(
         sample(&text, "lb_conntrack_entries").unwrap_or(0.0) >= 2.0,

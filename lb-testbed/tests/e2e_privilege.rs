@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use lb_agent::agent::privileges::{memlock_charged, needed, Capability};
-use lb_common::{ServiceKey, ServiceValue, MAP_SERVICES};
+use lb_common::{MapId, ServiceKey, ServiceValue};
 use lb_testbed::{
     agent::AgentProcess,
     client::{Client, RequestResult, DEFAULT_TIMEOUT},
@@ -151,7 +151,7 @@ fn agent_with_only_the_capabilities_it_needs_serves_clusterip() {
     assert_root_only(agent.pin_dir());
 
     // What lbctl opens can read but not write.
-    let fd = read_only::open_map(&agent.pin_dir().join(MAP_SERVICES)).unwrap();
+    let fd = read_only::open_map(&agent.pin_dir().join(MapId::Services.name())).unwrap();
     let mut services: HashMap<MapData, ServiceKey, ServiceValue> =
         HashMap::try_from(Map::from_map_data(MapData::from_fd(fd).unwrap()).unwrap()).unwrap();
     let keys: Vec<ServiceKey> = services.keys().map(Result::unwrap).collect();

@@ -8,16 +8,16 @@ use serde::Serialize;
 use super::{
     decode::{ip, IpPort},
     table::{or_dash, Table},
-    MapKind, Report, Snapshot,
+    MapId, Report, Snapshot,
 };
 
 /// The maps [`affinity_list`] needs.
-pub const READS: &[MapKind] = &[
-    MapKind::Affinity,
-    MapKind::Backends,
-    MapKind::RevNat,
-    MapKind::Services,
-    MapKind::SvcNames,
+pub const READS: &[MapId] = &[
+    MapId::Affinity,
+    MapId::Backends,
+    MapId::RevNat,
+    MapId::Services,
+    MapId::SvcNames,
 ];
 
 /// JSON: `{"entries": [AffinityEntry, ...]}`, by frontend then client.

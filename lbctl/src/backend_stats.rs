@@ -10,15 +10,15 @@ use serde::Serialize;
 use super::{
     decode::Endpoint,
     table::{or_dash, Table},
-    MapKind, Report, Snapshot,
+    MapId, Report, Snapshot,
 };
 
 /// The maps [`backend_stats`] needs.
-pub const READS: &[MapKind] = &[
-    MapKind::Backends,
-    MapKind::Services,
-    MapKind::SvcNames,
-    MapKind::BackendStats,
+pub const READS: &[MapId] = &[
+    MapId::Backends,
+    MapId::Services,
+    MapId::SvcNames,
+    MapId::BackendStats,
 ];
 
 /// JSON: `{"backends": [BackendStats, ...]}`, by backend id.

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{decode::Endpoint, table::Table, MapKind, Report, Snapshot};
+use super::{decode::Endpoint, table::Table, MapId, Report, Snapshot};
 
 /// The maps [`backend_list`] needs.
-pub const READS: &[MapKind] = &[MapKind::Backends, MapKind::Services];
+pub const READS: &[MapId] = &[MapId::Backends, MapId::Services];
 
 /// JSON: `{"backends": [BackendEntry, ...]}`, sorted by id.
 #[derive(Debug, Serialize)]

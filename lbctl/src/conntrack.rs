@@ -12,11 +12,11 @@ use serde::Serialize;
 use super::{
     decode::{Direction, Endpoint, IpPort, Proto},
     table::{duration, Table},
-    MapKind, Report, Snapshot,
+    MapId, Report, Snapshot,
 };
 
 /// The maps [`ct_list`] needs.
-pub const READS: &[MapKind] = &[MapKind::Conntrack, MapKind::Backends, MapKind::RevNat];
+pub const READS: &[MapId] = &[MapId::Conntrack, MapId::Backends, MapId::RevNat];
 
 /// JSON: `{"entries": [CtEntry, ...]}`, sorted by tuple.
 #[derive(Debug, Serialize)]

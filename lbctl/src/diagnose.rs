@@ -13,18 +13,18 @@ use super::{
     checks::{self, Check},
     progs::ProgList,
     services::{service_list, Service},
-    MapKind, Report, Snapshot,
+    MapId, Report, Snapshot,
 };
 use lb_core::net_config::NetConfig;
 
 /// The maps [`diagnose`] needs.
-pub const READS: &[MapKind] = &[
-    MapKind::Services,
-    MapKind::Backends,
-    MapKind::RevNat,
-    MapKind::SvcNames,
-    MapKind::SvcStats,
-    MapKind::Stats,
+pub const READS: &[MapId] = &[
+    MapId::Services,
+    MapId::Backends,
+    MapId::RevNat,
+    MapId::SvcNames,
+    MapId::SvcStats,
+    MapId::Stats,
 ];
 
 /// What the checks compare with, besides the maps.

@@ -8,7 +8,7 @@ use serde::{Serialize, Serializer};
 use super::{
     decode::{ip, port, reason_name, Direction, Proto},
     table::Table,
-    MapKind, Report, Snapshot,
+    MapId, Report, Snapshot,
 };
 
 /// JSON: `{"map": "lb_svc_v4", "entries": [{"key": {..}, "value": {..}}, ..]}`
@@ -89,9 +89,9 @@ fn text(value: impl fmt::Display) -> Value {
     Value::Text(value.to_string())
 }
 
-pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
+pub fn dump(snapshot: &Snapshot, kind: MapId) -> Dump {
     let mut entries: Vec<Entry> = match kind {
-        MapKind::Services => snapshot
+        MapId::Services => snapshot
             .services
             .iter()
             .map(|(k, v)| Entry {
@@ -111,7 +111,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::Backends => snapshot
+        MapId::Backends => snapshot
             .backends
             .iter()
             .map(|(&id, v)| Entry {
@@ -124,7 +124,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::RevNat => snapshot
+        MapId::RevNat => snapshot
             .revnat
             .iter()
             .map(|(&id, v)| Entry {
@@ -135,7 +135,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::Conntrack => snapshot
+        MapId::Conntrack => snapshot
             .ct
             .iter()
             .map(|(k, v)| Entry {
@@ -160,7 +160,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::SourceRanges => snapshot
+        MapId::SourceRanges => snapshot
             .source_ranges
             .iter()
             .map(|(prefix_len, r)| Entry {
@@ -172,7 +172,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 value: vec![],
             })
             .collect(),
-        MapKind::Affinity => snapshot
+        MapId::Affinity => snapshot
             .affinity
             .iter()
             .map(|(k, v)| Entry {
@@ -186,7 +186,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::Fragments => snapshot
+        MapId::Fragments => snapshot
             .fragments
             .iter()
             .map(|(k, v)| Entry {
@@ -202,7 +202,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::NodeAddrs => snapshot
+        MapId::NodeAddrs => snapshot
             .node_addrs
             .iter()
             .map(|(&addr, &kind)| Entry {
@@ -217,7 +217,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 )],
             })
             .collect(),
-        MapKind::Config => snapshot
+        MapId::Config => snapshot
             .config
             .iter()
             .map(|c| Entry {
@@ -229,7 +229,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::SockNetns => snapshot
+        MapId::SockNetns => snapshot
             .sock_netns
             .iter()
             .map(|&cookie| Entry {
@@ -237,7 +237,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 value: vec![("netns_cookie", cookie.into())],
             })
             .collect(),
-        MapKind::SockRevNat => snapshot
+        MapId::SockRevNat => snapshot
             .sock_revnat
             .iter()
             .map(|(k, v)| Entry {
@@ -252,7 +252,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 ],
             })
             .collect(),
-        MapKind::SvcStats => (0u32..)
+        MapId::SvcStats => (0u32..)
             .zip(&snapshot.svc_stats)
             .filter(|(_, v)| v.packets > 0)
             .map(|(index, v)| Entry {
@@ -263,13 +263,13 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 value: vec![("packets", v.packets.into()), ("bytes", v.bytes.into())],
             })
             .collect(),
-        MapKind::BackendStats => (snapshot.backend_stats.iter())
+        MapId::BackendStats => (snapshot.backend_stats.iter())
             .map(|(&id, v)| Entry {
                 key: vec![("backend_id", id.into())],
                 value: vec![("packets", v.packets.into()), ("bytes", v.bytes.into())],
             })
             .collect(),
-        MapKind::SvcNames => snapshot
+        MapId::SvcNames => snapshot
             .svc_names
             .iter()
             .map(|(&id, name)| Entry {
@@ -277,7 +277,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
                 value: vec![("service", text(name.as_str()))],
             })
             .collect(),
-        MapKind::Stats => (0u32..)
+        MapId::Stats => (0u32..)
             .zip(&snapshot.stats)
             .map(|(index, v)| Entry {
                 key: vec![
@@ -288,7 +288,7 @@ pub fn dump(snapshot: &Snapshot, kind: MapKind) -> Dump {
             })
             .collect(),
         // Words with bits set, and the valid word (the last).
-        MapKind::Filter => (0u32..)
+        MapId::Filter => (0u32..)
             .zip(&snapshot.filter)
             .filter(|&(i, &w)| w != 0 || i == lb_common::FILTER_VALID_WORD)
             .map(|(i, &w)| Entry {
@@ -349,7 +349,7 @@ mod tests {
         // Byte-swapped, 10.96.0.10 would sort after 10.96.1.1.
         add_service(&mut s, "10.96.1.1", 53, 2, &[]);
         add_service(&mut s, "10.96.0.10", 80, 1, &[7]);
-        let dump = dump(&s, MapKind::Services);
+        let dump = dump(&s, MapId::Services);
         assert_eq!(
             dump.table(),
             "\
@@ -387,19 +387,19 @@ lb_svc_v4: 3 entries
         );
         let json = |kind| serde_json::to_value(dump(&s, kind)).unwrap();
         assert_eq!(
-            json(MapKind::Backends)["entries"][0],
+            json(MapId::Backends)["entries"][0],
             serde_json::json!({"key": {"id": 7}, "value": {"addr": "10.244.1.5", "port": 8080, "proto": "tcp", "flags": 0}})
         );
         assert_eq!(
-            json(MapKind::RevNat)["entries"][0],
+            json(MapId::RevNat)["entries"][0],
             serde_json::json!({"key": {"id": 1}, "value": {"addr": "10.96.0.10", "port": 80}})
         );
         assert_eq!(
-            json(MapKind::Conntrack)["entries"][0]["key"],
+            json(MapId::Conntrack)["entries"][0]["key"],
             serde_json::json!({"saddr": "10.0.0.5", "sport": 43210, "daddr": "10.96.0.10", "dport": 80, "proto": "tcp", "dir": "forward"})
         );
         assert_eq!(
-            json(MapKind::Stats)["entries"][0],
+            json(MapId::Stats)["entries"][0],
             serde_json::json!({"key": {"index": 0, "reason": "pass_not_ipv4"}, "value": {"packets": 1, "bytes": 64}})
         );
         let mut with_fragment = s.clone();
@@ -417,7 +417,7 @@ lb_svc_v4: 3 entries
             },
         );
         assert_eq!(
-            serde_json::to_value(dump(&with_fragment, MapKind::Fragments)).unwrap()["entries"][0],
+            serde_json::to_value(dump(&with_fragment, MapId::Fragments)).unwrap()["entries"][0],
             serde_json::json!({
                 "key": {"saddr": "10.0.0.5", "daddr": "10.96.0.10", "id": 1234, "proto": "udp"},
                 "value": {"sport": 43210, "dport": 53},
@@ -430,12 +430,11 @@ lb_svc_v4: 3 entries
             snat_port_last: 65000,
         });
         assert_eq!(
-            serde_json::to_value(dump(&with_config, MapKind::Config)).unwrap()["entries"][0]
-                ["value"],
+            serde_json::to_value(dump(&with_config, MapId::Config)).unwrap()["entries"][0]["value"],
             serde_json::json!({"snat_addr": "192.168.50.10", "snat_port_first": 61000, "snat_port_last": 65000})
         );
         assert_eq!(
-            dump(&Snapshot::default(), MapKind::Conntrack).table(),
+            dump(&Snapshot::default(), MapId::Conntrack).table(),
             "lb_ct_v4: 0 entries\n"
         );
     }

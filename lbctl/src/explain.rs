@@ -14,20 +14,20 @@ use serde::Serialize;
 
 use super::{
     decode::{Endpoint, IpPort, Proto},
-    MapKind, Report, Snapshot,
+    MapId, Report, Snapshot,
 };
 
 /// The maps [`explain`] needs.
-pub const READS: &[MapKind] = &[
-    MapKind::Services,
-    MapKind::Backends,
-    MapKind::Conntrack,
-    MapKind::Config,
-    MapKind::SourceRanges,
-    MapKind::NodeAddrs,
-    MapKind::Affinity,
-    MapKind::SvcNames,
-    MapKind::Filter,
+pub const READS: &[MapId] = &[
+    MapId::Services,
+    MapId::Backends,
+    MapId::Conntrack,
+    MapId::Config,
+    MapId::SourceRanges,
+    MapId::NodeAddrs,
+    MapId::Affinity,
+    MapId::SvcNames,
+    MapId::Filter,
 ];
 
 /// Where the packet enters the node.

@@ -40,8 +40,9 @@ mod table;
 #[cfg(test)]
 mod testutil;
 
+pub use lb_common::MapId;
 pub use maps::{list_maps, read_snapshot, ReadError};
-pub use snapshot::{MapKind, Snapshot};
+pub use snapshot::Snapshot;
 
 /// Where lb-agent pins its maps unless told otherwise.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/lb";

@@ -10,7 +10,7 @@ use super::{
     Report,
 };
 
-/// JSON: `{"maps": [MapStatus, ...]}`, in `lb_common::ALL_MAPS` order.
+/// JSON: `{"maps": [MapStatus, ...]}`, in `lb_common::MapId::ALL` order.
 #[derive(Debug, Serialize)]
 pub struct MapList {
     pub maps: Vec<MapStatus>,

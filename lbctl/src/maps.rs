@@ -13,7 +13,7 @@ use lb_common::{NodeConfig, SourceRange, StatsCounter};
 
 use super::{
     maplist::{MapList, MapMeta, MapStatus},
-    read_only, MapKind, Snapshot,
+    read_only, MapId, Snapshot,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ pub enum ReadError {
 
 /// Reads the maps `kinds` pinned in `pin_dir`; the snapshot's other maps
 /// stay empty.
-pub fn read_snapshot(pin_dir: &Path, kinds: &[MapKind]) -> Result<Snapshot, ReadError> {
+pub fn read_snapshot(pin_dir: &Path, kinds: &[MapId]) -> Result<Snapshot, ReadError> {
     check_pin_dir(pin_dir)?;
     let mut snapshot = Snapshot::default();
     for &kind in kinds {
@@ -71,14 +71,14 @@ pub fn read_snapshot(pin_dir: &Path, kinds: &[MapKind]) -> Result<Snapshot, Read
 /// inaccessible pin directory is an error.
 pub fn list_maps(pin_dir: &Path) -> Result<MapList, ReadError> {
     check_pin_dir(pin_dir)?;
-    let maps = MapKind::ALL
-        .into_iter()
-        .map(|kind| map_status(pin_dir, kind))
+    let maps = MapId::ALL
+        .iter()
+        .map(|&kind| map_status(pin_dir, kind))
         .collect();
     Ok(MapList { maps })
 }
 
-fn map_status(pin_dir: &Path, kind: MapKind) -> MapStatus {
+fn map_status(pin_dir: &Path, kind: MapId) -> MapStatus {
     let mut status = MapStatus {
         name: kind.name(),
         pin: pin_dir.join(kind.name()),
@@ -153,7 +153,7 @@ fn check_pin_dir(pin_dir: &Path) -> Result<(), ReadError> {
 }
 
 /// Opens the pinned map read-only (see [`read_only`]).
-fn open(pin_dir: &Path, kind: MapKind) -> Result<MapData, ReadError> {
+fn open(pin_dir: &Path, kind: MapId) -> Result<MapData, ReadError> {
     let name = kind.name();
     let path = pin_dir.join(name);
     let fd = match read_only::open_map(&path) {
@@ -187,7 +187,7 @@ fn other_version(pin_dir: &Path, name: &str) -> Option<String> {
 
 /// aya words a size mismatch from the reader's side ("invalid value size 8,
 /// expected 12" for a 12-byte map): say which size is whose.
-fn read_error(kind: MapKind, error: MapError) -> ReadError {
+fn read_error(kind: MapId, error: MapError) -> ReadError {
     let name = kind.name();
     match error {
         MapError::InvalidKeySize { size, expected } => ReadError::Layout {
@@ -207,7 +207,7 @@ fn read_error(kind: MapKind, error: MapError) -> ReadError {
 }
 
 /// Reads map `kind` into its field of `snapshot`; returns its entry count.
-fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<usize, MapError> {
+fn read_into(snapshot: &mut Snapshot, kind: MapId, data: MapData) -> Result<usize, MapError> {
     // The kernel restarts a hash map walk from the first key when the key at
     // the walk's cursor is deleted meanwhile (LRU eviction, agent updates),
     // so a busy map could be walked forever: stop after twice its capacity
@@ -215,28 +215,28 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
     let limit = 2 * data.info()?.max_entries() as usize;
     let map = Map::from_map_data(data)?;
     Ok(match kind {
-        MapKind::Services => {
+        MapId::Services => {
             snapshot.services = read_hash(map, limit)?;
             snapshot.services.len()
         }
-        MapKind::Backends => {
+        MapId::Backends => {
             snapshot.backends = read_hash(map, limit)?;
             snapshot.backends.len()
         }
-        MapKind::RevNat => {
+        MapId::RevNat => {
             snapshot.revnat = read_hash(map, limit)?;
             snapshot.revnat.len()
         }
-        MapKind::Conntrack => {
+        MapId::Conntrack => {
             snapshot.ct = read_hash(map, limit)?;
             snapshot.ct.len()
         }
-        MapKind::Config => {
+        MapId::Config => {
             let array = aya::maps::Array::<_, NodeConfig>::try_from(map)?;
             snapshot.config = Some(array.get(&0, 0)?);
             1
         }
-        MapKind::SourceRanges => {
+        MapId::SourceRanges => {
             let trie = aya::maps::lpm_trie::LpmTrie::<_, SourceRange, u32>::try_from(map)?;
             snapshot.source_ranges = trie
                 .keys()
@@ -245,44 +245,44 @@ fn read_into(snapshot: &mut Snapshot, kind: MapKind, data: MapData) -> Result<us
                 .collect::<Result<_, _>>()?;
             snapshot.source_ranges.len()
         }
-        MapKind::Affinity => {
+        MapId::Affinity => {
             snapshot.affinity = read_hash(map, limit)?;
             snapshot.affinity.len()
         }
-        MapKind::Fragments => {
+        MapId::Fragments => {
             snapshot.fragments = read_hash(map, limit)?;
             snapshot.fragments.len()
         }
-        MapKind::NodeAddrs => {
+        MapId::NodeAddrs => {
             snapshot.node_addrs = read_hash(map, limit)?;
             snapshot.node_addrs.len()
         }
-        MapKind::Stats => {
+        MapId::Stats => {
             snapshot.stats = read_stats(map)?;
             snapshot.stats.len()
         }
-        MapKind::SockNetns => {
+        MapId::SockNetns => {
             let array = aya::maps::Array::<_, u64>::try_from(map)?;
             snapshot.sock_netns = Some(array.get(&0, 0)?);
             1
         }
-        MapKind::SockRevNat => {
+        MapId::SockRevNat => {
             snapshot.sock_revnat = read_hash(map, limit)?;
             snapshot.sock_revnat.len()
         }
-        MapKind::SvcStats => {
+        MapId::SvcStats => {
             snapshot.svc_stats = read_stats(map)?;
             snapshot.svc_stats.len()
         }
-        MapKind::BackendStats => {
+        MapId::BackendStats => {
             snapshot.backend_stats = read_per_cpu_hash(map, limit)?;
             snapshot.backend_stats.len()
         }
-        MapKind::SvcNames => {
+        MapId::SvcNames => {
             snapshot.svc_names = read_hash(map, limit)?;
             snapshot.svc_names.len()
         }
-        MapKind::Filter => {
+        MapId::Filter => {
             let array = aya::maps::Array::<_, u64>::try_from(map)?;
             snapshot.filter = array.iter().collect::<Result<_, _>>()?;
             snapshot.filter.len()
@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn missing_pin_dir_names_it_and_hints() {
         let dir = Path::new("/nonexistent/lbctl-test");
-        let err = read_snapshot(dir, &MapKind::ALL).unwrap_err();
+        let err = read_snapshot(dir, MapId::ALL).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ReadError::PinDirMissing(_)), "{msg}");
         assert!(
@@ -354,7 +354,7 @@ mod tests {
     #[test]
     fn missing_pin_is_reported_per_map() {
         let dir = tempfile::tempdir().unwrap();
-        let err = read_snapshot(dir.path(), &[MapKind::Services]).unwrap_err();
+        let err = read_snapshot(dir.path(), &[MapId::Services]).unwrap_err();
         // Without root the bpf syscall refuses before looking at the path.
         assert!(
             matches!(
@@ -367,7 +367,7 @@ mod tests {
             .to_string()
             .contains(&*dir.path().join("lb_svc_v4").to_string_lossy()));
         let list = list_maps(dir.path()).unwrap();
-        assert_eq!(list.maps.len(), lb_common::ALL_MAPS.len());
+        assert_eq!(list.maps.len(), lb_common::MapId::ALL.len());
         assert!(list
             .maps
             .iter()

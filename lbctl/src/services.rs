@@ -10,16 +10,16 @@ use serde::Serialize;
 use super::{
     decode::{Endpoint, IpPort},
     table::{or_dash, Table},
-    MapKind, Report, Snapshot,
+    MapId, Report, Snapshot,
 };
 
 /// The maps [`service_list`] needs.
-pub const READS: &[MapKind] = &[
-    MapKind::Services,
-    MapKind::Backends,
-    MapKind::RevNat,
-    MapKind::SvcNames,
-    MapKind::Filter,
+pub const READS: &[MapId] = &[
+    MapId::Services,
+    MapId::Backends,
+    MapId::RevNat,
+    MapId::SvcNames,
+    MapId::Filter,
 ];
 
 /// JSON: `{"services": [Service, ...]}`, sorted by frontend.
@@ -102,7 +102,7 @@ impl fmt::Display for Problem {
             Problem::BackendMissing { slot, backend_id } => write!(
                 f,
                 "slot {slot}: backend {backend_id} is not in {}: packets that pick it are dropped",
-                lb_common::MAP_BACKENDS
+                lb_common::MapId::Backends.name()
             ),
             Problem::SlotBeyondCount { slot } => {
                 write!(
@@ -113,7 +113,7 @@ impl fmt::Display for Problem {
             Problem::RevNatMissing { rev_nat_id } => write!(
                 f,
                 "rev-NAT id {rev_nat_id} is not in {}: replies are not reverse-NATed",
-                lb_common::MAP_REVNAT
+                lb_common::MapId::RevNat.name()
             ),
             Problem::RevNatMismatch { rev_nat_id, target } => {
                 write!(
@@ -124,12 +124,12 @@ impl fmt::Display for Problem {
             Problem::FrontendNotInFilter => write!(
                 f,
                 "no bit in {}: the datapath passes its packets as no Service",
-                lb_common::MAP_FILTER
+                lb_common::MapId::Filter.name()
             ),
             Problem::BackendNotInFilter { slot } => write!(
                 f,
                 "slot {slot}: the backend has no bit in {}: its replies are not reverse-NATed",
-                lb_common::MAP_FILTER
+                lb_common::MapId::Filter.name()
             ),
         }
     }
@@ -252,7 +252,7 @@ impl Report for ServiceList {
             for slot in &service.slots {
                 let address = match slot.backend {
                     Some(backend) => backend.to_string(),
-                    None => format!("! not in {}", lb_common::MAP_BACKENDS),
+                    None => format!("! not in {}", lb_common::MapId::Backends.name()),
                 };
                 // After the first slot, blanks under the frontend columns.
                 let mut row = std::mem::replace(&mut frontend_cells, vec![String::new(); 5]);

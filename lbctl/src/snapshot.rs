@@ -1,96 +1,13 @@
 //! What lbctl reads: plain data, no kernel needed (see [`super::maps`] for
 //! the reading).
 
-use std::{collections::BTreeMap, str::FromStr};
+use std::collections::BTreeMap;
 
 use lb_common::{
     filter_slot, AffinityKey, AffinityValue, Backend, CtKey, CtValue, FragKey, FragValue,
     NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SockRevNatKey, SockRevNatValue,
-    SourceRange, StatsCounter, SvcName, FILTER_VALID, FILTER_VALID_WORD, MAP_AFFINITY,
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONFIG, MAP_CONNTRACK, MAP_FRAGMENTS, MAP_NODE_ADDRS,
-    MAP_REVNAT, MAP_SERVICES, MAP_SOCK_NETNS, MAP_SOCK_REVNAT, MAP_SOURCE_RANGES, MAP_STATS,
-    MAP_SVC_NAMES, MAP_SVC_STATS,
+    SourceRange, StatsCounter, SvcName, FILTER_VALID, FILTER_VALID_WORD,
 };
-
-/// One of our maps; its [`name`](Self::name) is also its pin's file name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MapKind {
-    Services,
-    Backends,
-    RevNat,
-    Conntrack,
-    Config,
-    SourceRanges,
-    NodeAddrs,
-    Affinity,
-    Fragments,
-    Stats,
-    SockNetns,
-    SockRevNat,
-    SvcNames,
-    SvcStats,
-    BackendStats,
-    Filter,
-}
-
-impl MapKind {
-    /// In the order of [`lb_common::ALL_MAPS`].
-    pub const ALL: [MapKind; 16] = [
-        MapKind::Services,
-        MapKind::Backends,
-        MapKind::RevNat,
-        MapKind::Conntrack,
-        MapKind::Config,
-        MapKind::SourceRanges,
-        MapKind::NodeAddrs,
-        MapKind::Affinity,
-        MapKind::Fragments,
-        MapKind::Stats,
-        MapKind::SockNetns,
-        MapKind::SockRevNat,
-        MapKind::SvcNames,
-        MapKind::SvcStats,
-        MapKind::BackendStats,
-        MapKind::Filter,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            MapKind::Services => MAP_SERVICES,
-            MapKind::Backends => MAP_BACKENDS,
-            MapKind::RevNat => MAP_REVNAT,
-            MapKind::Conntrack => MAP_CONNTRACK,
-            MapKind::Config => MAP_CONFIG,
-            MapKind::SourceRanges => MAP_SOURCE_RANGES,
-            MapKind::NodeAddrs => MAP_NODE_ADDRS,
-            MapKind::Affinity => MAP_AFFINITY,
-            MapKind::Fragments => MAP_FRAGMENTS,
-            MapKind::Stats => MAP_STATS,
-            MapKind::SockNetns => MAP_SOCK_NETNS,
-            MapKind::SockRevNat => MAP_SOCK_REVNAT,
-            MapKind::SvcNames => MAP_SVC_NAMES,
-            MapKind::SvcStats => MAP_SVC_STATS,
-            MapKind::BackendStats => MAP_BACKEND_STATS,
-            MapKind::Filter => lb_common::MAP_FILTER,
-        }
-    }
-}
-
-impl FromStr for MapKind {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        MapKind::ALL
-            .into_iter()
-            .find(|kind| kind.name() == name)
-            .ok_or_else(|| {
-                format!(
-                    "unknown map {name:?}; ours are {}",
-                    lb_common::ALL_MAPS.join(", ")
-                )
-            })
-    }
-}
 
 /// What the maps held when read. Keys and values are lb-common's, still in
 /// the maps' byte order: decoding is the reports' job, so that a test can
@@ -151,22 +68,5 @@ impl Snapshot {
         self.filter
             .get(word as usize)
             .is_some_and(|w| w & mask != 0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_follow_lb_common() {
-        assert_eq!(MapKind::ALL.map(MapKind::name), lb_common::ALL_MAPS);
-        for name in lb_common::ALL_MAPS {
-            assert_eq!(name.parse::<MapKind>().unwrap().name(), name);
-        }
-        assert!("lb_svc_v0"
-            .parse::<MapKind>()
-            .unwrap_err()
-            .contains("lb_svc_v4"));
     }
 }

@@ -2,10 +2,10 @@
 
 use serde::Serialize;
 
-use super::{decode::reason_name, table::Table, MapKind, Report, Snapshot};
+use super::{decode::reason_name, table::Table, MapId, Report, Snapshot};
 
 /// The maps [`stats`] needs.
-pub const READS: &[MapKind] = &[MapKind::Stats];
+pub const READS: &[MapId] = &[MapId::Stats];
 
 /// JSON: `{"reasons": [ReasonStats, ...]}`, by index.
 #[derive(Debug, Serialize)]
@@ -126,7 +126,7 @@ drop_no_backends       12  1000000  drop
 }
 
 /// The maps [`service_stats`] needs.
-pub const SERVICE_READS: &[MapKind] = &[MapKind::Services, MapKind::SvcNames, MapKind::SvcStats];
+pub const SERVICE_READS: &[MapId] = &[MapId::Services, MapId::SvcNames, MapId::SvcStats];
 
 /// JSON: `{"services": [FrontendStats, ...]}`, by frontend.
 #[derive(Debug, Serialize)]

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
-use lb_common::{StatsCounter, MAP_BACKEND_STATS};
+use lb_common::{MapId, StatsCounter};
 
 pub struct BackendCounters {
     map: PerCpuHashMap<MapData, u32, StatsCounter>,
@@ -19,7 +19,7 @@ impl BackendCounters {
         let cpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("counting the possible CPUs")?;
-        let map = PerCpuHashMap::try_from(map).context(MAP_BACKEND_STATS)?;
+        let map = PerCpuHashMap::try_from(map).context(MapId::BackendStats.name())?;
         Ok(Self { map, cpus })
     }
 
@@ -29,14 +29,14 @@ impl BackendCounters {
     pub fn add(&mut self, id: u32) {
         let zeroes = match PerCpuValues::try_from(vec![StatsCounter::default(); self.cpus]) {
             Ok(values) => values,
-            Err(e) => return tracing::warn!(id, "{MAP_BACKEND_STATS}: {e}"),
+            Err(e) => return tracing::warn!(id, "{}: {e}", MapId::BackendStats.name()),
         };
         const BPF_NOEXIST: u64 = 1;
         match self.map.insert(id, zeroes, BPF_NOEXIST) {
             Ok(()) => {}
             Err(e) if errno_is(&e, ErrorKind::AlreadyExists) => {}
             // Traffic to the backend still flows; it is just not counted.
-            Err(e) => tracing::warn!(id, "{MAP_BACKEND_STATS}: adding counters: {e}"),
+            Err(e) => tracing::warn!(id, "{}: adding counters: {e}", MapId::BackendStats.name()),
         }
     }
 
@@ -45,7 +45,7 @@ impl BackendCounters {
         match self.map.remove(&id) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
             Err(e) if errno_is(&e, ErrorKind::NotFound) => {}
-            Err(e) => tracing::warn!(id, "{MAP_BACKEND_STATS}: removing counters: {e}"),
+            Err(e) => tracing::warn!(id, "{}: removing counters: {e}", MapId::BackendStats.name()),
         }
     }
 }

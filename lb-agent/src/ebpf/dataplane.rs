@@ -12,8 +12,7 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use lb_common::{
-    Backend, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange, MAP_BACKENDS,
-    MAP_BACKEND_STATS, MAP_CONFIG, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES,
+    Backend, MapId, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange,
 };
 
 use super::backend_stats::BackendCounters;
@@ -30,69 +29,59 @@ pub struct BpfDataplane {
     config: Array<MapData, NodeConfig>,
     /// Follows the backend map's entries.
     counters: BackendCounters,
-    /// Sizes of the three maps (services, backends, rev-NAT).
-    max_entries: [u32; 3],
-    /// Size of the source-range trie.
-    source_ranges_max: u32,
+    /// What the maps hold, as created.
+    capacity: Capacity,
 }
 
 impl BpfDataplane {
     /// Takes the maps out of a loaded object.
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("map {name} missing from the object"))
+        let mut take = |map: MapId| {
+            ebpf.take_map(map.name())
+                .ok_or_else(|| anyhow!("map {} missing from the object", map.name()))
         };
-        let (services, backends, revnat) =
-            (take(MAP_SERVICES)?, take(MAP_BACKENDS)?, take(MAP_REVNAT)?);
-        let max_entries = [
-            max_entries(&services).context(MAP_SERVICES)?,
-            max_entries(&backends).context(MAP_BACKENDS)?,
-            max_entries(&revnat).context(MAP_REVNAT)?,
-        ];
+        let (services, backends, revnat, source_ranges) = (
+            take(MapId::Services)?,
+            take(MapId::Backends)?,
+            take(MapId::RevNat)?,
+            take(MapId::SourceRanges)?,
+        );
+        let size = |map: MapId, data: &aya::maps::Map| -> anyhow::Result<usize> {
+            Ok(max_entries(data).context(map.name())? as usize)
+        };
+        let capacity = Capacity {
+            services: size(MapId::Services, &services)?,
+            backends: size(MapId::Backends, &backends)?,
+            revnat: size(MapId::RevNat, &revnat)?,
+            source_ranges: size(MapId::SourceRanges, &source_ranges)?,
+        };
         let backends: HashMap<_, u32, Backend> =
-            HashMap::try_from(backends).context(MAP_BACKENDS)?;
-        let mut counters = BackendCounters::new(take(MAP_BACKEND_STATS)?)?;
+            HashMap::try_from(backends).context(MapId::Backends.name())?;
+        let mut counters = BackendCounters::new(take(MapId::BackendStats)?)?;
         // Backends pinned by an earlier agent (or one without this map).
         for id in backends.keys() {
-            counters.add(id.context(MAP_BACKENDS)?);
+            counters.add(id.context(MapId::Backends.name())?);
         }
-        let source_ranges = take(MAP_SOURCE_RANGES)?;
-        let source_ranges_max =
-            super::monitor::max_entries(&source_ranges).context(MAP_SOURCE_RANGES)?;
         Ok(Self {
-            services: HashMap::try_from(services).context(MAP_SERVICES)?,
+            services: HashMap::try_from(services).context(MapId::Services.name())?,
             backends,
             counters,
-            revnat: HashMap::try_from(revnat).context(MAP_REVNAT)?,
-            source_ranges: LpmTrie::try_from(source_ranges).context(MAP_SOURCE_RANGES)?,
-            config: Array::try_from(take(MAP_CONFIG)?).context(MAP_CONFIG)?,
-            max_entries,
-            source_ranges_max,
+            revnat: HashMap::try_from(revnat).context(MapId::RevNat.name())?,
+            source_ranges: LpmTrie::try_from(source_ranges).context(MapId::SourceRanges.name())?,
+            config: Array::try_from(take(MapId::Config)?).context(MapId::Config.name())?,
+            capacity,
         })
     }
 
     /// Writes the node's datapath settings.
     pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
-        self.config.set(0, config, 0).context(MAP_CONFIG)
+        self.config.set(0, config, 0).context(MapId::Config.name())
     }
 
     /// What the maps the reconciler writes can hold (as created: pinned
     /// maps keep the size they were created with).
     pub fn capacity(&self) -> Capacity {
-        let [services, backends, revnat] = self.max_entries.map(|n| n as usize);
-        Capacity {
-            services,
-            backends,
-            revnat,
-            source_ranges: self.source_ranges_max as usize,
-        }
-    }
-
-    /// (map name, size) of the services, backends and rev-NAT maps.
-    pub fn max_entries(&self) -> [(&'static str, u32); 3] {
-        let [s, b, r] = self.max_entries;
-        [(MAP_SERVICES, s), (MAP_BACKENDS, b), (MAP_REVNAT, r)]
+        self.capacity
     }
 }
 
@@ -107,19 +96,19 @@ impl Dataplane for BpfDataplane {
     fn read_state(&self) -> Result<MapState, DataplaneError> {
         let mut state = MapState::default();
         for kv in self.services.iter() {
-            let (k, v) = kv.map_err(|e| err(format!("reading {MAP_SERVICES}"), e))?;
+            let (k, v) = kv.map_err(|e| err(format!("reading {}", MapId::Services.name()), e))?;
             state.services.insert(k, v);
         }
         for kv in self.backends.iter() {
-            let (k, v) = kv.map_err(|e| err(format!("reading {MAP_BACKENDS}"), e))?;
+            let (k, v) = kv.map_err(|e| err(format!("reading {}", MapId::Backends.name()), e))?;
             state.backends.insert(k, v);
         }
         for kv in self.revnat.iter() {
-            let (k, v) = kv.map_err(|e| err(format!("reading {MAP_REVNAT}"), e))?;
+            let (k, v) = kv.map_err(|e| err(format!("reading {}", MapId::RevNat.name()), e))?;
             state.revnat.insert(k, v);
         }
         for key in self.source_ranges.keys() {
-            let key = key.map_err(|e| err(format!("reading {MAP_SOURCE_RANGES}"), e))?;
+            let key = key.map_err(|e| err(format!("reading {}", MapId::SourceRanges.name()), e))?;
             match source_range(&key) {
                 Some(entry) => state.source_ranges.insert(entry),
                 // Only a hand-written key can cover several frontends; it
@@ -128,7 +117,8 @@ impl Dataplane for BpfDataplane {
                     let prefix_len = key.prefix_len();
                     tracing::warn!(
                         prefix_len,
-                        "{MAP_SOURCE_RANGES}: ignoring a key shorter than a rev-NAT id"
+                        "{}: ignoring a key shorter than a rev-NAT id",
+                        MapId::SourceRanges.name()
                     );
                     false
                 }

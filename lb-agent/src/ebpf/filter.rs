@@ -12,8 +12,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    filter_slot, Backend, ServiceKey, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS,
-    FILTER_VALID, FILTER_VALID_WORD, MAP_FILTER,
+    filter_slot, Backend, MapId, ServiceKey, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS,
+    FILTER_VALID, FILTER_VALID_WORD,
 };
 
 use lb_core::model::{Desired, DesiredFrontend, Frontend};
@@ -28,14 +28,17 @@ pub struct FilterMap {
 impl FilterMap {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let map = ebpf
-            .take_map(MAP_FILTER)
-            .ok_or_else(|| anyhow!("map {MAP_FILTER} missing from the object"))?;
-        let map: Array<MapData, u64> = Array::try_from(map).context(MAP_FILTER)?;
+            .take_map(MapId::Filter.name())
+            .ok_or_else(|| anyhow!("map {} missing from the object", MapId::Filter.name()))?;
+        let map: Array<MapData, u64> = Array::try_from(map).context(MapId::Filter.name())?;
         let words = (0..FILTER_VALID_WORD)
             .map(|i| map.get(&i, 0))
             .collect::<Result<_, _>>()
             .context("reading the frontend filter")?;
-        let valid = map.get(&FILTER_VALID_WORD, 0).context(MAP_FILTER)? == FILTER_VALID;
+        let valid = map
+            .get(&FILTER_VALID_WORD, 0)
+            .context(MapId::Filter.name())?
+            == FILTER_VALID;
         Ok(Self { map, words, valid })
     }
 
@@ -81,7 +84,7 @@ impl FilterMap {
             if want != self.words[word as usize] {
                 self.map
                     .set(word, want, 0)
-                    .with_context(|| format!("writing word {word} of {MAP_FILTER}"))?;
+                    .with_context(|| format!("writing word {word} of {}", MapId::Filter.name()))?;
                 self.words[word as usize] = want;
             }
         }
@@ -114,7 +117,7 @@ impl FilterMap {
             if want != *have {
                 self.map
                     .set(i as u32, want, 0)
-                    .with_context(|| format!("writing word {i} of {MAP_FILTER}"))?;
+                    .with_context(|| format!("writing word {i} of {}", MapId::Filter.name()))?;
                 *have = want;
             }
         }

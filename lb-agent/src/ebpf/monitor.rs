@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray},
     Ebpf,
 };
-use lb_common::{stats, CtKey, CtValue, StatsCounter, MAP_CONNTRACK, MAP_STATS};
+use lb_common::{stats, CtKey, CtValue, MapId, StatsCounter};
 
 /// Counters of one verdict reason, summed over CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,12 @@ impl DatapathMonitor {
             ebpf.take_map(name)
                 .ok_or_else(|| anyhow!("map {name} missing from the object"))
         };
-        let ct = take(MAP_CONNTRACK)?;
-        let conntrack_max = max_entries(&ct).context(MAP_CONNTRACK)?;
+        let ct = take(MapId::Conntrack.name())?;
+        let conntrack_max = max_entries(&ct).context(MapId::Conntrack.name())?;
         Ok(Self {
-            stats: PerCpuArray::try_from(take(MAP_STATS)?).context(MAP_STATS)?,
-            conntrack: HashMap::try_from(ct).context(MAP_CONNTRACK)?,
+            stats: PerCpuArray::try_from(take(MapId::Stats.name())?)
+                .context(MapId::Stats.name())?,
+            conntrack: HashMap::try_from(ct).context(MapId::Conntrack.name())?,
             conntrack_max,
         })
     }
@@ -49,7 +50,7 @@ impl DatapathMonitor {
                 let per_cpu = self
                     .stats
                     .get(&(i as u32), 0)
-                    .with_context(|| format!("reading {MAP_STATS}[{reason}]"))?;
+                    .with_context(|| format!("reading {}[{reason}]", MapId::Stats.name()))?;
                 let (packets, bytes) = per_cpu
                     .iter()
                     .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));

@@ -12,7 +12,7 @@ use aya::{
     maps::{HashMap, MapData},
     Ebpf,
 };
-use lb_common::{MAP_NODE_ADDRS, NODE_ADDR_LOCAL, NODE_ADDR_PEER};
+use lb_common::{MapId, NODE_ADDR_LOCAL, NODE_ADDR_PEER};
 
 pub struct NodeAddrMap {
     map: HashMap<MapData, u32, u32>,
@@ -21,10 +21,10 @@ pub struct NodeAddrMap {
 impl NodeAddrMap {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let map = ebpf
-            .take_map(MAP_NODE_ADDRS)
-            .ok_or_else(|| anyhow!("map {MAP_NODE_ADDRS} missing from the object"))?;
+            .take_map(MapId::NodeAddrs.name())
+            .ok_or_else(|| anyhow!("map {} missing from the object", MapId::NodeAddrs.name()))?;
         Ok(Self {
-            map: HashMap::try_from(map).context(MAP_NODE_ADDRS)?,
+            map: HashMap::try_from(map).context(MapId::NodeAddrs.name())?,
         })
     }
 

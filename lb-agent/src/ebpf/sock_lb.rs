@@ -17,8 +17,7 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    MAP_SOCK_NETNS, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4, PROG_SOCK_RECVMSG4,
-    PROG_SOCK_SENDMSG4,
+    MapId, PROG_SOCK_CONNECT4, PROG_SOCK_GETPEERNAME4, PROG_SOCK_RECVMSG4, PROG_SOCK_SENDMSG4,
 };
 
 pub use lb_core::pins::SOCK_LINKS;
@@ -124,12 +123,12 @@ fn cgroup2_in(mounts: &str) -> Option<PathBuf> {
 
 fn set_netns(ebpf: &mut Ebpf, cookie: u64) -> anyhow::Result<()> {
     let map = ebpf
-        .map_mut(MAP_SOCK_NETNS)
-        .ok_or_else(|| anyhow!("map {MAP_SOCK_NETNS} missing from the object"))?;
-    let mut array: Array<_, u64> = Array::try_from(map).context(MAP_SOCK_NETNS)?;
+        .map_mut(MapId::SockNetns.name())
+        .ok_or_else(|| anyhow!("map {} missing from the object", MapId::SockNetns.name()))?;
+    let mut array: Array<_, u64> = Array::try_from(map).context(MapId::SockNetns.name())?;
     array
         .set(0, cookie, 0)
-        .with_context(|| format!("writing {MAP_SOCK_NETNS}"))
+        .with_context(|| format!("writing {}", MapId::SockNetns.name()))
 }
 
 /// The cookie of this thread's network namespace (`SO_NETNS_COOKIE`, the

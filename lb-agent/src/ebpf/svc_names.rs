@@ -10,7 +10,7 @@ use aya::{
     util::nr_cpus,
     Ebpf,
 };
-use lb_common::{RevNatId, StatsCounter, SvcName, MAP_SVC_NAMES, MAP_SVC_STATS};
+use lb_common::{MapId, RevNatId, StatsCounter, SvcName};
 
 pub struct SvcNameMap {
     map: HashMap<MapData, RevNatId, SvcName>,
@@ -24,19 +24,19 @@ pub struct SvcNameMap {
 impl SvcNameMap {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let map = ebpf
-            .take_map(MAP_SVC_NAMES)
-            .ok_or_else(|| anyhow!("map {MAP_SVC_NAMES} missing from the object"))?;
+            .take_map(MapId::SvcNames.name())
+            .ok_or_else(|| anyhow!("map {} missing from the object", MapId::SvcNames.name()))?;
         let map: HashMap<MapData, RevNatId, SvcName> =
-            HashMap::try_from(map).context(MAP_SVC_NAMES)?;
+            HashMap::try_from(map).context(MapId::SvcNames.name())?;
         let written = map
             .iter()
             .filter_map(Result::ok)
             .map(|(id, name)| (id, name.as_str().to_owned()))
             .collect();
         let counters = ebpf
-            .take_map(MAP_SVC_STATS)
-            .ok_or_else(|| anyhow!("map {MAP_SVC_STATS} missing from the object"))?;
-        let counters = PerCpuArray::try_from(counters).context(MAP_SVC_STATS)?;
+            .take_map(MapId::SvcStats.name())
+            .ok_or_else(|| anyhow!("map {} missing from the object", MapId::SvcStats.name()))?;
+        let counters = PerCpuArray::try_from(counters).context(MapId::SvcStats.name())?;
         Ok(Self {
             map,
             counters,
@@ -66,7 +66,7 @@ impl SvcNameMap {
             if self.written.get(&id) != Some(&name) {
                 self.map
                     .insert(id, SvcName::new(&name), 0)
-                    .with_context(|| format!("writing {MAP_SVC_NAMES}[{id}]"))?;
+                    .with_context(|| format!("writing {}[{id}]", MapId::SvcNames.name()))?;
                 self.zero_counters(id);
                 self.written.insert(id, name);
                 changes += 1;

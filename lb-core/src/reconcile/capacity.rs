@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 
-use lb_common::{Backend, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES};
+use lb_common::{Backend, MapId};
 
 use super::entries::{backend, service_key};
 use super::index::{Change, Programmed};
@@ -31,6 +31,19 @@ pub struct Capacity {
     pub source_ranges: usize,
 }
 
+impl Capacity {
+    /// The entries `map` holds; 0 for a map the reconciler does not write.
+    pub fn of(&self, map: MapId) -> usize {
+        match map {
+            MapId::Services => self.services,
+            MapId::Backends => self.backends,
+            MapId::RevNat => self.revnat,
+            MapId::SourceRanges => self.source_ranges,
+            _ => 0,
+        }
+    }
+}
+
 /// A frontend that is not programmed, or programmed with fewer backends
 /// than its Service has, because a map is full.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +51,7 @@ pub struct LeftOut {
     pub service: ObjectRef,
     pub frontend: Frontend,
     /// The map without room, and its size.
-    pub map: &'static str,
+    pub map: MapId,
     pub capacity: usize,
     /// `Some(n)`: the frontend was programmed before and keeps serving
     /// with only `n` of its backends. `None`: not programmed.
@@ -54,7 +67,12 @@ impl fmt::Display for LeftOut {
             Some(kept) => write!(f, "serves only {kept} of its {} backends", self.backends)?,
             None => f.write_str("is not programmed")?,
         }
-        write!(f, ": map {} is full ({} entries)", self.map, self.capacity)?;
+        write!(
+            f,
+            ": map {} is full ({} entries)",
+            self.map.name(),
+            self.capacity
+        )?;
         match resize_flag(self.map) {
             Some(flag) => write!(
                 f,
@@ -66,11 +84,11 @@ impl fmt::Display for LeftOut {
 }
 
 /// The lb-agent flag that sizes `map`, if one does.
-fn resize_flag(map: &str) -> Option<&'static str> {
+fn resize_flag(map: MapId) -> Option<&'static str> {
     match map {
-        MAP_SERVICES => Some("--services-map-max"),
-        MAP_BACKENDS => Some("--backends-map-max"),
-        MAP_REVNAT => Some("--revnat-map-max"),
+        MapId::Services => Some("--services-map-max"),
+        MapId::Backends => Some("--backends-map-max"),
+        MapId::RevNat => Some("--revnat-map-max"),
         _ => None,
     }
 }
@@ -193,12 +211,7 @@ impl<'c, H: Fn(&Backend) -> bool> Room<'c, H> {
 
     /// The room `frontend` with the first `n` of its backends needs, or
     /// the first map without enough.
-    fn need(
-        &self,
-        frontend: &Frontend,
-        wanted: &DesiredFrontend,
-        n: usize,
-    ) -> Result<Need, &'static str> {
+    fn need(&self, frontend: &Frontend, wanted: &DesiredFrontend, n: usize) -> Result<Need, MapId> {
         let current = self.current;
         // The count is a u16 (see `entries`): more slots are never written.
         let n = n.min(usize::from(u16::MAX));
@@ -225,10 +238,10 @@ impl<'c, H: Fn(&Backend) -> bool> Room<'c, H> {
         };
         let cap = self.capacity;
         let full = [
-            (after.services > cap.services, MAP_SERVICES),
-            (after.backends > cap.backends, MAP_BACKENDS),
-            (after.revnat > cap.revnat, MAP_REVNAT),
-            (after.source_ranges > cap.source_ranges, MAP_SOURCE_RANGES),
+            (after.services > cap.services, MapId::Services),
+            (after.backends > cap.backends, MapId::Backends),
+            (after.revnat > cap.revnat, MapId::RevNat),
+            (after.source_ranges > cap.source_ranges, MapId::SourceRanges),
         ];
         match full.iter().find(|(over, _)| *over) {
             Some(&(_, map)) => Err(map),
@@ -271,20 +284,14 @@ impl<'c, H: Fn(&Backend) -> bool> Room<'c, H> {
         &self,
         frontend: &Frontend,
         wanted: &DesiredFrontend,
-        map: &'static str,
+        map: MapId,
         kept_backends: Option<usize>,
     ) -> LeftOut {
-        let capacity = match map {
-            MAP_SERVICES => self.capacity.services,
-            MAP_BACKENDS => self.capacity.backends,
-            MAP_REVNAT => self.capacity.revnat,
-            _ => self.capacity.source_ranges,
-        };
         LeftOut {
             service: wanted.service.clone(),
             frontend: *frontend,
             map,
-            capacity,
+            capacity: self.capacity.of(map),
             kept_backends,
             backends: wanted.slot_count(),
         }

@@ -1,6 +1,7 @@
 //! An in-memory [`Dataplane`] for tests, here and in other modules.
 
-use lb_common::{MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES, MAP_SOURCE_RANGES};
+use lb_common;
+use lb_common::MapId;
 
 use super::{Capacity, Dataplane, DataplaneError, MapOp, MapState};
 
@@ -65,25 +66,25 @@ fn full_map(state: &MapState, op: &MapOp, capacity: Capacity) -> Option<&'static
             !state.backends.contains_key(id),
             state.backends.len(),
             capacity.backends,
-            MAP_BACKENDS,
+            MapId::Backends.name(),
         ),
         MapOp::UpsertRevNat(id, _) => (
             !state.revnat.contains_key(id),
             state.revnat.len(),
             capacity.revnat,
-            MAP_REVNAT,
+            MapId::RevNat.name(),
         ),
         MapOp::UpsertService(key, _) => (
             !state.services.contains_key(key),
             state.services.len(),
             capacity.services,
-            MAP_SERVICES,
+            MapId::Services.name(),
         ),
         MapOp::UpsertSourceRange(id, net) => (
             !state.source_ranges.contains(&(*id, *net)),
             state.source_ranges.len(),
             capacity.source_ranges,
-            MAP_SOURCE_RANGES,
+            MapId::SourceRanges.name(),
         ),
         _ => return None,
     };

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use lb_core::net_config::{parse_cidr, NetConfig};
 use lbctl::{
     backend_stats, backends, conntrack, dump, explain, list_maps, read_snapshot, services, stats,
-    Format, MapKind, Report,
+    Format, MapId, Report,
 };
 
 /// Inspect the maps of the eBPF/XDP Service load balancer.
@@ -159,9 +159,9 @@ enum MapCommand {
     List,
     /// Every entry of one map, decoded.
     Dump {
-        /// lb_svc_v3, lb_backend_v1, lb_revnat_v2, lb_ct_v4, lb_frag_v1, lb_stats_v6, ...
-        /// (`lbctl map list` names them all).
-        name: MapKind,
+        /// The map's pin name (`lbctl map list` shows them all).
+        #[arg(value_parser = map_name())]
+        name: MapId,
     },
 }
 
@@ -370,4 +370,12 @@ fn print(report: &impl Report, format: Format) -> anyhow::Result<usize> {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(report.findings()),
     }
+}
+
+/// Accepts the registry's map names, and lists them in `--help`.
+fn map_name() -> impl clap::builder::TypedValueParser<Value = MapId> {
+    use clap::builder::TypedValueParser as _;
+    let names = MapId::ALL.iter().map(|map| map.name());
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|name| MapId::from_name(&name).expect("a possible value is a map name"))
 }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
-use lb_common::{IPPROTO_TCP, MAP_BACKENDS, MAP_REVNAT, MAP_SERVICES};
+use lb_common::{MapSizes, IPPROTO_TCP};
 
 use super::{install_others, new_flow_ns, single_ns, Anchors, Params, TimeFn, CLIENT, VIP};
 use crate::bench::plot::{Bars, PlotError};
@@ -46,11 +46,12 @@ pub(super) fn run(p: &Params, scales: &[u32]) -> anyhow::Result<Vec<Scale>> {
     for &n in scales {
         println!("  {n} Services x 10 backends…");
         let slack = 1024;
-        let mut f = DatapathFixture::with_max_entries(&[
-            (MAP_SERVICES, (n + 1) * 11 + slack),
-            (MAP_BACKENDS, (n + 1) * 10 + slack),
-            (MAP_REVNAT, n + 1 + slack),
-        ])?;
+        let mut f = DatapathFixture::with_sizes(MapSizes {
+            services: (n + 1) * 11 + slack,
+            backends: (n + 1) * 10 + slack,
+            revnat: n + 1 + slack,
+            ..MapSizes::DEFAULT
+        })?;
         f.add_service(VIP, 80, IPPROTO_TCP, &[(VIP, 80)])?;
         install_others(&mut f, n)?;
         let hit = frame(

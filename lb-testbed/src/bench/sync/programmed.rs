@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapError};
-use lb_common::{Backend, ServiceKey, ServiceValue, IPPROTO_TCP, MAP_BACKENDS, MAP_SERVICES};
+use lb_common::{Backend, MapId, ServiceKey, ServiceValue, IPPROTO_TCP};
 
 /// The agent's service and backend maps, opened by their pins.
 pub struct PinnedMaps {
@@ -20,8 +20,8 @@ impl PinnedMaps {
     /// sizes differ from lb-common's.
     pub fn open(pin_dir: &Path) -> Result<Self> {
         Ok(Self {
-            services: open(pin_dir, MAP_SERVICES)?,
-            backends: open(pin_dir, MAP_BACKENDS)?,
+            services: open(pin_dir, MapId::Services.name())?,
+            backends: open(pin_dir, MapId::Backends.name())?,
         })
     }
 

@@ -1046,7 +1046,7 @@ fn pinned_links(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 /// Deletes every service-map entry (master and slots, every port) of
 /// `vip` from the map pinned under `pins`; how many.
 fn delete_service_entries(pins: &Path, vip: Ipv4Addr) -> Result<usize> {
-    let path = pins.join(lb_common::MAP_SERVICES);
+    let path = pins.join(lb_common::MapId::Services.name());
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let mut map: BpfHashMap<MapData, ServiceKey, ServiceValue> =
         BpfHashMap::try_from(Map::from_map_data(data)?)?;
