@@ -2,8 +2,9 @@
 //! backend replies (see `node_egress` for the program body).
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{stats, CT_DIR_REPLY, CT_F_CLOSING};
+use lb_common::{CT_DIR_REPLY, CT_F_CLOSING};
 
+use crate::stats::{Reason, Step};
 use crate::{
     conntrack,
     maps::REVNAT,
@@ -19,16 +20,16 @@ const MAX_HEADERS: u32 = 14 + 60 + 20;
 /// Parses an skb's headers, pulling them into the linear area first if
 /// they sit in a non-linear part. `Err` is the pass reason.
 #[inline(always)]
-pub fn parse_skb(ctx: &TcContext) -> Result<Headers, u32> {
+pub fn parse_skb(ctx: &TcContext) -> Step<Headers> {
     match parse::parse(ctx.data(), ctx.data_end()) {
-        Err(stats::PASS_TRUNCATED) if ctx.len() > (ctx.data_end() - ctx.data()) as u32 => {
+        Err(Reason::PassTruncated) if ctx.len() > (ctx.data_end() - ctx.data()) as u32 => {
             let want = if ctx.len() < MAX_HEADERS {
                 ctx.len()
             } else {
                 MAX_HEADERS
             };
             if ctx.pull_data(want).is_err() {
-                return Err(stats::PASS_TRUNCATED);
+                return Err(Reason::PassTruncated);
             }
             parse::parse(ctx.data(), ctx.data_end())
         }
@@ -39,11 +40,7 @@ pub fn parse_skb(ctx: &TcContext) -> Result<Headers, u32> {
 /// Rewrites a tracked backend reply to come from its frontend: `Some`
 /// reason if it was one, `None` if the packet is not a tracked reply.
 #[inline(always)]
-pub fn reverse_nat(
-    ctx: &TcContext,
-    h: &Headers,
-    filter: BackendFilter,
-) -> Result<Option<u32>, u32> {
+pub fn reverse_nat(ctx: &TcContext, h: &Headers, filter: BackendFilter) -> Step<Option<Reason>> {
     // A reply comes from a backend: from anything else, no lookup.
     if !filter.maybe_backend(h.saddr_be, h.sport_be, h.proto) {
         return Ok(None);
@@ -70,7 +67,7 @@ pub fn reverse_nat(
     }
     // SAFETY: copied out at once.
     let Some(frontend) = (unsafe { REVNAT.get(&entry.rev_nat_id).copied() }) else {
-        return Ok(Some(stats::TC_PASS_REVNAT_MISSING));
+        return Ok(Some(Reason::TcPassRevnatMissing));
     };
     // A NodePort's rev-NAT target is 0.0.0.0:nodePort: the address is the
     // one the client used, kept in the entry.
@@ -80,5 +77,5 @@ pub fn reverse_nat(
         frontend.addr_be
     };
     nat::snat_tc(ctx, h, addr_be, frontend.port_be)?;
-    Ok(Some(stats::REVNAT))
+    Ok(Some(Reason::Revnat))
 }

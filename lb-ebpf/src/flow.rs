@@ -2,10 +2,10 @@
 //! stay with the flow's backend, or balance a new flow.
 
 use lb_common::{
-    stats, Backend, CtKey, CtValue, NodeConfig, ServiceValue, CT_DIR_FORWARD, CT_DIR_SNAT_IN,
-    IPPROTO_TCP,
+    Backend, CtKey, CtValue, NodeConfig, ServiceValue, CT_DIR_FORWARD, CT_DIR_SNAT_IN, IPPROTO_TCP,
 };
 
+use crate::stats::{Reason, Step};
 use crate::{affinity, conntrack, parse::Headers, select};
 
 /// The forward conntrack key of the packet.
@@ -55,7 +55,7 @@ pub fn tracked(h: &Headers, fwd: &CtKey) -> Option<(u32, u16, u32)> {
 /// must come from the node address the client used (the rev-NAT target
 /// only knows the port).
 #[inline(always)]
-pub fn pick(h: &Headers, master: &ServiceValue, wildcard: bool) -> Result<(Backend, CtValue), u32> {
+pub fn pick(h: &Headers, master: &ServiceValue, wildcard: bool) -> Step<(Backend, CtValue)> {
     let vip_be = if wildcard { 0 } else { h.daddr_be };
     let (backend_id, backend) = match affinity::recall(master, h.saddr_be) {
         Some(chosen) => chosen,
@@ -84,7 +84,7 @@ pub fn pick(h: &Headers, master: &ServiceValue, wildcard: bool) -> Result<(Backe
 #[inline(always)]
 pub fn record(fwd: &CtKey, backend: &Backend, value: &CtValue) {
     if conntrack::create_with(fwd, backend.addr_be, backend.port_be, value).is_err() {
-        crate::stats::count(stats::CT_INSERT_FAILED, 0);
+        crate::stats::count(Reason::CtInsertFailed, 0);
     }
 }
 

@@ -19,10 +19,12 @@
 //!   IP id reused after wrapping never makes later fragments follow an older
 //!   datagram's choice.
 
-use lb_common::{stats, FragKey, FragValue};
+use lb_common::{FragKey, FragValue};
 
+use crate::stats::{Action, Reason, Step};
 use crate::{
     maps::FRAGMENTS,
+    packet::Packet,
     parse::{Fragment, Headers},
 };
 
@@ -37,17 +39,20 @@ fn key(saddr_be: u32, daddr_be: u32, id_be: u16, proto: u8) -> FragKey {
     }
 }
 
-/// The (source, destination) ports recorded for the datagram a later
-/// fragment belongs to, if its first fragment was rewritten here.
+/// The packet's headers; a later fragment gets the ports recorded for its
+/// datagram, if its first fragment was rewritten here, and passes
+/// untouched otherwise. After the parse, which reads the packet only.
 #[inline(always)]
-pub fn ports(saddr_be: u32, daddr_be: u32, id_be: u16, proto: u8) -> Option<(u16, u16)> {
-    // SAFETY: copied out at once.
-    let v = unsafe {
-        FRAGMENTS
-            .get(&key(saddr_be, daddr_be, id_be, proto))
-            .copied()
-    }?;
-    Some((v.sport_be, v.dport_be))
+pub fn headers<P: Packet>(ctx: &P) -> Step<Headers> {
+    let mut h = ctx.headers()?;
+    if h.fragment == Fragment::Later {
+        let k = key(h.saddr_be, h.daddr_be, h.ip_id_be, h.proto);
+        // SAFETY: copied out at once.
+        let v = unsafe { FRAGMENTS.get(&k).copied() }.ok_or(Reason::PassFragment)?;
+        h.sport_be = v.sport_be;
+        h.dport_be = v.dport_be;
+    }
+    Ok(h)
 }
 
 /// The last step of every program, given the packet as parsed (before any
@@ -55,18 +60,16 @@ pub fn ports(saddr_be: u32, daddr_be: u32, id_be: u16, proto: u8) -> Option<(u16
 /// are recorded if it was rewritten, and forgotten otherwise; a rewritten
 /// later fragment is counted as such. Whole datagrams pass through.
 #[inline(always)]
-pub fn follow(h: &Headers, verdict: Result<u32, u32>) -> Result<u32, u32> {
+pub fn follow(h: &Headers, verdict: Reason) -> Reason {
+    let rewritten = verdict.action() == Action::Rewrite;
     match h.fragment {
         Fragment::None => verdict,
         Fragment::First => {
-            let rewritten = matches!(verdict, Ok(reason) if stats::is_rewrite(reason));
             first_fragment(h, rewritten as u32);
             verdict
         }
-        Fragment::Later => match verdict {
-            Ok(reason) if stats::is_rewrite(reason) => Ok(stats::FRAG_REWRITTEN),
-            other => other,
-        },
+        Fragment::Later if rewritten => Reason::FragRewritten,
+        Fragment::Later => verdict,
     }
 }
 
@@ -86,6 +89,6 @@ fn first_fragment(h: &Headers, rewritten: u32) {
         dport_be: h.dport_be,
     };
     if FRAGMENTS.insert(&k, &v, 0).is_err() {
-        crate::stats::count(stats::FRAG_INSERT_FAILED, 0);
+        crate::stats::count(Reason::FragInsertFailed, 0);
     }
 }

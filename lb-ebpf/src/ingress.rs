@@ -3,8 +3,9 @@
 //! of replies, rejection when there is no endpoint. Written once over
 //! [`Packet`]; each entry point gets its own copy.
 
-use lb_common::{stats, BACKEND_F_REMOTE, IPPROTO_TCP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
+use lb_common::{BACKEND_F_REMOTE, IPPROTO_TCP, SVC_F_LOCAL_ONLY, SVC_F_SOURCE_RANGES};
 
+use crate::stats::{verdict, Reason, Step};
 use crate::{
     conntrack, flow, frag,
     maps::CONFIG,
@@ -23,35 +24,34 @@ pub enum Side {
     Uplink,
 }
 
-/// `Ok(reason)`: pass the (possibly rewritten) packet to the stack, or send
-/// a rejection back (`stats::is_tx`). `Err(reason)`: drop it. The entry
-/// points pass a constant `side`, so each program keeps only its branches.
+/// The packet's verdict. The entry points pass a constant `side`, so each
+/// program keeps only its branches.
 #[inline(always)]
-pub fn try_ingress<P: Packet>(ctx: &P, side: Side) -> Result<u32, u32> {
-    let h = match ctx.headers() {
+pub fn try_ingress<P: Packet>(ctx: &P, side: Side) -> Reason {
+    let h = match frag::headers(ctx) {
         Ok(h) => h,
-        Err(reason) => return Ok(reason),
+        Err(reason) => return reason,
     };
-    frag::follow(&h, steps(ctx, side, &h))
+    frag::follow(&h, verdict(steps(ctx, side, &h)))
 }
 
 /// The steps after parsing. A later fragment takes them like its first
 /// fragment did, with the first fragment's ports, up to the conntrack
 /// lookups: it never starts a flow.
 #[inline(always)]
-fn steps<P: Packet>(ctx: &P, side: Side, h: &Headers) -> Result<u32, u32> {
+fn steps<P: Packet>(ctx: &P, side: Side, h: &Headers) -> Step<Reason> {
     // A reply to a flow this node SNATed (a remote backend's, or a hairpin
     // pod's to itself): back to the client it came from.
     let config = CONFIG.get(0).copied().unwrap_or_default();
     if let Some((addr_be, port_be)) = flow::snat_reply(h, &config) {
         ctx.dnat(h, addr_be, port_be)?;
-        return Ok(stats::UNSNAT);
+        return Ok(Reason::Unsnat);
     }
     // One lookup decides for most traffic that is not for a Service (a
     // second only for traffic to the node's own NodePort addresses).
     let Some((master, wildcard)) = select::external_frontend(h.daddr_be, h.dport_be, h.proto)
     else {
-        return Ok(stats::PASS_NO_SERVICE);
+        return Ok(Reason::PassNoService);
     };
     // A pod reaching an external frontend with a Local policy is not
     // external traffic: it may use the whole cluster's endpoints.
@@ -67,12 +67,12 @@ fn steps<P: Packet>(ctx: &P, side: Side, h: &Headers) -> Result<u32, u32> {
         ctx.dnat(h, addr_be, port_be)?;
         svc_stats::count(master.rev_nat_id, len, false);
         svc_stats::count_backend(backend_id, len);
-        return Ok(stats::DNAT_ESTABLISHED);
+        return Ok(Reason::DnatEstablished);
     }
     // The first fragment's flow is gone (or its backend, for UDP): the
     // datagram cannot be completed; leave the fragment to the stack.
     if h.fragment == Fragment::Later {
-        return Ok(stats::PASS_FRAGMENT);
+        return Ok(Reason::PassFragment);
     }
 
     // loadBalancerSourceRanges guard load-balancer IPs, from outside and
@@ -82,14 +82,14 @@ fn steps<P: Packet>(ctx: &P, side: Side, h: &Headers) -> Result<u32, u32> {
         && !node::source_allowed(master.rev_nat_id, h.saddr_be)
     {
         svc_stats::count(master.rev_nat_id, len, true);
-        return Err(stats::DROP_SOURCE_RANGE);
+        return Ok(Reason::DropSourceRange);
     }
     // A Local traffic policy without an endpoint on this node: drop, as
     // kube-proxy does (never forward to another node's endpoints).
     if master.count == 0 {
         svc_stats::count(master.rev_nat_id, len, true);
         if master.flags & SVC_F_LOCAL_ONLY != 0 {
-            return Err(stats::DROP_NO_LOCAL_BACKENDS);
+            return Ok(Reason::DropNoLocalBackends);
         }
         // No endpoints at all: refuse at once (RST / ICMP unreachable).
         return reject::reject(ctx, h);
@@ -97,7 +97,7 @@ fn steps<P: Packet>(ctx: &P, side: Side, h: &Headers) -> Result<u32, u32> {
     // A connection whose entry is gone: balanced again, to the same backend
     // (see `select::flow_hash`), but worth a counter.
     if h.proto == IPPROTO_TCP && !h.is_tcp_syn() {
-        crate::stats::count(stats::CT_MISS_MIDFLOW, 0);
+        crate::stats::count(Reason::CtMissMidflow, 0);
     }
     let (backend, value) = flow::pick(h, &master, wildcard)?;
     // SNAT to the node, at TC egress, so that the reply comes back here:
@@ -112,15 +112,15 @@ fn steps<P: Packet>(ctx: &P, side: Side, h: &Headers) -> Result<u32, u32> {
     };
     if snat {
         conntrack::create_snat(&fwd, &value, &config)
-            .map_err(|()| stats::DROP_SNAT_PORTS_EXHAUSTED)?;
+            .map_err(|()| Reason::DropSnatPortsExhausted)?;
     }
     flow::record(&fwd, &backend, &value);
     ctx.dnat(h, backend.addr_be, backend.port_be)?;
     svc_stats::count(master.rev_nat_id, len, false);
     svc_stats::count_backend(value.backend_id, len);
     Ok(if snat {
-        stats::DNAT_SNAT_NEW_FLOW
+        Reason::DnatSnatNewFlow
     } else {
-        stats::DNAT_NEW_FLOW
+        Reason::DnatNewFlow
     })
 }

@@ -26,11 +26,9 @@
 //! first fragment they rewrote get the same rewrite (see `frag.rs`).
 //!
 //! Entry points are thin: the `try_*` functions (one body for XDP and TC,
-//! see `packet.rs`) return `Ok(reason)` for a
-//! packet that goes on (to the stack, or back out of its interface for the
-//! reasons of `stats::is_tx`: rejections, see `reject.rs`) and
-//! `Err(reason)` for a packet that is dropped, and the entry point counts
-//! the reason in the stats map.
+//! see `packet.rs`) return the packet's verdict, a [`stats::Reason`]; the
+//! entry point counts it in the stats map and turns its action (pass,
+//! drop, or send back: rejections, see `reject.rs`) into the hook's.
 
 #![no_std]
 #![no_main]
@@ -60,6 +58,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
+use stats::{Action, Reason};
 
 #[classifier]
 pub fn lb_tc_pod_ingress(ctx: TcContext) -> i32 {
@@ -115,38 +114,37 @@ pub fn lb_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock::to_frontend(&ctx)
 }
 
-/// Counts the reason and turns it into an XDP verdict.
+/// Counts the verdict and turns it into an XDP action.
 #[inline(always)]
-fn xdp_verdict(ctx: &XdpContext, program: fn(&XdpContext) -> Result<u32, u32>) -> u32 {
+fn xdp_verdict(ctx: &XdpContext, program: fn(&XdpContext) -> Reason) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (reason, action) = match program(ctx) {
+    let reason = program(ctx);
+    let action = match reason.action() {
+        Action::Drop => xdp_action::XDP_DROP,
         // A rejection: passed up, marked for `lb_tc_ingress`, which sends
         // it back out; XDP_TX where the driver cannot mark it.
-        Ok(reason) if lb_common::stats::is_tx(reason) => match reject::mark(ctx) {
-            true => (reason, xdp_action::XDP_PASS),
-            false => (reason, xdp_action::XDP_TX),
-        },
-        Ok(reason) => (reason, xdp_action::XDP_PASS),
-        Err(reason) => (reason, xdp_action::XDP_DROP),
+        Action::Tx if !reject::mark(ctx) => xdp_action::XDP_TX,
+        Action::Tx | Action::Pass | Action::Rewrite | Action::Note => xdp_action::XDP_PASS,
     };
     stats::count(reason, len);
     action
 }
 
-/// Counts the reason and turns it into a TC verdict.
+/// Counts the verdict and turns it into a TC action.
 #[inline(always)]
-fn tc_verdict(ctx: &TcContext, program: fn(&TcContext) -> Result<u32, u32>) -> i32 {
+fn tc_verdict(ctx: &TcContext, program: fn(&TcContext) -> Reason) -> i32 {
     let len = ctx.len() as u64;
-    let (reason, action) = match program(ctx) {
+    let reason = program(ctx);
+    let action = match reason.action() {
+        Action::Drop => TC_ACT_SHOT as i32,
         // A rejection: out of the interface it came in on (at a pod veth's
         // ingress: back to the pod).
-        Ok(reason) if lb_common::stats::is_tx(reason) => {
+        Action::Tx => {
             // SAFETY: reading a field of our own context; plain helper call.
             let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-            (reason, unsafe { bpf_redirect(ifindex, 0) } as i32)
+            unsafe { bpf_redirect(ifindex, 0) as i32 }
         }
-        Ok(reason) => (reason, TC_ACT_OK as i32),
-        Err(reason) => (reason, TC_ACT_SHOT as i32),
+        Action::Pass | Action::Rewrite | Action::Note => TC_ACT_OK as i32,
     };
     stats::count(reason, len);
     action

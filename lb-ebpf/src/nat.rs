@@ -4,9 +4,10 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use lb_common::{csum, stats, IPPROTO_UDP};
+use lb_common::{csum, IPPROTO_UDP};
 
 use crate::parse::{ptr_at, Headers, Ipv4Hdr, ETH_HLEN};
+use crate::stats::{Reason, Step};
 
 /// XDP: rewrites the destination to `daddr:dport` and fixes the IP and L4
 /// checksums. A UDP checksum of 0 (none) stays 0. A later fragment has no
@@ -33,12 +34,13 @@ pub fn dnat_xdp(
     h: &Headers,
     daddr_be: u32,
     dport_be: u16,
-) -> Result<(), u32> {
-    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(stats::PASS_TRUNCATED)?;
+) -> Step<()> {
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropRewriteFailed)?;
     if h.has_l4() {
-        let ports: *mut [u16; 2] = ptr_at(data, data_end, h.l4_off).ok_or(stats::PASS_TRUNCATED)?;
+        let ports: *mut [u16; 2] =
+            ptr_at(data, data_end, h.l4_off).ok_or(Reason::DropRewriteFailed)?;
         let l4_check: *mut u16 =
-            ptr_at(data, data_end, h.l4_csum_off()).ok_or(stats::PASS_TRUNCATED)?;
+            ptr_at(data, data_end, h.l4_csum_off()).ok_or(Reason::DropRewriteFailed)?;
         // SAFETY: all three pointers were bounds-checked above. The IP
         // header is still unchanged: the pseudo-header update reads its
         // old destination.
@@ -75,7 +77,7 @@ pub fn dnat_xdp(
 
 /// TC: rewrites the source to `saddr:sport` (reverse NAT of a reply, SNAT).
 #[inline(always)]
-pub fn snat_tc(ctx: &TcContext, h: &Headers, saddr_be: u32, sport_be: u16) -> Result<(), u32> {
+pub fn snat_tc(ctx: &TcContext, h: &Headers, saddr_be: u32, sport_be: u16) -> Step<()> {
     let old = (h.saddr_be, h.sport_be);
     rewrite_tc(ctx, h, Field::Source, old, (saddr_be, sport_be))
 }
@@ -83,7 +85,7 @@ pub fn snat_tc(ctx: &TcContext, h: &Headers, saddr_be: u32, sport_be: u16) -> Re
 /// TC: rewrites the destination to `daddr:dport` (DNAT at a pod veth's
 /// ingress).
 #[inline(always)]
-pub fn dnat_tc(ctx: &TcContext, h: &Headers, daddr_be: u32, dport_be: u16) -> Result<(), u32> {
+pub fn dnat_tc(ctx: &TcContext, h: &Headers, daddr_be: u32, dport_be: u16) -> Step<()> {
     let old = (h.daddr_be, h.dport_be);
     rewrite_tc(ctx, h, Field::Destination, old, (daddr_be, dport_be))
 }
@@ -109,8 +111,8 @@ fn rewrite_tc(
     field: Field,
     old: (u32, u16),
     new: (u32, u16),
-) -> Result<(), u32> {
-    let fail = stats::DROP_REWRITE_FAILED;
+) -> Step<()> {
+    let fail = Reason::DropRewriteFailed;
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(fail)?;
     let ports: Option<*mut [u16; 2]> = if h.has_l4() {

@@ -6,23 +6,24 @@
 //! same SNAT brings a hairpin pod's reply to itself back through the node.
 
 use aya_ebpf::programs::TcContext;
-use lb_common::{stats, CT_DIR_SNAT_OUT};
+use lb_common::CT_DIR_SNAT_OUT;
 
+use crate::stats::{verdict, Reason, Step};
 use crate::{conntrack, egress, frag, ingress::Side, nat, parse::Headers, select::BackendFilter};
 
 #[inline(always)]
-pub fn try_egress(ctx: &TcContext, side: Side) -> Result<u32, u32> {
-    let h = match egress::parse_skb(ctx) {
+pub fn try_egress(ctx: &TcContext, side: Side) -> Reason {
+    let h = match frag::headers(ctx) {
         Ok(h) => h,
-        Err(reason) => return Ok(reason),
+        Err(reason) => return reason,
     };
-    frag::follow(&h, steps(ctx, side, &h))
+    frag::follow(&h, verdict(steps(ctx, side, &h)))
 }
 
 /// The steps after parsing (a later fragment takes them with its first
 /// fragment's ports: only conntrack lookups, never a new entry).
 #[inline(always)]
-fn steps(ctx: &TcContext, side: Side, h: &Headers) -> Result<u32, u32> {
+fn steps(ctx: &TcContext, side: Side, h: &Headers) -> Step<Reason> {
     let filter = BackendFilter::read();
     if let Some(reason) = egress::reverse_nat(ctx, h, filter)? {
         return Ok(reason);
@@ -33,7 +34,7 @@ fn steps(ctx: &TcContext, side: Side, h: &Headers) -> Result<u32, u32> {
     if side == Side::Pod && h.saddr_be != h.daddr_be
         || !filter.maybe_backend(h.daddr_be, h.dport_be, h.proto)
     {
-        return Ok(stats::TC_PASS_NOT_REPLY);
+        return Ok(Reason::TcPassNotReply);
     }
     let out = conntrack::key(
         h.saddr_be,
@@ -44,8 +45,8 @@ fn steps(ctx: &TcContext, side: Side, h: &Headers) -> Result<u32, u32> {
         CT_DIR_SNAT_OUT,
     );
     let Some((entry, _)) = conntrack::lookup(&out, false) else {
-        return Ok(stats::TC_PASS_NOT_REPLY);
+        return Ok(Reason::TcPassNotReply);
     };
     nat::snat_tc(ctx, h, entry.nat_addr_be, entry.nat_port_be)?;
-    Ok(stats::SNAT)
+    Ok(Reason::Snat)
 }

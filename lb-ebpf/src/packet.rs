@@ -13,8 +13,8 @@ use aya_ebpf::{
     helpers::{bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_head},
     programs::{TcContext, XdpContext},
 };
-use lb_common::stats;
 
+use crate::stats::Step;
 use crate::{
     egress, nat,
     parse::{self, Headers},
@@ -27,11 +27,11 @@ pub trait Packet {
     fn data_end(&self) -> usize;
     /// The packet's length, for the byte counters.
     fn len(&self) -> u64;
-    /// Parses the headers; `Err` is the reason the packet passes untouched.
-    fn headers(&self) -> Result<Headers, u32>;
+    /// Parses the headers (`parse.rs`); `Err` is the reason the packet
+    /// passes untouched.
+    fn headers(&self) -> Step<Headers>;
     /// Rewrites the destination to `daddr:dport`, checksums kept right.
-    /// `Err` is the drop reason.
-    fn dnat(&self, h: &Headers, daddr_be: u32, dport_be: u16) -> Result<(), u32>;
+    fn dnat(&self, h: &Headers, daddr_be: u32, dport_be: u16) -> Step<()>;
     /// Makes the packet exactly `len` bytes long, at whichever end suits the
     /// hook (a refusal is written from scratch over it), with all of it in
     /// the linear area. Packet pointers taken before are invalid afterwards.
@@ -59,12 +59,12 @@ impl Packet for XdpContext {
     }
 
     #[inline(always)]
-    fn headers(&self) -> Result<Headers, u32> {
+    fn headers(&self) -> Step<Headers> {
         parse::parse(XdpContext::data(self), XdpContext::data_end(self))
     }
 
     #[inline(always)]
-    fn dnat(&self, h: &Headers, daddr_be: u32, dport_be: u16) -> Result<(), u32> {
+    fn dnat(&self, h: &Headers, daddr_be: u32, dport_be: u16) -> Step<()> {
         nat::dnat_xdp(
             XdpContext::data(self),
             XdpContext::data_end(self),
@@ -72,7 +72,6 @@ impl Packet for XdpContext {
             daddr_be,
             dport_be,
         )
-        .map_err(|_| stats::DROP_REWRITE_FAILED)
     }
 
     /// At the front: every XDP buffer has headroom, while a veth's
@@ -117,12 +116,12 @@ impl Packet for TcContext {
     }
 
     #[inline(always)]
-    fn headers(&self) -> Result<Headers, u32> {
+    fn headers(&self) -> Step<Headers> {
         egress::parse_skb(self)
     }
 
     #[inline(always)]
-    fn dnat(&self, h: &Headers, daddr_be: u32, dport_be: u16) -> Result<(), u32> {
+    fn dnat(&self, h: &Headers, daddr_be: u32, dport_be: u16) -> Step<()> {
         nat::dnat_tc(self, h, daddr_be, dport_be)
     }
 

@@ -4,13 +4,14 @@
 //!
 //! IPv4 fragments: a first fragment (offset 0, more-fragments set) carries
 //! the L4 header and parses like a whole datagram. A later fragment
-//! (offset != 0) carries none: its ports are those its first fragment had,
-//! if we rewrote that one (`frag.rs`), and the packet is marked so that
-//! rewrites touch its IP header only. Otherwise it is not ours and passes.
+//! (offset != 0) carries none: it is marked so that rewrites touch its IP
+//! header only, and its ports are left for `frag::headers` to find (those
+//! its first fragment had, if we rewrote that one). Parsing reads the
+//! packet and nothing else.
 
-use lb_common::{stats, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::frag;
+use crate::stats::{Reason, Step};
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -114,9 +115,19 @@ impl Headers {
     }
 }
 
+/// Largest offset we read at: Ethernet, IPv4 with options, the fixed
+/// TCP header and then some.
+const MAX_OFF: usize = 255;
+
 /// Pointer to a `T` at `off`, or `None` if the packet is too short.
 #[inline(always)]
 pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
+    // Free for constant offsets; for a variable one (an L4 offset kept on
+    // the stack, where the verifier may lose its bounds) the bound the
+    // verifier needs before adding it to a packet pointer.
+    if off > MAX_OFF {
+        return None;
+    }
     let start = data + off;
     if start + core::mem::size_of::<T>() > data_end {
         return None;
@@ -127,36 +138,35 @@ pub fn ptr_at<T>(data: usize, data_end: usize, off: usize) -> Option<*mut T> {
 /// Parses Ethernet + IPv4 + the TCP/UDP ports. `Err` carries the stats
 /// reason under which the packet passes untouched.
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Result<Headers, u32> {
-    let eth: *const EthHdr = ptr_at(data, data_end, 0).ok_or(stats::PASS_TRUNCATED)?;
+pub fn parse(data: usize, data_end: usize) -> Step<Headers> {
+    let eth: *const EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).ether_type_be } != ETH_P_IP.to_be() {
-        return Err(stats::PASS_NOT_IPV4);
+        return Err(Reason::PassNotIpv4);
     }
-    let ip: *const Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(stats::PASS_TRUNCATED)?;
+    let ip: *const Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassTruncated)?;
     let ip = unsafe { &*ip };
     if ip.version_ihl >> 4 != 4 {
-        return Err(stats::PASS_NOT_IPV4);
+        return Err(Reason::PassNotIpv4);
     }
     let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
     if ihl < 20 {
-        return Err(stats::PASS_TRUNCATED);
+        return Err(Reason::PassTruncated);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Err(stats::PASS_NOT_TCP_UDP);
+        return Err(Reason::PassNotTcpUdp);
     }
     let l4_off = ETH_HLEN + ihl;
     let frag_off = u16::from_be(ip.frag_off_be);
     if frag_off & IP_OFFSET_MASK != 0 {
-        let (sport_be, dport_be) = frag::ports(ip.saddr_be, ip.daddr_be, ip.id_be, ip.proto)
-            .ok_or(stats::PASS_FRAGMENT)?;
+        // The ports are the first fragment's: `frag::headers` finds them.
         return Ok(Headers {
             l4_off,
             proto: ip.proto,
             saddr_be: ip.saddr_be,
             daddr_be: ip.daddr_be,
-            sport_be,
-            dport_be,
+            sport_be: 0,
+            dport_be: 0,
             tcp_flags: 0,
             ip_id_be: ip.id_be,
             fragment: Fragment::Later,
@@ -171,12 +181,12 @@ pub fn parse(data: usize, data_end: usize) -> Result<Headers, u32> {
     // rewrite is at its end for TCP.
     let l4_len = if ip.proto == IPPROTO_TCP { 20 } else { 8 };
     if data + l4_off + l4_len > data_end {
-        return Err(stats::PASS_TRUNCATED);
+        return Err(Reason::PassTruncated);
     }
-    let ports: *const [u16; 2] = ptr_at(data, data_end, l4_off).ok_or(stats::PASS_TRUNCATED)?;
+    let ports: *const [u16; 2] = ptr_at(data, data_end, l4_off).ok_or(Reason::PassTruncated)?;
     let ports = unsafe { *ports };
     let tcp_flags = if ip.proto == IPPROTO_TCP {
-        let flags: *const u8 = ptr_at(data, data_end, l4_off + 13).ok_or(stats::PASS_TRUNCATED)?;
+        let flags: *const u8 = ptr_at(data, data_end, l4_off + 13).ok_or(Reason::PassTruncated)?;
         unsafe { *flags }
     } else {
         0

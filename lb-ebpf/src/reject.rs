@@ -26,8 +26,9 @@
 //! header copies would cost stack they do not have either.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_meta, programs::XdpContext};
-use lb_common::{csum, stats, IPPROTO_TCP, REJECT_BOUNCE_MARK};
+use lb_common::{csum, IPPROTO_TCP, REJECT_BOUNCE_MARK};
 
+use crate::stats::{Reason, Step};
 use crate::{
     packet::Packet,
     parse::{ptr_at, Headers, Ipv4Hdr, ETH_HLEN},
@@ -79,18 +80,18 @@ struct IcmpHdr {
     unused: u32,
 }
 
-/// Answers a new flow's packet `h` to a frontend without backends. `Ok` is
-/// a reason (`stats::is_tx`) the entry point sends back: TC redirects it,
-/// XDP marks it for `lb_tc_ingress` (see [`mark`]) or uses XDP_TX. `Err`
-/// is a drop.
+/// Answers a new flow's packet `h` to a frontend without backends: the
+/// verdict is a rejection (action Tx), which TC redirects and XDP marks
+/// for `lb_tc_ingress` (see [`mark`]) or sends with XDP_TX; or a drop where
+/// no answer can be written.
 #[inline(never)]
-pub fn reject<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
+pub fn reject<P: Packet>(ctx: &P, h: &Headers) -> Step<Reason> {
     if h.l4_off != L4_OFF {
-        return Err(stats::DROP_NO_BACKENDS);
+        return Err(Reason::DropNoBackends);
     }
     let reason = if h.proto == IPPROTO_TCP {
         if !h.is_tcp_syn() {
-            return Err(stats::DROP_NO_BACKENDS);
+            return Err(Reason::DropNoBackends);
         }
         tcp_rst(ctx, h)?
     } else {
@@ -143,7 +144,7 @@ pub fn mark(ctx: &XdpContext) -> bool {
 /// Rewrites a SYN into the RST|ACK its sender expects (RFC 9293 3.10.7.1:
 /// seq 0, ack = SYN's seq + its length).
 #[inline(always)]
-fn tcp_rst<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
+fn tcp_rst<P: Packet>(ctx: &P, h: &Headers) -> Step<Reason> {
     let (saddr_be, daddr_be) = (h.saddr_be, h.daddr_be);
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let macs = read::<Macs>(data, data_end, 0)?;
@@ -180,13 +181,13 @@ fn tcp_rst<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
         let words = &*(tcp as *const [u16; TCP_HLEN / 2]);
         (*tcp).check = csum::finish(pseudo + csum::sum(words));
     }
-    Ok(stats::REJECT_TCP_RST)
+    Ok(Reason::RejectTcpRst)
 }
 
 /// Replaces a UDP datagram with the ICMP port unreachable that quotes it
 /// (RFC 792), from the frontend's address, which the client sent to.
 #[inline(always)]
-fn icmp_unreachable<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
+fn icmp_unreachable<P: Packet>(ctx: &P, h: &Headers) -> Step<Reason> {
     let (saddr_be, daddr_be) = (h.saddr_be, h.daddr_be);
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let macs = read::<Macs>(data, data_end, 0)?;
@@ -206,7 +207,7 @@ fn icmp_unreachable<P: Packet>(ctx: &P, h: &Headers) -> Result<u32, u32> {
         let words = &*(icmp as *const [u16; ICMP_HLEN / 2]);
         (*icmp).check = csum::finish(csum::sum(words) + csum::sum(&quote));
     }
-    Ok(stats::REJECT_ICMP_UNREACHABLE)
+    Ok(Reason::RejectIcmpUnreachable)
 }
 
 /// Resizes the frame to `len` and writes the reply's Ethernet and IPv4
@@ -220,10 +221,10 @@ fn reshape<P: Packet>(
     daddr_be: u32,
     proto: u8,
     len: usize,
-) -> Result<(usize, usize), u32> {
+) -> Step<(usize, usize)> {
     let trailer = ctx.reject_trailer();
     ctx.resize(len + trailer)
-        .map_err(|()| stats::DROP_NO_BACKENDS)?;
+        .map_err(|()| Reason::DropNoBackends)?;
     let (data, data_end) = (ctx.data(), ctx.data_end());
     write_eth_ip(data, data_end, macs, saddr_be, daddr_be, proto, len)?;
     if trailer != 0 {
@@ -246,7 +247,7 @@ fn write_eth_ip(
     daddr_be: u32,
     proto: u8,
     len: usize,
-) -> Result<(), u32> {
+) -> Step<()> {
     let eth: *mut [u16; ETH_HLEN / 2] = ptr(data, data_end, 0)?;
     let ip: *mut Ipv4Hdr = ptr(data, data_end, ETH_HLEN)?;
     // SAFETY: bounds checked by `ptr`.
@@ -279,12 +280,12 @@ fn write_eth_ip(
 
 /// `ptr_at`, failing with the reason these packets are dropped under.
 #[inline(always)]
-fn ptr<T>(data: usize, data_end: usize, off: usize) -> Result<*mut T, u32> {
-    ptr_at(data, data_end, off).ok_or(stats::DROP_NO_BACKENDS)
+fn ptr<T>(data: usize, data_end: usize, off: usize) -> Step<*mut T> {
+    ptr_at(data, data_end, off).ok_or(Reason::DropNoBackends)
 }
 
 #[inline(always)]
-fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, u32> {
+fn read<T: Copy>(data: usize, data_end: usize, off: usize) -> Step<T> {
     let p: *const T = ptr(data, data_end, off)?;
     // SAFETY: bounds checked by `ptr`.
     Ok(unsafe { *p })

@@ -1,11 +1,12 @@
 //! Frontend lookup and backend choice.
 
 use lb_common::{
-    filter_slot, stats, Backend, ServiceKey, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS,
+    filter_slot, Backend, ServiceKey, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS,
     FILTER_VALID, FILTER_VALID_WORD, NODE_ADDR_LOCAL,
 };
 
 use crate::maps::{BACKENDS, FILTER, NODE_ADDRS, SERVICES};
+use crate::stats::{Reason, Step};
 
 /// The master entry of the frontend `(vip, port, proto)`, if it is one.
 #[inline(always)]
@@ -110,9 +111,9 @@ pub fn pick_backend(
     proto: u8,
     master: &ServiceValue,
     choice: u32,
-) -> Result<(u32, Backend), u32> {
+) -> Step<(u32, Backend)> {
     if master.count == 0 {
-        return Err(stats::DROP_NO_BACKENDS);
+        return Err(Reason::DropNoBackends);
     }
     let slot = (choice % master.count as u32) as u16 + 1;
     let key = ServiceKey {
@@ -122,8 +123,8 @@ pub fn pick_backend(
         proto,
         _pad: [0; 3],
     };
-    let slot_val = unsafe { SERVICES.get(&key).copied() }.ok_or(stats::DROP_BACKEND_MISSING)?;
-    let backend = backend(slot_val.backend_id).ok_or(stats::DROP_BACKEND_MISSING)?;
+    let slot_val = unsafe { SERVICES.get(&key).copied() }.ok_or(Reason::DropBackendMissing)?;
+    let backend = backend(slot_val.backend_id).ok_or(Reason::DropBackendMissing)?;
     Ok((slot_val.backend_id, backend))
 }
 

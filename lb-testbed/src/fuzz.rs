@@ -216,17 +216,17 @@ pub fn run(frames: u64, seed: u64) -> anyhow::Result<Report> {
     let after = scene.fixture.stats()?;
     let delta = |reason: u32| after[reason as usize].packets - before[reason as usize].packets;
     let events = [
-        stats::CT_INSERT_FAILED,
-        stats::FRAG_INSERT_FAILED,
-        stats::CT_MISS_MIDFLOW,
+        stats::Reason::CtInsertFailed.index(),
+        stats::Reason::FragInsertFailed.index(),
+        stats::Reason::CtMissMidflow.index(),
     ];
     Ok(Report {
         seed,
         tallies,
         drops_seen,
-        drops_counted: (0..stats::COUNT)
-            .filter(|&r| stats::is_drop(r))
-            .map(delta)
+        drops_counted: (stats::Reason::ALL.iter())
+            .filter(|r| r.is_drop())
+            .map(|r| delta(r.index()))
             .sum(),
         runs: frames - refused_by_runner,
         refused_by_runner,

@@ -53,7 +53,7 @@ fn tcp_to_frontend_is_dnated_with_valid_checksums() {
             "byte-exact DNAT"
         );
         assert!(decode(&out).unwrap().checksums_ok);
-        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::DnatNewFlow.index()).unwrap(), 1);
 
         // The next packet of the flow hits conntrack and goes to the same backend.
         let ack = frame(L4::TcpAck, CLIENT, FRONTEND, &[], b"GET / HTTP/1.0\r\n\r\n");
@@ -63,7 +63,7 @@ fn tcp_to_frontend_is_dnated_with_valid_checksums() {
             out,
             frame(L4::TcpAck, CLIENT, BACKEND, &[], b"GET / HTTP/1.0\r\n\r\n")
         );
-        assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::DnatEstablished.index()).unwrap(), 1);
 
         // Both directions are tracked, with the backend and frontend ids.
         let ct = f.conntrack().unwrap();
@@ -194,7 +194,7 @@ fn reply_is_reverse_nated_at_tc_egress() {
             frame(L4::TcpAck, FRONTEND, CLIENT, &[], b"pod-1"),
             "source restored to the frontend"
         );
-        assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::Revnat.index()).unwrap(), 1);
 
         // UDP too, zero checksum kept.
         let dns = SocketAddrV4::new(VIP, 53);
@@ -221,9 +221,9 @@ fn the_filter_answers_before_the_service_and_conntrack_maps() {
         f.run_pod(hook, &syn).unwrap();
         f.reset_filter(true).unwrap();
         assert_eq!(f.run_tc(&reply).unwrap(), (TC_ACT_OK, reply.clone()));
-        assert_eq!(f.count(stats::REVNAT).unwrap(), 0);
+        assert_eq!(f.count(stats::Reason::Revnat.index()).unwrap(), 0);
         assert_eq!(f.run_pod(hook, &syn).unwrap(), (Verdict::Pass, syn.clone()));
-        assert_eq!(f.count(stats::PASS_NO_SERVICE).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::PassNoService.index()).unwrap(), 1);
         f.reset_filter(false).unwrap();
         let (_, out) = f.run_pod(hook, &syn).unwrap();
         assert_eq!(out, frame(L4::TcpSyn, CLIENT, BACKEND, &[], b""));
@@ -241,7 +241,7 @@ fn lookalike_reply_without_conntrack_is_not_rewritten() {
         let (verdict, out) = f.run_tc(&reply).unwrap();
         assert_eq!(verdict, TC_ACT_OK);
         assert_eq!(out, reply);
-        assert_eq!(f.count(stats::TC_PASS_NOT_REPLY).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::TcPassNotReply.index()).unwrap(), 1);
         // And the XDP side leaves it alone too (not addressed to a frontend).
         let (verdict, out) = f.run_pod(hook, &reply).unwrap();
         assert_eq!((verdict, out), (Verdict::Pass, reply));
@@ -256,7 +256,7 @@ fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
             (
                 "other port",
                 frame(L4::TcpSyn, CLIENT, SocketAddrV4::new(VIP, 81), &[], b""),
-                stats::PASS_NO_SERVICE,
+                stats::Reason::PassNoService.index(),
             ),
             (
                 "other address",
@@ -267,27 +267,27 @@ fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
                     &[],
                     b"",
                 ),
-                stats::PASS_NO_SERVICE,
+                stats::Reason::PassNoService.index(),
             ),
             (
                 "wrong protocol",
                 frame(L4::Udp, CLIENT, FRONTEND, &[], b""),
-                stats::PASS_NO_SERVICE,
+                stats::Reason::PassNoService.index(),
             ),
             (
                 "ipv6 ethertype",
                 ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x86dd),
-                stats::PASS_NOT_IPV4,
+                stats::Reason::PassNotIpv4.index(),
             ),
             (
                 "arp ethertype",
                 ether_type(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 0x0806),
-                stats::PASS_NOT_IPV4,
+                stats::Reason::PassNotIpv4.index(),
             ),
             (
                 "icmp",
                 ip_proto(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 1),
-                stats::PASS_NOT_TCP_UDP,
+                stats::Reason::PassNotTcpUdp.index(),
             ),
             // A first fragment is balanced like a whole datagram (see the
             // fragment tests below); a later one of an unknown datagram is not.
@@ -297,12 +297,12 @@ fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
                     frame(L4::Udp, CLIENT, SocketAddrV4::new(VIP, 53), &[], b"x"),
                     0x0010,
                 ),
-                stats::PASS_FRAGMENT,
+                stats::Reason::PassFragment.index(),
             ),
             (
                 "ihl below 5",
                 ihl(frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""), 4),
-                stats::PASS_TRUNCATED,
+                stats::Reason::PassTruncated.index(),
             ),
         ];
         for (name, input, reason) in cases {
@@ -314,7 +314,7 @@ fn miss_non_ipv4_fragments_and_truncation_pass_untouched() {
                 f.count(reason).unwrap(),
                 before + 1,
                 "{name}: counted as {}",
-                stats::NAMES[reason as usize]
+                stats::Reason::from_index(reason).map_or("?", |r| r.name())
             );
         }
         // Cut a frontend-bound SYN at every length short of its full headers
@@ -407,7 +407,7 @@ fn syn_to_frontend_without_backends_is_answered_with_a_rst() {
         let decoded = decode(&out).unwrap();
         assert!(decoded.checksums_ok);
         assert_eq!((decoded.src, decoded.dst), (FRONTEND, CLIENT));
-        assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::RejectTcpRst.index()).unwrap(), 1);
 
         // TCP options are dropped (the packet shrinks), and data on the SYN is
         // acknowledged too.
@@ -420,7 +420,7 @@ fn syn_to_frontend_without_backends_is_answered_with_a_rst() {
             rst_frame(FRONTEND, CLIENT, 1006),
             "RST without options"
         );
-        assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 2);
+        assert_eq!(f.count(stats::Reason::RejectTcpRst.index()).unwrap(), 2);
         assert!(f.conntrack().unwrap().is_empty(), "nothing tracked");
     }
 }
@@ -443,7 +443,11 @@ fn udp_to_frontend_without_backends_is_answered_with_port_unreachable() {
                 );
             }
         }
-        assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 4);
+        assert_eq!(
+            f.count(stats::Reason::RejectIcmpUnreachable.index())
+                .unwrap(),
+            4
+        );
     }
 }
 
@@ -461,9 +465,12 @@ fn frontend_without_backends_drops_what_it_does_not_answer() {
         for (i, (name, input)) in cases.iter().enumerate() {
             let (verdict, _) = f.run_pod(hook, input).unwrap();
             assert_eq!(verdict, Verdict::Drop, "{name}");
-            assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), i as u64 + 1);
+            assert_eq!(
+                f.count(stats::Reason::DropNoBackends.index()).unwrap(),
+                i as u64 + 1
+            );
         }
-        assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 0);
+        assert_eq!(f.count(stats::Reason::RejectTcpRst.index()).unwrap(), 0);
     }
 }
 
@@ -546,7 +553,7 @@ fn a_connection_that_lost_its_conntrack_entry_keeps_its_backend() {
             assert_eq!(decode(&again).unwrap().dst, first, "flow from port {port}");
             spread.insert(first);
         }
-        assert_eq!(f.count(stats::CT_MISS_MIDFLOW).unwrap(), 50);
+        assert_eq!(f.count(stats::Reason::CtMissMidflow.index()).unwrap(), 50);
         assert_eq!(spread.len(), 5, "50 flows over 5 backends: {spread:?}");
         let ct = f.conntrack().unwrap();
         assert_eq!(ct.len(), 2, "the last flow is tracked again: {ct:?}");
@@ -598,7 +605,7 @@ fn established_tcp_keeps_a_removed_backend_but_new_flows_and_udp_move_on() {
         let (verdict, out) = f.run_pod(hook, &data).unwrap();
         assert_eq!(verdict, Verdict::Pass);
         assert_eq!(out, frame(L4::TcpAck, CLIENT, BACKEND, &[], b"more"));
-        assert_eq!(f.count(stats::DNAT_ESTABLISHED).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::DnatEstablished.index()).unwrap(), 1);
 
         // A new connection reusing the tuple (a SYN) is balanced afresh.
         let (_, out) = f
@@ -612,7 +619,7 @@ fn established_tcp_keeps_a_removed_backend_but_new_flows_and_udp_move_on() {
             .unwrap();
         let live = SocketAddrV4::new(*next.ip(), 5353);
         assert_eq!(out, frame(L4::Udp, CLIENT, live, &[], b"q2"));
-        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 4);
+        assert_eq!(f.count(stats::Reason::DnatNewFlow.index()).unwrap(), 4);
     }
 }
 
@@ -657,7 +664,7 @@ fn nodeport_to_a_local_backend_is_dnated_and_its_reply_reverse_nated() {
         .unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, BACKEND, &[], b""));
-    assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::DnatNewFlow.index()).unwrap(), 1);
     // No SNAT: the client's address reaches the pod.
     assert_eq!(f.conntrack().unwrap().len(), 2);
     // The pod's reply leaves through the uplink as the NodePort's.
@@ -679,7 +686,7 @@ fn nodeport_to_a_remote_backend_is_snated_and_its_reply_restored() {
         .unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, REMOTE, &[], b""));
-    assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::DnatSnatNewFlow.index()).unwrap(), 1);
 
     // Out at the uplink, after routing: SNAT to the node and an SNAT port.
     let (verdict, out) = f
@@ -695,12 +702,12 @@ fn nodeport_to_a_remote_backend_is_snated_and_its_reply_restored() {
         "{snat}"
     );
     assert_eq!(out, frame(L4::TcpSyn, snat, REMOTE, &[], b""));
-    assert_eq!(f.count(stats::SNAT).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::Snat.index()).unwrap(), 1);
     // A pod veth's egress SNATs only hairpins (source = destination): the
     // same packet into a pod is spared the lookup and passes as it came.
     let into_pod = frame(L4::TcpSyn, EXTERNAL, REMOTE, &[], b"");
     assert_eq!(f.run_tc(&into_pod).unwrap(), (TC_ACT_OK, into_pod));
-    assert_eq!(f.count(stats::SNAT).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::Snat.index()).unwrap(), 1);
 
     // The remote pod's reply to node:port comes in: back to the client.
     let (verdict, out) = f
@@ -708,7 +715,7 @@ fn nodeport_to_a_remote_backend_is_snated_and_its_reply_restored() {
         .unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, frame(L4::TcpAck, REMOTE, EXTERNAL, &[], b"hi"));
-    assert_eq!(f.count(stats::UNSNAT).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::Unsnat.index()).unwrap(), 1);
     // ... and leaves (after netfilter saw pod -> client) as the NodePort's.
     let (_, out) = f
         .run_tc_node(&frame(L4::TcpAck, REMOTE, EXTERNAL, &[], b"hi"))
@@ -747,7 +754,11 @@ fn snat_ports_never_collide_and_run_out_with_a_counted_drop() {
         .run_xdp_node(&frame(L4::TcpSyn, late, NODE_PORT, &[], b""))
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
-    assert!(f.count(stats::DROP_SNAT_PORTS_EXHAUSTED).unwrap() >= 1);
+    assert!(
+        f.count(stats::Reason::DropSnatPortsExhausted.index())
+            .unwrap()
+            >= 1
+    );
 }
 
 #[test]
@@ -762,7 +773,10 @@ fn local_policy_without_local_endpoints_drops_and_counts() {
         .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, NODE_PORT, &[], b""))
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+    assert_eq!(
+        f.count(stats::Reason::DropNoLocalBackends.index()).unwrap(),
+        1
+    );
     // Not even UDP is answered: the client's load balancer should not have
     // sent it here, as with kube-proxy.
     f.add_frontend(NODE, NODE_PORT.port(), IPPROTO_UDP, &[], SVC_F_LOCAL_ONLY)
@@ -771,8 +785,15 @@ fn local_policy_without_local_endpoints_drops_and_counts() {
         .run_xdp_node(&frame(L4::Udp, EXTERNAL, NODE_PORT, &[], b"q"))
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 2);
-    assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 0);
+    assert_eq!(
+        f.count(stats::Reason::DropNoLocalBackends.index()).unwrap(),
+        2
+    );
+    assert_eq!(
+        f.count(stats::Reason::RejectIcmpUnreachable.index())
+            .unwrap(),
+        0
+    );
 }
 
 #[test]
@@ -800,9 +821,13 @@ fn external_frontend_without_backends_rejects_at_the_uplink() {
         .run_xdp_node(&frame(L4::TcpAck, EXTERNAL, NODE_PORT, &[], b""))
         .unwrap();
     assert_eq!(verdict, XDP_DROP);
-    assert_eq!(f.count(stats::REJECT_TCP_RST).unwrap(), 1);
-    assert_eq!(f.count(stats::REJECT_ICMP_UNREACHABLE).unwrap(), 1);
-    assert_eq!(f.count(stats::DROP_NO_BACKENDS).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::RejectTcpRst.index()).unwrap(), 1);
+    assert_eq!(
+        f.count(stats::Reason::RejectIcmpUnreachable.index())
+            .unwrap(),
+        1
+    );
+    assert_eq!(f.count(stats::Reason::DropNoBackends.index()).unwrap(), 1);
 }
 
 #[test]
@@ -829,7 +854,7 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
             .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
             .unwrap();
         assert_eq!(verdict, XDP_DROP);
-        assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::DropSourceRange.index()).unwrap(), 1);
         // A client inside the range is balanced.
         let inside = SocketAddrV4::new(Ipv4Addr::new(192, 168, 50, 97), 50000);
         let (verdict, out) = f
@@ -850,7 +875,7 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
             .run_pod(hook, &frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
             .unwrap();
         assert_eq!(verdict, Verdict::Drop);
-        assert_eq!(f.count(stats::DROP_SOURCE_RANGE).unwrap(), 3);
+        assert_eq!(f.count(stats::Reason::DropSourceRange.index()).unwrap(), 3);
         f.allow_source(id, *CLIENT.ip(), 32).unwrap();
         let (verdict, out) = f
             .run_pod(hook, &frame(L4::TcpSyn, CLIENT, lb_ip, &[], b""))
@@ -907,7 +932,7 @@ fn nodeport_answers_on_every_node_address_and_replies_from_the_one_used() {
         .unwrap();
     assert_eq!(verdict, XDP_PASS);
     assert_eq!(out, frame(L4::TcpSyn, EXTERNAL, unused, &[], b""));
-    assert_eq!(f.count(stats::PASS_NO_SERVICE).unwrap(), 2);
+    assert_eq!(f.count(stats::Reason::PassNoService.index()).unwrap(), 2);
 }
 
 #[test]
@@ -958,7 +983,10 @@ fn internal_local_policy_without_local_endpoints_drops_pod_traffic() {
             .run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
             .unwrap();
         assert_eq!(verdict, Verdict::Drop);
-        assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+        assert_eq!(
+            f.count(stats::Reason::DropNoLocalBackends.index()).unwrap(),
+            1
+        );
     }
 }
 
@@ -998,7 +1026,10 @@ fn pods_reach_a_local_policy_external_frontend_through_every_endpoint() {
             .run_xdp_node(&frame(L4::TcpSyn, EXTERNAL, lb_ip, &[], b""))
             .unwrap();
         assert_eq!(verdict, XDP_DROP);
-        assert_eq!(f.count(stats::DROP_NO_LOCAL_BACKENDS).unwrap(), 1);
+        assert_eq!(
+            f.count(stats::Reason::DropNoLocalBackends.index()).unwrap(),
+            1
+        );
     }
 }
 
@@ -1118,7 +1149,7 @@ fn hairpin_pod_reaches_itself_through_the_node() {
             .run_pod(hook, &frame(L4::TcpSyn, CLIENT, FRONTEND, &[], b""))
             .unwrap();
         assert_eq!(out, frame(L4::TcpSyn, CLIENT, own, &[], b""));
-        assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::DnatSnatNewFlow.index()).unwrap(), 1);
         // ... back out to it SNATed to the node, so its answer leaves the pod.
         let (_, out) = f.run_tc(&frame(L4::TcpSyn, CLIENT, own, &[], b"")).unwrap();
         let snat = decode(&out).unwrap().src;
@@ -1214,8 +1245,8 @@ fn udp_fragments_follow_their_first_fragment_to_the_backend() {
                 assert_eq!(out[0][csum_off..csum_off + 2], [0, 0]);
             }
         }
-        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 2);
-        assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 4);
+        assert_eq!(f.count(stats::Reason::DnatNewFlow.index()).unwrap(), 2);
+        assert_eq!(f.count(stats::Reason::FragRewritten.index()).unwrap(), 4);
         // One record per datagram: the ports as the first fragment arrived,
         // under its addresses before the rewrite.
         let mut recorded = f.fragments().unwrap();
@@ -1249,7 +1280,7 @@ fn later_fragments_of_datagrams_we_did_not_rewrite_pass_untouched() {
         let payload = big_payload();
         let datagram = |id, dst| fragments(L4::Udp, CLIENT, dst, id, &payload, FRAG_PIECE);
         let untouched = |program: &str, input: &[u8]| {
-            let before = f.count(stats::PASS_FRAGMENT).unwrap();
+            let before = f.count(stats::Reason::PassFragment.index()).unwrap();
             let out = match program {
                 "pod" => {
                     let (got, out) = f.run_pod(hook, input).unwrap();
@@ -1263,7 +1294,10 @@ fn later_fragments_of_datagrams_we_did_not_rewrite_pass_untouched() {
                 }
             };
             assert_eq!(out.as_slice(), input, "{program}");
-            assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), before + 1);
+            assert_eq!(
+                f.count(stats::Reason::PassFragment.index()).unwrap(),
+                before + 1
+            );
         };
         // Never saw the first fragment (lost, or reordered behind this one).
         let unknown = datagram(FRAG_ID, dns);
@@ -1272,7 +1306,7 @@ fn later_fragments_of_datagrams_we_did_not_rewrite_pass_untouched() {
         // The first fragment arriving late is still balanced, but the fragment
         // that went ahead of it stays lost (Cilium does the same).
         let (_, first) = f.run_pod(hook, &unknown[0]).unwrap();
-        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::DnatNewFlow.index()).unwrap(), 1);
         assert_ne!(first, unknown[0]);
         // Another id: another datagram.
         untouched("pod", &datagram(FRAG_ID + 1, dns)[1]);
@@ -1309,8 +1343,8 @@ fn later_fragments_never_start_a_flow() {
         assert!(f.remove_backend(*BACKEND.ip(), 5353).unwrap());
         let (verdict, out) = f.run_pod(hook, &input[1]).unwrap();
         assert_eq!((verdict, &out), (Verdict::Pass, &input[1]));
-        assert_eq!(f.count(stats::PASS_FRAGMENT).unwrap(), 1);
-        assert_eq!(f.count(stats::DNAT_NEW_FLOW).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::PassFragment.index()).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::DnatNewFlow.index()).unwrap(), 1);
         assert_eq!(f.conntrack().unwrap().len(), flows);
     }
 }
@@ -1330,8 +1364,8 @@ fn reply_fragments_are_reverse_nated_at_tc_egress() {
         let out = run_all(|p| f.run_tc(p), &input, TC_ACT_OK);
         let expected = fragments(L4::Udp, dns, CLIENT, reply_id, &payload, FRAG_PIECE);
         assert_fragments(&input, &out, &expected, "reply");
-        assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
-        assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 2);
+        assert_eq!(f.count(stats::Reason::Revnat.index()).unwrap(), 1);
+        assert_eq!(f.count(stats::Reason::FragRewritten.index()).unwrap(), 2);
     }
 }
 
@@ -1365,7 +1399,7 @@ fn nodeport_fragments_follow_dnat_snat_unsnat_and_reverse_nat() {
     let input = cut(EXTERNAL, node_port, request_id);
     let out = run_all(|p| f.run_xdp_node(p), &input, XDP_PASS);
     assert_fragments(&input, &out, &cut(EXTERNAL, remote, request_id), "DNAT");
-    assert_eq!(f.count(stats::DNAT_SNAT_NEW_FLOW).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::DnatSnatNewFlow.index()).unwrap(), 1);
 
     // Out at the uplink (the node reassembled and fragmented it again):
     // SNAT to the node and an SNAT port, read from the first fragment.
@@ -1375,13 +1409,13 @@ fn nodeport_fragments_follow_dnat_snat_unsnat_and_reverse_nat() {
     assert!((SNAT_PORTS.0..=SNAT_PORTS.1).contains(&snat_port));
     let snat = SocketAddrV4::new(NODE, snat_port);
     assert_fragments(&input, &out, &cut(snat, remote, request_id), "SNAT");
-    assert_eq!(f.count(stats::SNAT).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::Snat.index()).unwrap(), 1);
 
     // The remote backend's big answer comes back: un-SNAT ...
     let input = cut(remote, snat, reply_id);
     let out = run_all(|p| f.run_xdp_node(p), &input, XDP_PASS);
     assert_fragments(&input, &out, &cut(remote, EXTERNAL, reply_id), "un-SNAT");
-    assert_eq!(f.count(stats::UNSNAT).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::Unsnat.index()).unwrap(), 1);
 
     // ... and reverse NAT on the way out.
     let input = cut(remote, EXTERNAL, reply_id);
@@ -1392,7 +1426,7 @@ fn nodeport_fragments_follow_dnat_snat_unsnat_and_reverse_nat() {
         &cut(node_port, EXTERNAL, reply_id),
         "reverse NAT",
     );
-    assert_eq!(f.count(stats::REVNAT).unwrap(), 1);
-    assert_eq!(f.count(stats::FRAG_REWRITTEN).unwrap(), 8);
+    assert_eq!(f.count(stats::Reason::Revnat.index()).unwrap(), 1);
+    assert_eq!(f.count(stats::Reason::FragRewritten.index()).unwrap(), 8);
     assert_eq!(f.fragments().unwrap().len(), 4, "one record per rewrite");
 }

@@ -82,8 +82,8 @@ fn fragmented_udp_datagrams_arrive_whole_and_their_answers_too() {
     let counted = |reason: u32| counts[reason as usize].packets;
     println!(
         "datapath: frag_rewritten {}, pass_fragment {}",
-        counted(stats::FRAG_REWRITTEN),
-        counted(stats::PASS_FRAGMENT)
+        counted(stats::Reason::FragRewritten.index()),
+        counted(stats::Reason::PassFragment.index())
     );
     assert!(
         failures.is_empty(),
@@ -104,9 +104,9 @@ fn fragmented_udp_datagrams_arrive_whole_and_their_answers_too() {
         .map(|size| (8 + UDP_ECHO.len() + size).div_ceil(FRAGMENT_DATA) - 1)
         .sum();
     assert!(
-        counted(stats::FRAG_REWRITTEN) >= later_request_fragments as u64,
+        counted(stats::Reason::FragRewritten.index()) >= later_request_fragments as u64,
         "frag_rewritten {} < {later_request_fragments}",
-        counted(stats::FRAG_REWRITTEN)
+        counted(stats::Reason::FragRewritten.index())
     );
 }
 

@@ -132,10 +132,19 @@ impl fmt::Display for Endpoint {
 /// The name of a stats reason; reasons newer than this lbctl get a
 /// placeholder rather than failing the whole read.
 pub fn reason_name(index: u32) -> Cow<'static, str> {
-    match stats::NAMES.get(index as usize) {
-        Some(name) => Cow::Borrowed(name),
+    match stats::Reason::from_index(index) {
+        Some(reason) => Cow::Borrowed(reason.name()),
         None => Cow::Owned(format!("reason_{index}")),
     }
+}
+
+/// Whether the reason at `index` drops its packets (false for reasons
+/// newer than this lbctl).
+pub fn is_drop(index: usize) -> bool {
+    u32::try_from(index)
+        .ok()
+        .and_then(stats::Reason::from_index)
+        .is_some_and(stats::Reason::is_drop)
 }
 
 #[cfg(test)]

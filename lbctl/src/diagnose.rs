@@ -6,11 +6,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use lb_common::{stats, SVC_F_LOCAL_ONLY};
+use lb_common::SVC_F_LOCAL_ONLY;
 use serde::Serialize;
 
 use super::{
     checks::{self, Check},
+    decode::{is_drop, reason_name},
     progs::ProgList,
     services::{service_list, Service},
     MapId, Report, Snapshot,
@@ -215,8 +216,8 @@ pub fn diagnose(snap: &Snapshot, progs: &ProgList, service: &str, ctx: &Context)
         .stats
         .iter()
         .enumerate()
-        .filter(|(reason, c)| stats::is_drop(*reason as u32) && c.packets > 0)
-        .map(|(reason, c)| format!("{} {}", stats::NAMES[reason], c.packets))
+        .filter(|&(reason, c)| c.packets > 0 && is_drop(reason))
+        .map(|(reason, c)| format!("{} {}", reason_name(reason as u32), c.packets))
         .collect();
     checks.push(if drops.is_empty() {
         Check::pass("drops", "no packet dropped on this node")

@@ -2,7 +2,11 @@
 
 use serde::Serialize;
 
-use super::{decode::reason_name, table::Table, MapId, Report, Snapshot};
+use super::{
+    decode::{is_drop, reason_name},
+    table::Table,
+    MapId, Report, Snapshot,
+};
 
 /// The maps [`stats`] needs.
 pub const READS: &[MapId] = &[MapId::Stats];
@@ -35,7 +39,7 @@ pub fn stats(snapshot: &Snapshot, nonzero: bool) -> Stats {
         .map(|(index, counter)| ReasonStats {
             index,
             name: reason_name(index).into_owned(),
-            drop: lb_common::stats::is_drop(index),
+            drop: is_drop(index as usize),
             packets: counter.packets,
             bytes: counter.bytes,
             pps: None,
@@ -81,7 +85,7 @@ impl Report for Stats {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{stats::DROP_NO_BACKENDS, StatsCounter};
+    use lb_common::{stats::Reason, StatsCounter};
 
     use super::*;
     use crate::{render, Format};
@@ -96,7 +100,7 @@ mod tests {
             packets: 3,
             bytes: 180,
         };
-        s.stats[DROP_NO_BACKENDS as usize] = StatsCounter {
+        s.stats[Reason::DropNoBackends.index() as usize] = StatsCounter {
             packets: 12,
             bytes: 1_000_000,
         };

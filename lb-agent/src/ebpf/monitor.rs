@@ -41,12 +41,13 @@ impl DatapathMonitor {
         })
     }
 
-    /// Totals per reason, in `stats::NAMES` order.
+    /// Totals per reason, in index order.
     pub fn stats(&self) -> anyhow::Result<Vec<ReasonTotals>> {
-        stats::NAMES
+        stats::Reason::ALL
             .iter()
             .enumerate()
             .map(|(i, reason)| {
+                let reason = reason.name();
                 let per_cpu = self
                     .stats
                     .get(&(i as u32), 0)
