@@ -77,8 +77,8 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         services: u32,
         /// Datapath: table sizes (other Services x 10 backends) the main
-        /// cases are measured at again (empty: none).
-        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000,100000")]
+        /// cases are measured at again (the flag without a value: none).
+        #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "10,1000,10000,100000")]
         datapath_scales: Vec<u32>,
         /// Traffic: numbers of other Services installed (10 endpoints
         /// each), one topology each.
