@@ -4,6 +4,7 @@
 
 mod attach;
 mod backend_stats;
+mod batch;
 mod dataplane;
 pub mod filter;
 mod monitor;

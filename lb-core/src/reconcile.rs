@@ -122,6 +122,12 @@ pub trait Dataplane {
     fn read_state(&self) -> Result<MapState, DataplaneError>;
     /// Applies one write.
     fn apply(&mut self, op: &MapOp) -> Result<(), DataplaneError>;
+    /// Applies `ops` in order, stopping at the first that fails (those
+    /// before it stay applied). A dataplane that can write runs of entries
+    /// at once overrides it.
+    fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        ops.iter().try_for_each(|op| self.apply(op))
+    }
 }
 
 /// What a sync wrote, per kind of write.
@@ -390,10 +396,8 @@ impl Reconciler {
 
 /// Applies `ops` in order, stopping at the first failure.
 fn apply(dp: &mut dyn Dataplane, ops: &[MapOp]) -> Result<SyncReport, DataplaneError> {
+    dp.apply_all(ops)?;
     let mut report = SyncReport::default();
-    for op in ops {
-        dp.apply(op)?;
-        report.count(op);
-    }
+    ops.iter().for_each(|op| report.count(op));
     Ok(report)
 }

@@ -2,16 +2,32 @@
 //! only increments existing entries, so the agent adds one, zeroed, with
 //! each backend and removes it with the backend. A backend id is never
 //! reused while the agent runs, so an entry never counts for two backends.
+//!
+//! Backend ids only grow, so an upserted id above every id given counters
+//! so far is a new backend, and one at or below it a backend rewritten in
+//! place, which keeps what it counted. New ones get their entries in
+//! batches (which cannot say "only if absent").
 
 use std::io::ErrorKind;
 
 use anyhow::Context as _;
-use aya::maps::{MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{IterableMap as _, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use lb_common::{MapId, StatsCounter};
+
+use super::batch;
+
+/// Backends per batch of zeroed counters.
+const CHUNK: usize = 4096;
+const BPF_NOEXIST: u64 = 1;
+
+// A per-CPU value is laid out padded to 8 bytes per CPU: none needed here.
+const _: () = assert!(std::mem::size_of::<StatsCounter>().is_multiple_of(8));
 
 pub struct BackendCounters {
     map: PerCpuHashMap<MapData, u32, StatsCounter>,
     cpus: usize,
+    /// The highest backend id given counters.
+    highest: u32,
 }
 
 impl BackendCounters {
@@ -20,36 +36,68 @@ impl BackendCounters {
             .map_err(|(_, e)| e)
             .context("counting the possible CPUs")?;
         let map = PerCpuHashMap::try_from(map).context(MapId::BackendStats.name())?;
-        Ok(Self { map, cpus })
+        Ok(Self {
+            map,
+            cpus,
+            highest: 0,
+        })
     }
 
-    /// Gives backend `id` zeroed counters, unless it has some: a backend
-    /// rewritten in place (or adopted from the pins by a restarted agent)
-    /// keeps what it counted.
-    pub fn add(&mut self, id: u32) {
-        let zeroes = match PerCpuValues::try_from(vec![StatsCounter::default(); self.cpus]) {
-            Ok(values) => values,
-            Err(e) => return tracing::warn!(id, "{}: {e}", MapId::BackendStats.name()),
+    /// The backends a restarted agent found pinned: counters for those
+    /// without (pinned by an agent before this map), the others kept.
+    pub fn adopt(&mut self, ids: &[u32]) {
+        let zeroes = vec![StatsCounter::default(); self.cpus];
+        for &id in ids {
+            let Ok(values) = PerCpuValues::try_from(zeroes.clone()) else {
+                return;
+            };
+            match self.map.insert(id, values, BPF_NOEXIST) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.kind() == ErrorKind::AlreadyExists => {
+                }
+                Err(e) => warn_about(Some(&id), "adding counters", &e),
+            }
+        }
+        self.highest = self.highest.max(ids.iter().copied().max().unwrap_or(0));
+    }
+
+    /// Gives the new backends among `ids` (upserted, in order) zeroed
+    /// counters.
+    pub fn add(&mut self, ids: &[u32]) {
+        let new: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| id > self.highest)
+            .collect();
+        let Some(&highest) = new.iter().max() else {
+            return;
         };
-        const BPF_NOEXIST: u64 = 1;
-        match self.map.insert(id, zeroes, BPF_NOEXIST) {
-            Ok(()) => {}
-            Err(e) if errno_is(&e, ErrorKind::AlreadyExists) => {}
-            // Traffic to the backend still flows; it is just not counted.
-            Err(e) => tracing::warn!(id, "{}: adding counters: {e}", MapId::BackendStats.name()),
+        self.highest = highest;
+        let zeroes = vec![StatsCounter::default(); new.len().min(CHUNK) * self.cpus];
+        for chunk in new.chunks(CHUNK) {
+            let values = &zeroes[..chunk.len() * self.cpus];
+            // Traffic to the backends still flows; it is just not counted.
+            if let Err(e) = batch::update(self.map.map(), chunk, values) {
+                warn_about(chunk.get(e.done), "adding counters", &e.error);
+            }
         }
     }
 
-    /// Drops backend `id`'s counters.
-    pub fn remove(&mut self, id: u32) {
-        match self.map.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) if errno_is(&e, ErrorKind::NotFound) => {}
-            Err(e) => tracing::warn!(id, "{}: removing counters: {e}", MapId::BackendStats.name()),
+    /// Drops the counters of `ids` (those without any are skipped).
+    pub fn remove(&mut self, ids: &[u32]) {
+        let mut rest = ids;
+        while !rest.is_empty() {
+            let Err(e) = batch::delete(self.map.map(), rest) else {
+                break;
+            };
+            if e.error.kind() != ErrorKind::NotFound {
+                warn_about(rest.get(e.done), "removing counters", &e.error);
+            }
+            rest = rest.get(e.done + 1..).unwrap_or_default();
         }
     }
 }
 
-fn errno_is(e: &MapError, kind: ErrorKind) -> bool {
-    matches!(e, MapError::SyscallError(s) if s.io_error.kind() == kind)
+fn warn_about(id: Option<&u32>, what: &str, e: &dyn std::fmt::Display) {
+    tracing::warn!(?id, "{}: {what}: {e}", MapId::BackendStats.name());
 }

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData,
+        Array, HashMap, IterableMap as _, MapData,
     },
     Ebpf,
 };
@@ -15,8 +15,8 @@ use lb_common::{
     Backend, MapId, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange,
 };
 
-use super::backend_stats::BackendCounters;
 use super::monitor::max_entries;
+use super::{backend_stats::BackendCounters, batch};
 use lb_core::reconcile::{Capacity, Dataplane, DataplaneError, MapOp, MapState};
 
 /// The maps the reconciler writes (conntrack and stats are the datapath's
@@ -59,9 +59,10 @@ impl BpfDataplane {
             HashMap::try_from(backends).context(MapId::Backends.name())?;
         let mut counters = BackendCounters::new(take(MapId::BackendStats)?)?;
         // Backends pinned by an earlier agent (or one without this map).
-        for id in backends.keys() {
-            counters.add(id.context(MapId::Backends.name())?);
-        }
+        let adopted: Vec<u32> = (backends.keys())
+            .collect::<Result<_, _>>()
+            .context(MapId::Backends.name())?;
+        counters.adopt(&adopted);
         Ok(Self {
             services: HashMap::try_from(services).context(MapId::Services.name())?,
             backends,
@@ -142,12 +143,92 @@ impl Dataplane for BpfDataplane {
         };
         res.map_err(|e| err(format!("{op:?}"), e))?;
         match op {
-            MapOp::UpsertBackend(id, _) => self.counters.add(*id),
-            MapOp::DeleteBackend(id) => self.counters.remove(*id),
+            MapOp::UpsertBackend(id, _) => self.counters.add(&[*id]),
+            MapOp::DeleteBackend(id) => self.counters.remove(&[*id]),
             _ => {}
         }
         Ok(())
     }
+
+    /// Runs of writes to one map go in one batch each (in order, so the
+    /// reconciler's ordering holds: a backend before the slot naming it, a
+    /// frontend's slots before its master entry).
+    fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        let mut rest = ops;
+        while let Some(first) = rest.first() {
+            let kind = std::mem::discriminant(first);
+            let len = rest
+                .iter()
+                .take_while(|op| std::mem::discriminant(*op) == kind)
+                .count();
+            let (run, later) = rest.split_at(len);
+            // In pieces: the keys and values of one at a time are copied.
+            for piece in run.chunks(batch::CHUNK) {
+                self.apply_run(piece)?;
+            }
+            rest = later;
+        }
+        Ok(())
+    }
+}
+
+/// The payloads of a run of ops of one kind.
+macro_rules! payloads {
+    ($run:expr, $op:pat => $payload:expr) => {
+        $run.iter().filter_map(|op| match op {
+            $op => Some($payload),
+            _ => None,
+        })
+    };
+}
+
+impl BpfDataplane {
+    /// One run of writes of the same kind.
+    fn apply_run(&mut self, run: &[MapOp]) -> Result<(), DataplaneError> {
+        let written = match &run[0] {
+            MapOp::UpsertService(..) => {
+                let (keys, values): (Vec<_>, Vec<_>) =
+                    payloads!(run, MapOp::UpsertService(k, v) => (*k, *v)).unzip();
+                batch::update(self.services.map(), &keys, &values)
+            }
+            MapOp::UpsertBackend(..) => {
+                let (ids, backends): (Vec<_>, Vec<_>) =
+                    payloads!(run, MapOp::UpsertBackend(id, b) => (*id, *b)).unzip();
+                let written = batch::update(self.backends.map(), &ids, &backends);
+                self.counters.add(&ids[..done(&written, ids.len())]);
+                written
+            }
+            MapOp::UpsertRevNat(..) => {
+                let (ids, targets): (Vec<_>, Vec<_>) =
+                    payloads!(run, MapOp::UpsertRevNat(id, r) => (*id, *r)).unzip();
+                batch::update(self.revnat.map(), &ids, &targets)
+            }
+            MapOp::DeleteService(..) => {
+                let keys: Vec<_> = payloads!(run, MapOp::DeleteService(k) => *k).collect();
+                batch::delete(self.services.map(), &keys)
+            }
+            MapOp::DeleteRevNat(..) => {
+                let ids: Vec<_> = payloads!(run, MapOp::DeleteRevNat(id) => *id).collect();
+                batch::delete(self.revnat.map(), &ids)
+            }
+            MapOp::DeleteBackend(..) => {
+                let ids: Vec<_> = payloads!(run, MapOp::DeleteBackend(id) => *id).collect();
+                let written = batch::delete(self.backends.map(), &ids);
+                self.counters.remove(&ids[..done(&written, ids.len())]);
+                written
+            }
+            // Source ranges: a few entries, and the trie has no batches.
+            MapOp::UpsertSourceRange(..) | MapOp::DeleteSourceRange(..) => {
+                return run.iter().try_for_each(|op| self.apply(op));
+            }
+        };
+        written.map_err(|e| err(format!("{:?}", run[e.done.min(run.len() - 1)]), e.error))
+    }
+}
+
+/// How many entries of a batch of `len` were written.
+fn done(written: &Result<(), batch::BatchError>, len: usize) -> usize {
+    written.as_ref().map_or_else(|e| e.done.min(len), |()| len)
 }
 
 /// The trie key of a frontend's client network: the rev-NAT id's 32 bits
