@@ -43,6 +43,11 @@ impl BackendCounters {
         })
     }
 
+    #[cfg(test)]
+    pub fn map(&self) -> &PerCpuHashMap<MapData, u32, StatsCounter> {
+        &self.map
+    }
+
     /// The backends a restarted agent found pinned: counters for those
     /// without (pinned by an agent before this map), the others kept.
     pub fn adopt(&mut self, ids: &[u32]) {

@@ -74,6 +74,11 @@ impl BpfDataplane {
         })
     }
 
+    #[cfg(test)]
+    fn counters_map(&self) -> &aya::maps::PerCpuHashMap<MapData, u32, lb_common::StatsCounter> {
+        self.counters.map()
+    }
+
     /// Writes the node's datapath settings.
     pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
         self.config.set(0, config, 0).context(MapId::Config.name())
@@ -250,4 +255,81 @@ fn source_range(key: &Key<SourceRange>) -> Option<(RevNatId, Ipv4Net)> {
     let addr = Ipv4Addr::from(data.addr_be.to_ne_bytes());
     let net = Ipv4Net::new(addr, u8::try_from(bits).ok()?).ok()?;
     Some((u32::from_be(data.rev_nat_id_be), net.trunc()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use aya::maps::IterableMap as _;
+    use lb_common::{Backend, MapSizes, IPPROTO_TCP};
+    use lb_core::reconcile::{Dataplane, MapOp};
+
+    use super::BpfDataplane;
+
+    /// Unpins the test's maps, also when it fails.
+    struct Pins(PathBuf);
+
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            crate::agent::unpin_maps(&self.0);
+        }
+    }
+
+    fn backend(id: u32) -> Backend {
+        Backend {
+            addr_be: u32::from_be_bytes([10, 244, 0, id as u8]).to_be(),
+            port_be: 8080u16.to_be(),
+            proto: IPPROTO_TCP,
+            flags: 0,
+        }
+    }
+
+    fn ids(dp: &BpfDataplane) -> (Vec<u32>, Vec<u32>) {
+        let state = dp.read_state().expect("reading the maps");
+        let mut counted: Vec<u32> = (dp.counters_map().keys())
+            .collect::<Result<_, _>>()
+            .expect("reading the counters");
+        counted.sort_unstable();
+        (state.backends.keys().copied().collect(), counted)
+    }
+
+    /// Runs of writes go in batches that keep their order, stop at the
+    /// first write that fails (the ones before it stay), and name it; the
+    /// per-backend counters follow the backends written.
+    #[test]
+    fn batches_write_in_order_and_stop_at_the_first_failure() {
+        if !lb_testbed::privileged::require_privileged("batched map writes") {
+            return;
+        }
+        let pins = Pins(PathBuf::from(format!(
+            "/sys/fs/bpf/lbbatch-{}",
+            std::process::id()
+        )));
+        let sizes = MapSizes {
+            backends: 4,
+            ..MapSizes::DEFAULT
+        };
+        let mut ebpf = super::super::load(&pins.0, &sizes).expect("loading the object");
+        let mut dp = BpfDataplane::from_ebpf(&mut ebpf).expect("taking the maps");
+
+        // Six backends into a map of four: the fifth finds it full.
+        let upserts: Vec<MapOp> = (1..=6)
+            .map(|id| MapOp::UpsertBackend(id, backend(id)))
+            .collect();
+        let err = dp.apply_all(&upserts).expect_err("the map holds four");
+        assert!(err.op.starts_with("UpsertBackend(5,"), "{err}");
+        assert_eq!(ids(&dp), (vec![1, 2, 3, 4], vec![1, 2, 3, 4]));
+
+        // A rewrite in place keeps its counters; deletes go in a batch
+        // that stops at a missing key, naming it.
+        dp.apply_all(&[MapOp::UpsertBackend(2, backend(7))])
+            .unwrap();
+        let deletes = [1, 9, 3].map(MapOp::DeleteBackend);
+        let err = dp.apply_all(&deletes).expect_err("9 is not there");
+        assert_eq!(err.op, "DeleteBackend(9)");
+        assert_eq!(ids(&dp), (vec![2, 3, 4], vec![2, 3, 4]));
+        drop(dp);
+        drop(ebpf);
+    }
 }
