@@ -261,7 +261,6 @@ fn source_range(key: &Key<SourceRange>) -> Option<(RevNatId, Ipv4Net)> {
 mod tests {
     use std::path::PathBuf;
 
-    use aya::maps::IterableMap as _;
     use lb_common::{Backend, MapSizes, IPPROTO_TCP};
     use lb_core::reconcile::{Dataplane, MapOp};
 
