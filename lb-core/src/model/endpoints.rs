@@ -16,9 +16,10 @@ use super::{
 /// What one EndpointSlice contributes to its Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct SliceEndpoints {
-    ports: Vec<SlicePort>,
+    // Boxed slices: no spare capacity, kept for every slice of the cluster.
+    ports: Box<[SlicePort]>,
     /// Ready endpoints, and serving-but-terminating ones (the fallback).
-    endpoints: Vec<ReadyEndpoint>,
+    endpoints: Box<[ReadyEndpoint]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +35,7 @@ struct ReadyEndpoint {
     /// `hints.forZones`: the zones whose nodes should prefer it. Set by the
     /// EndpointSlice controller for trafficDistribution PreferClose /
     /// PreferSameZone / PreferSameNode and the topology-mode annotation.
-    zone_hints: Vec<String>,
+    zone_hints: Box<[String]>,
     /// `hints.forNodes`: `None` without node hints (PreferSameNode sets
     /// them), else whether this node is among them.
     for_this_node: Option<bool>,
@@ -274,7 +275,10 @@ impl SliceEndpoints {
                 Err((field, message)) => errors.push(slice.error(field, message)),
             }
         }
-        SliceEndpoints { ports, endpoints }
+        SliceEndpoints {
+            ports: ports.into(),
+            endpoints: endpoints.into(),
+        }
     }
 }
 
@@ -301,7 +305,7 @@ fn is_local(endpoint: &Endpoint, node_name: Option<&str>) -> bool {
     node_name.is_some_and(|this| endpoint.node_name.as_deref() == Some(this))
 }
 
-fn zone_hints(endpoint: &Endpoint) -> Vec<String> {
+fn zone_hints(endpoint: &Endpoint) -> Box<[String]> {
     let zones = endpoint.hints.as_ref().and_then(|h| h.for_zones.as_ref());
     zones
         .into_iter()

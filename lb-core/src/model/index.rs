@@ -47,7 +47,7 @@ pub struct DesiredIndex {
     slice_errors: BTreeMap<ObjectRef, Vec<ConfigError>>,
     /// Per Service, the endpoints of each slice labelled with its name
     /// (kept while the Service is absent: it may come later).
-    endpoints: BTreeMap<ObjectRef, BTreeMap<ObjectRef, SliceEndpoints>>,
+    endpoints: BTreeMap<ObjectRef, ServiceSlices>,
     /// Unnamed and repeated objects of the last `replace_*` of each kind.
     naming_errors: NamingErrors,
     claims: Claims,
@@ -380,7 +380,7 @@ impl DesiredIndex {
             .endpoints
             .get(service)
             .into_iter()
-            .flat_map(|s| s.values());
+            .flat_map(ServiceSlices::values);
         let zone = self.zone.as_deref();
         let wanted = shape.map_or_else(Vec::new, |s| s.frontends(service, slices.clone(), zone));
         let health_check = shape
@@ -545,4 +545,41 @@ fn absent<'k, T>(
         .filter(|k| present.binary_search_by(|p| p.oref.cmp(k)).is_err())
         .cloned()
         .collect()
+}
+
+/// The slices of one Service, by name: a few (one per 100 endpoints), so
+/// a sorted vector, where a tree would allocate room for eleven.
+#[derive(Debug, Default)]
+struct ServiceSlices(Vec<(ObjectRef, SliceEndpoints)>);
+
+impl ServiceSlices {
+    fn position(&self, slice: &ObjectRef) -> Result<usize, usize> {
+        self.0.binary_search_by(|(name, _)| name.cmp(slice))
+    }
+
+    fn get(&self, slice: &ObjectRef) -> Option<&SliceEndpoints> {
+        let i = self.position(slice).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn insert(&mut self, slice: ObjectRef, endpoints: SliceEndpoints) {
+        match self.position(&slice) {
+            Ok(i) => self.0[i].1 = endpoints,
+            Err(i) => self.0.insert(i, (slice, endpoints)),
+        }
+    }
+
+    fn remove(&mut self, slice: &ObjectRef) {
+        if let Ok(i) = self.position(slice) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &SliceEndpoints> + Clone {
+        self.0.iter().map(|(_, endpoints)| endpoints)
+    }
 }

@@ -28,7 +28,7 @@ pub(super) struct ServiceShape {
     file: Option<PathBuf>,
     /// Problems and frontend claims, in the order the Service's fields are
     /// read, so that errors keep that order once conflicts are known.
-    items: Vec<Item>,
+    items: Box<[Item]>,
     /// It has an IPv6 cluster IP, external IP or load-balancer IP (not
     /// programmed).
     pub(super) ipv6: bool,
@@ -49,7 +49,8 @@ pub(super) struct ServiceShape {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Item {
-    Error(ConfigError),
+    /// Boxed: errors are rare, claims are kept for every Service.
+    Error(Box<ConfigError>),
     /// `spec.ports[port]`, reached `via` one address, wants `frontend`.
     Claim {
         port: usize,
@@ -121,7 +122,7 @@ impl ServiceShape {
         let external = reader.read().unwrap_or_default();
         ServiceShape {
             file: service.file.map(Path::to_path_buf),
-            items: reader.items,
+            items: reader.items.into(),
             ipv6: reader.ipv6,
             local: external.local,
             source_ranges: external.source_ranges,
@@ -205,7 +206,7 @@ impl ServiceShape {
         let mut errors = Vec::new();
         for item in &self.items {
             match item {
-                Item::Error(e) => errors.push(e.clone()),
+                Item::Error(e) => errors.push((**e).clone()),
                 Item::Claim {
                     port,
                     via,
@@ -425,6 +426,6 @@ impl Reader<'_, '_> {
 
     fn report(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.items
-            .push(Item::Error(self.object.error(field, message)));
+            .push(Item::Error(Box::new(self.object.error(field, message))));
     }
 }
