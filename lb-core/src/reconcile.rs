@@ -334,7 +334,7 @@ impl Reconciler {
         let current = dp.read_state()?;
         let fitted = self.fit(desired, &current);
         let target = self.full_target(fitted.as_ref().unwrap_or(desired), &current);
-        let report = apply(dp, &Self::plan(&current, &target.maps))?;
+        let report = apply_streamed(dp, &current, &target.maps)?;
         self.known = Some(target);
         Ok(report)
     }
@@ -395,6 +395,29 @@ impl Reconciler {
 }
 
 /// Applies `ops` in order, stopping at the first failure.
+/// Applies the plan from `current` to `target` as it is made, in pieces
+/// (a first sync at 100k Services makes millions of ops).
+fn apply_streamed(
+    dp: &mut dyn Dataplane,
+    current: &MapState,
+    target: &MapState,
+) -> Result<SyncReport, DataplaneError> {
+    const PIECE: usize = 4096;
+    let mut report = SyncReport::default();
+    let mut piece = Vec::with_capacity(PIECE);
+    Reconciler::plan_into(current, target, &mut |op| {
+        report.count(&op);
+        piece.push(op);
+        if piece.len() == PIECE {
+            dp.apply_all(&piece)?;
+            piece.clear();
+        }
+        Ok(())
+    })?;
+    dp.apply_all(&piece)?;
+    Ok(report)
+}
+
 fn apply(dp: &mut dyn Dataplane, ops: &[MapOp]) -> Result<SyncReport, DataplaneError> {
     dp.apply_all(ops)?;
     let mut report = SyncReport::default();

@@ -25,76 +25,113 @@ impl Reconciler {
     ///
     /// Unchanged entries are not written.
     pub fn plan(current: &MapState, target: &MapState) -> Vec<MapOp> {
-        let mut ops: Vec<MapOp> = changed(&current.backends, &target.backends)
-            .map(|(id, b)| MapOp::UpsertBackend(id, b))
-            .collect();
-        ops.extend(
-            changed(&current.revnat, &target.revnat).map(|(id, r)| MapOp::UpsertRevNat(id, r)),
-        );
-        ops.extend(
-            (target.source_ranges.difference(&current.source_ranges))
-                .map(|&(id, net)| MapOp::UpsertSourceRange(id, net)),
-        );
-        let current_frontends = by_frontend(&current.services);
-        let target_frontends = by_frontend(&target.services);
-        let masters: BTreeSet<ServiceKey> = current_frontends
-            .keys()
-            .chain(target_frontends.keys())
-            .copied()
-            .collect();
-        let empty = BTreeMap::new();
-        for master in masters {
-            let current_slots = current_frontends.get(&master).unwrap_or(&empty);
-            let target_slots = target_frontends.get(&master).unwrap_or(&empty);
-            frontend_ops(master, current_slots, target_slots, &mut ops);
-        }
-        ops.extend(
-            (current.source_ranges.difference(&target.source_ranges))
-                .map(|&(id, net)| MapOp::DeleteSourceRange(id, net)),
-        );
-        ops.extend(removed(&current.revnat, &target.revnat).map(MapOp::DeleteRevNat));
-        ops.extend(removed(&current.backends, &target.backends).map(MapOp::DeleteBackend));
+        let mut ops = Vec::new();
+        Self::plan_into(current, target, &mut |op| {
+            ops.push(op);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
         ops
+    }
+
+    /// [`Self::plan`], handing each op to `sink` as it comes (a full sync's
+    /// millions of ops are never held at once); stops at its first error.
+    pub fn plan_into<E>(
+        current: &MapState,
+        target: &MapState,
+        sink: &mut dyn FnMut(MapOp) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for (id, b) in changed(&current.backends, &target.backends) {
+            sink(MapOp::UpsertBackend(id, b))?;
+        }
+        for (id, r) in changed(&current.revnat, &target.revnat) {
+            sink(MapOp::UpsertRevNat(id, r))?;
+        }
+        for &(id, net) in target.source_ranges.difference(&current.source_ranges) {
+            sink(MapOp::UpsertSourceRange(id, net))?;
+        }
+        let masters = |services: &BTreeMap<ServiceKey, ServiceValue>| {
+            let masters = services.keys().filter(|key| key.slot == 0).copied();
+            masters.collect::<BTreeSet<_>>()
+        };
+        let masters = &masters(&current.services) | &masters(&target.services);
+        let (mut current_slots, mut target_slots) = (Vec::new(), Vec::new());
+        for master in masters {
+            slots_of(&current.services, master, &mut current_slots);
+            slots_of(&target.services, master, &mut target_slots);
+            frontend_ops(master, &current_slots, &target_slots, sink)?;
+        }
+        for &(id, net) in current.source_ranges.difference(&target.source_ranges) {
+            sink(MapOp::DeleteSourceRange(id, net))?;
+        }
+        for id in removed(&current.revnat, &target.revnat) {
+            sink(MapOp::DeleteRevNat(id))?;
+        }
+        for id in removed(&current.backends, &target.backends) {
+            sink(MapOp::DeleteBackend(id))?;
+        }
+        Ok(())
     }
 }
 
-/// Service map entries grouped by frontend: master key -> slot -> value.
-fn by_frontend(
+/// The entries of `master`'s frontend, by slot (the master first), into
+/// `slots`. A frontend's keys sit together but for its protocol, which
+/// sorts after the slot: the other protocol's slots on the same address
+/// and port are skipped.
+fn slots_of(
     services: &BTreeMap<ServiceKey, ServiceValue>,
-) -> BTreeMap<ServiceKey, BTreeMap<u16, ServiceValue>> {
-    let mut frontends: BTreeMap<ServiceKey, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
-    for (key, value) in services {
-        let master = ServiceKey { slot: 0, ..*key };
-        frontends
-            .entry(master)
-            .or_default()
-            .insert(key.slot, *value);
-    }
-    frontends
+    master: ServiceKey,
+    slots: &mut Vec<(u16, ServiceValue)>,
+) {
+    slots.clear();
+    let last = ServiceKey {
+        slot: u16::MAX,
+        proto: u8::MAX,
+        ..master
+    };
+    let first = ServiceKey { proto: 0, ..master };
+    slots.extend(
+        (services.range(first..=last))
+            .filter(|(key, _)| key.proto == master.proto)
+            .map(|(key, value)| (key.slot, *value)),
+    );
 }
 
 /// The writes for one frontend, given its current and target slots
-/// (slot 0 = master): slots first so the new count only ever covers
-/// written slots, and deletions last so the old count never covers a
-/// deleted slot. BTreeMap order puts the master before the slots, so a
-/// removed frontend disappears for new packets before its slots go.
-fn frontend_ops(
+/// (slot 0 = master), each sorted by slot: slots first so the new count
+/// only ever covers written slots, and deletions last so the old count
+/// never covers a deleted slot. A removed frontend loses its master before
+/// its slots, so it disappears for new packets first.
+fn frontend_ops<E>(
     master: ServiceKey,
-    current: &BTreeMap<u16, ServiceValue>,
-    target: &BTreeMap<u16, ServiceValue>,
-    ops: &mut Vec<MapOp>,
-) {
+    current: &[(u16, ServiceValue)],
+    target: &[(u16, ServiceValue)],
+    sink: &mut dyn FnMut(MapOp) -> Result<(), E>,
+) -> Result<(), E> {
     let key = |slot| ServiceKey { slot, ..master };
-    let upserts: Vec<(u16, ServiceValue)> = changed(current, target).collect();
-    let (master_upsert, slot_upserts): (Vec<_>, Vec<_>) =
-        upserts.into_iter().partition(|(slot, _)| *slot == 0);
-    ops.extend(
-        slot_upserts
-            .into_iter()
-            .chain(master_upsert)
-            .map(|(slot, value)| MapOp::UpsertService(key(slot), value)),
-    );
-    ops.extend(removed(current, target).map(|slot| MapOp::DeleteService(key(slot))));
+    let find = |slots: &[(u16, ServiceValue)], slot: u16| {
+        let i = slots.binary_search_by_key(&slot, |&(s, _)| s).ok()?;
+        Some(slots[i].1)
+    };
+    let changed = target
+        .iter()
+        .filter(|&&(slot, value)| find(current, slot) != Some(value));
+    let mut master_upsert = None;
+    for &(slot, value) in changed {
+        match slot {
+            0 => master_upsert = Some(value),
+            _ => sink(MapOp::UpsertService(key(slot), value))?,
+        }
+    }
+    if let Some(value) = master_upsert {
+        sink(MapOp::UpsertService(key(0), value))?;
+    }
+    for &(slot, _) in current {
+        if find(target, slot).is_none() {
+            sink(MapOp::DeleteService(key(slot)))?;
+        }
+    }
+    Ok(())
 }
 
 /// Entries of `target` that `current` lacks or holds with another value.
