@@ -12,6 +12,7 @@ mod kube_requests;
 mod kube_source;
 mod manifest_source;
 pub mod node_addresses;
+mod owned;
 pub mod privileges;
 pub mod telemetry;
 
@@ -39,6 +40,7 @@ use lb_core::model::{Desired, DesiredFrontend, Frontend};
 pub use lb_core::net_config::NetConfig;
 use lb_core::reconcile::Reconciler;
 use manifest_source::ManifestSource;
+use owned::{write_failed, Owned};
 use telemetry::Telemetry;
 
 /// How often datapath counters, conntrack and map occupancy are refreshed
@@ -189,17 +191,14 @@ struct Datapath {
     sock: Option<ebpf::sock_lb::SockBalancer>,
     /// The uplinks' programs, with the interfaces they go on.
     uplinks: Option<(InterfaceMatcher, Attacher)>,
-    /// What the config map holds.
-    config: lb_common::NodeConfig,
-    node_addrs: ebpf::NodeAddrMap,
+    /// The SNAT address and ports.
+    config: Owned<ebpf::ConfigMap>,
+    /// This node's NodePort addresses and its peers'.
+    node_addrs: Owned<ebpf::NodeAddrMap>,
     filter: ebpf::FilterMap,
     /// The backends conntrack entries named at the last walk (their bits
     /// stay in the filter while their flows live).
     ct_backends: std::collections::BTreeSet<(u32, u16, u8)>,
-    /// What the node address map holds: this node's NodePort addresses
-    /// and its peers'.
-    nodeport_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
-    peer_addresses: std::collections::BTreeSet<std::net::Ipv4Addr>,
     /// The other Nodes' addresses as last listed (written with the next
     /// uplink sync).
     peers_listed: std::collections::BTreeSet<std::net::Ipv4Addr>,
@@ -395,7 +394,8 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
             None
         }
     };
-    let node_addrs = ebpf::NodeAddrMap::from_ebpf(&mut ebpf)?;
+    let node_addrs = Owned::new(ebpf::NodeAddrMap::from_ebpf(&mut ebpf)?);
+    let config = Owned::new(ebpf::ConfigMap::from_ebpf(&mut ebpf)?);
     let filter = ebpf::FilterMap::from_ebpf(&mut ebpf)?;
     let svc_names = ebpf::SvcNameMap::from_ebpf(&mut ebpf)?;
     Ok(Datapath {
@@ -408,11 +408,9 @@ fn load_datapath(cfg: &AgentConfig) -> anyhow::Result<Datapath> {
         node_addrs,
         filter,
         ct_backends: Default::default(),
-        nodeport_addresses: Default::default(),
-        peer_addresses: Default::default(),
         peers_listed: Default::default(),
         uplinks,
-        config: lb_common::NodeConfig::default(),
+        config,
         ebpf,
         dataplane,
         monitor,
@@ -461,16 +459,15 @@ fn sync(
         false => dp.filter.cover(desired),
     };
     if let Err(e) = covered {
-        telemetry.error("map_write");
-        warn!("writing the frontend filter: {e:#}");
+        write_failed(telemetry, MapId::Filter, &e);
         return false;
     }
     let result = applier.apply(pending, reconciler, &mut dp.dataplane);
     let ok = result.is_ok();
     match &result {
         // Names (for lbctl) of what the sync touched; all after a full one.
-        Ok(report) if partial => name_touched(dp, reconciler, desired, touched, report),
-        Ok(_) => name_frontends(dp, reconciler, desired),
+        Ok(report) if partial => name_touched(dp, reconciler, desired, touched, report, telemetry),
+        Ok(_) => name_frontends(dp, reconciler, desired, telemetry),
         Err(_) => telemetry.error("map_write"),
     }
     if ok && !dp.filter.valid() {
@@ -556,8 +553,7 @@ fn rebuild_filter(dp: &mut Datapath, reconciler: &Reconciler, telemetry: &Teleme
         .filter
         .rebuild(&state.services, &state.backends, &dp.ct_backends)
     {
-        telemetry.error("map_write");
-        warn!("rewriting the frontend filter: {e:#}");
+        write_failed(telemetry, MapId::Filter, &e);
     }
 }
 
@@ -583,26 +579,11 @@ fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
             return;
         }
     };
-    let nodeport = node_addresses::nodeport_addresses(&addresses, &cfg.net.nodeport_addresses);
-    if nodeport != dp.nodeport_addresses || dp.peers_listed != dp.peer_addresses {
-        let peers = dp.peers_listed.clone();
-        match dp.node_addrs.sync(&nodeport, &peers) {
-            Ok(()) => {
-                if nodeport != dp.nodeport_addresses {
-                    info!(addresses = ?nodeport, "NodePort addresses");
-                }
-                if peers != dp.peer_addresses {
-                    info!(addresses = ?peers, "other nodes' addresses (their NodePorts balanced at connect())");
-                }
-                dp.nodeport_addresses = nodeport;
-                dp.peer_addresses = peers;
-            }
-            Err(e) => {
-                telemetry.error("map_write");
-                warn!("writing the node addresses: {e:#}");
-            }
-        }
-    }
+    let wanted = ebpf::NodeAddresses {
+        nodeport: node_addresses::nodeport_addresses(&addresses, &cfg.net.nodeport_addresses),
+        peers: dp.peers_listed.clone(),
+    };
+    dp.node_addrs.sync(wanted, telemetry);
     let config = lb_common::NodeConfig {
         snat_addr_be: node_addresses::snat_address(&addresses)
             .map(|a| u32::from_ne_bytes(a.octets()))
@@ -610,19 +591,7 @@ fn sync_uplinks(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) {
         snat_port_first: cfg.snat_ports.0,
         snat_port_last: cfg.snat_ports.1,
     };
-    if config == dp.config {
-        return;
-    }
-    match dp.dataplane.set_config(config) {
-        Ok(()) => {
-            info!(snat_address = ?node_addresses::snat_address(&addresses), snat_ports = ?cfg.snat_ports, "datapath config written");
-            dp.config = config;
-        }
-        Err(e) => {
-            telemetry.error("map_write");
-            warn!("writing the datapath config: {e:#}");
-        }
-    }
+    dp.config.sync(config, telemetry);
 }
 
 /// Removes the conntrack entries idle longer than their timeout (a walk of
@@ -667,7 +636,12 @@ fn repair_detached(dp: &mut Datapath, cfg: &AgentConfig, telemetry: &Telemetry) 
 /// Makes the frontend -> Service name map (for lbctl) equal to what is
 /// programmed: every master entry's rev-NAT id gets the name of the
 /// Service whose frontend it is.
-fn name_frontends(dp: &mut Datapath, reconciler: &Reconciler, desired: &Desired) {
+fn name_frontends(
+    dp: &mut Datapath,
+    reconciler: &Reconciler,
+    desired: &Desired,
+    telemetry: &Telemetry,
+) {
     let Some(maps) = reconciler.programmed() else {
         return;
     };
@@ -681,7 +655,7 @@ fn name_frontends(dp: &mut Datapath, reconciler: &Reconciler, desired: &Desired)
         })
         .collect();
     if let Err(e) = dp.svc_names.sync(wanted) {
-        warn!("{e:#}");
+        write_failed(telemetry, MapId::SvcNames, &e);
     }
 }
 
@@ -693,6 +667,7 @@ fn name_touched(
     desired: &Desired,
     touched: &std::collections::BTreeSet<Frontend>,
     report: &lb_core::reconcile::SyncReport,
+    telemetry: &Telemetry,
 ) {
     let Some(maps) = reconciler.programmed() else {
         return;
@@ -709,7 +684,7 @@ fn name_touched(
         .svc_names
         .update(named, prune, |id| maps.revnat.contains_key(&id))
     {
-        warn!("{e:#}");
+        write_failed(telemetry, MapId::SvcNames, &e);
     }
 }
 

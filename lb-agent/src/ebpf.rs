@@ -5,6 +5,7 @@
 mod attach;
 mod backend_stats;
 mod batch;
+mod config;
 mod dataplane;
 pub mod filter;
 mod monitor;
@@ -14,14 +15,17 @@ mod private_dir;
 pub mod probe;
 pub mod sock_lb;
 mod svc_names;
+mod writer;
 
 pub use attach::{
     detach_pinned, Attacher, PodHook, Role, TcAttachArg, TcMode, XdpModeArg, NODE_INTERFACES,
     POD_INTERFACES, POD_INTERFACES_XDP, TC_NL_HANDLE, TC_NL_PRIORITY,
 };
+pub use config::ConfigMap;
 pub use dataplane::BpfDataplane;
 pub use filter::FilterMap;
 pub use monitor::{DatapathMonitor, ReasonTotals};
-pub use node_addrs::NodeAddrMap;
+pub use node_addrs::{NodeAddrMap, NodeAddresses};
 pub use object::{load, EBPF_OBJECT};
 pub use svc_names::SvcNameMap;
+pub use writer::MapWriter;

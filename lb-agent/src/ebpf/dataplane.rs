@@ -6,14 +6,12 @@ use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, IterableMap as _, MapData,
+        HashMap, IterableMap as _, MapData,
     },
     Ebpf,
 };
 use ipnet::Ipv4Net;
-use lb_common::{
-    Backend, MapId, NodeConfig, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange,
-};
+use lb_common::{Backend, MapId, RevNat, RevNatId, ServiceKey, ServiceValue, SourceRange};
 
 use super::monitor::max_entries;
 use super::{backend_stats::BackendCounters, batch};
@@ -26,7 +24,6 @@ pub struct BpfDataplane {
     backends: HashMap<MapData, u32, Backend>,
     revnat: HashMap<MapData, RevNatId, RevNat>,
     source_ranges: LpmTrie<MapData, SourceRange, u32>,
-    config: Array<MapData, NodeConfig>,
     /// Follows the backend map's entries.
     counters: BackendCounters,
     /// What the maps hold, as created.
@@ -69,7 +66,6 @@ impl BpfDataplane {
             counters,
             revnat: HashMap::try_from(revnat).context(MapId::RevNat.name())?,
             source_ranges: LpmTrie::try_from(source_ranges).context(MapId::SourceRanges.name())?,
-            config: Array::try_from(take(MapId::Config)?).context(MapId::Config.name())?,
             capacity,
         })
     }
@@ -77,11 +73,6 @@ impl BpfDataplane {
     #[cfg(test)]
     fn counters_map(&self) -> &aya::maps::PerCpuHashMap<MapData, u32, lb_common::StatsCounter> {
         self.counters.map()
-    }
-
-    /// Writes the node's datapath settings.
-    pub fn set_config(&mut self, config: NodeConfig) -> anyhow::Result<()> {
-        self.config.set(0, config, 0).context(MapId::Config.name())
     }
 
     /// What the maps the reconciler writes can hold (as created: pinned

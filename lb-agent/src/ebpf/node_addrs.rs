@@ -14,8 +14,20 @@ use aya::{
 };
 use lb_common::{MapId, NODE_ADDR_LOCAL, NODE_ADDR_PEER};
 
+use super::writer::MapWriter;
+
 pub struct NodeAddrMap {
     map: HashMap<MapData, u32, u32>,
+}
+
+/// What the map holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAddresses {
+    /// This node's NodePort addresses (`--nodeport-addresses`).
+    pub nodeport: BTreeSet<Ipv4Addr>,
+    /// The other Nodes' addresses (their NodePorts are balanced at
+    /// `connect()` by the node's own sockets).
+    pub peers: BTreeSet<Ipv4Addr>,
 }
 
 impl NodeAddrMap {
@@ -27,18 +39,19 @@ impl NodeAddrMap {
             map: HashMap::try_from(map).context(MapId::NodeAddrs.name())?,
         })
     }
+}
 
-    /// Makes the map hold exactly `local` (value [`NODE_ADDR_LOCAL`]) and
-    /// `peers` (value [`NODE_ADDR_PEER`]; an address in both is local): new
-    /// and changed entries first, so that a renumbering never leaves a
-    /// moment with none.
-    pub fn sync(
-        &mut self,
-        local: &BTreeSet<Ipv4Addr>,
-        peers: &BTreeSet<Ipv4Addr>,
-    ) -> anyhow::Result<()> {
+impl MapWriter for NodeAddrMap {
+    type State = NodeAddresses;
+    const MAP: MapId = MapId::NodeAddrs;
+
+    /// Makes the map hold exactly the NodePort addresses (value
+    /// [`NODE_ADDR_LOCAL`]) and the peers' (value [`NODE_ADDR_PEER`]; an
+    /// address in both is local): new and changed entries first, so that a
+    /// renumbering never leaves a moment with none.
+    fn write(&mut self, state: &NodeAddresses) -> anyhow::Result<()> {
         let key = |a: &Ipv4Addr| u32::from_ne_bytes(a.octets());
-        let wanted = wanted(local, peers);
+        let wanted = wanted(&state.nodeport, &state.peers);
         let present: BTreeMap<u32, u32> = self.map.iter().filter_map(Result::ok).collect();
         for (addr, kind) in &wanted {
             if present.get(&key(addr)) != Some(kind) {
