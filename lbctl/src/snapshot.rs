@@ -56,6 +56,29 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// What lbctl reads from maps holding `state` (the reconciler's view of
+    /// the Service, backend, rev-NAT and source-range maps), encoded as
+    /// the agent writes them: how golden tests go from objects to dumps
+    /// without a kernel.
+    pub fn of_state(state: &lb_core::reconcile::MapState) -> Snapshot {
+        let source_ranges = (state.source_ranges.iter())
+            .map(|&(id, net)| {
+                let range = SourceRange {
+                    rev_nat_id_be: id.to_be(),
+                    addr_be: u32::from_ne_bytes(net.network().octets()),
+                };
+                (32 + u32::from(net.prefix_len()), range)
+            })
+            .collect();
+        Snapshot {
+            services: state.services.clone(),
+            backends: state.backends.clone(),
+            revnat: state.revnat.clone(),
+            source_ranges,
+            ..Snapshot::default()
+        }
+    }
+
     /// Whether the datapath's filter lets `(addr, port, proto)` of `region`
     /// (`FILTER_FRONTENDS` or `FILTER_BACKENDS`) through to the map
     /// lookups: yes when the filter is not in use (not read, or not valid
