@@ -8,15 +8,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{Array, MapData},
+    maps::{Array, IterableMap as _, MapData},
     Ebpf,
 };
 use lb_common::{
     filter_slot, Backend, MapId, ServiceKey, ServiceValue, FILTER_BACKENDS, FILTER_FRONTENDS,
     FILTER_VALID, FILTER_VALID_WORD,
 };
-
 use lb_core::model::{Desired, DesiredFrontend, Frontend};
+
+use super::batch;
 
 pub struct FilterMap {
     map: Array<MapData, u64>,
@@ -71,24 +72,17 @@ impl FilterMap {
         &mut self,
         frontends: impl Iterator<Item = (&'d Frontend, &'d DesiredFrontend)>,
     ) -> anyhow::Result<()> {
-        let mut added = Vec::new();
+        let mut wanted = self.words.clone();
         for (f, d) in frontends {
             let proto = f.proto.number();
-            added.push(slot(FILTER_FRONTENDS, f.vip.octets(), f.port, proto));
+            let (word, mask) = slot(FILTER_FRONTENDS, f.vip.octets(), f.port, proto);
+            wanted[word as usize] |= mask;
             for b in d.slots() {
-                added.push(slot(FILTER_BACKENDS, b.ip.octets(), b.port, proto));
+                let (word, mask) = slot(FILTER_BACKENDS, b.ip.octets(), b.port, proto);
+                wanted[word as usize] |= mask;
             }
         }
-        for (word, mask) in added {
-            let want = self.words[word as usize] | mask;
-            if want != self.words[word as usize] {
-                self.map
-                    .set(word, want, 0)
-                    .with_context(|| format!("writing word {word} of {}", MapId::Filter.name()))?;
-                self.words[word as usize] = want;
-            }
-        }
-        Ok(())
+        self.write(wanted)
     }
 
     /// Rewrites the filter to hold exactly the frontends of `services` (the
@@ -111,17 +105,25 @@ impl FilterMap {
         Ok(())
     }
 
-    /// Writes the words that differ.
+    /// Writes the words that differ, in one batch.
     fn write(&mut self, wanted: Vec<u64>) -> anyhow::Result<()> {
-        for (i, (&want, have)) in wanted.iter().zip(&mut self.words).enumerate() {
-            if want != *have {
-                self.map
-                    .set(i as u32, want, 0)
-                    .with_context(|| format!("writing word {i} of {}", MapId::Filter.name()))?;
-                *have = want;
-            }
+        let (indexes, words): (Vec<u32>, Vec<u64>) = (wanted.iter().zip(&self.words))
+            .enumerate()
+            .filter(|(_, (want, have))| want != have)
+            .map(|(i, (&want, _))| (i as u32, want))
+            .unzip();
+        let written = batch::update(self.map.map(), &indexes, &words);
+        let done = written
+            .as_ref()
+            .map_or_else(|e| e.done.min(indexes.len()), |()| indexes.len());
+        for (&i, &word) in indexes.iter().zip(&words).take(done) {
+            self.words[i as usize] = word;
         }
-        Ok(())
+        written.map_err(|e| {
+            let word = indexes.get(e.done);
+            anyhow::Error::from(e.error)
+                .context(format!("writing word {word:?} of {}", MapId::Filter.name()))
+        })
     }
 }
 

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context as _};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{HashMap, IterableMap as _, MapData, PerCpuArray},
     util::nr_cpus,
     Ebpf,
 };
 use lb_common::{MapId, RevNatId, StatsCounter, SvcName};
+
+use super::batch;
 
 pub struct SvcNameMap {
     map: HashMap<MapData, RevNatId, SvcName>,
@@ -61,15 +63,24 @@ impl SvcNameMap {
         prune: bool,
         exists: impl Fn(RevNatId) -> bool,
     ) -> anyhow::Result<usize> {
-        let mut changes = 0;
-        for (id, name) in named {
-            if self.written.get(&id) != Some(&name) {
-                self.map
-                    .insert(id, SvcName::new(&name), 0)
-                    .with_context(|| format!("writing {}[{id}]", MapId::SvcNames.name()))?;
-                self.zero_counters(id);
-                self.written.insert(id, name);
-                changes += 1;
+        let named: Vec<(RevNatId, String)> = (named.into_iter())
+            .filter(|(id, name)| self.written.get(id) != Some(name))
+            .collect();
+        let mut changes = named.len();
+        // In batches; the names' counters start from zero with them.
+        for piece in named.chunks(batch::CHUNK) {
+            let ids: Vec<RevNatId> = piece.iter().map(|(id, _)| *id).collect();
+            let names: Vec<SvcName> = piece.iter().map(|(_, name)| SvcName::new(name)).collect();
+            let written = batch::update(self.map.map(), &ids, &names);
+            let done = written
+                .as_ref()
+                .map_or_else(|e| e.done.min(ids.len()), |()| ids.len());
+            self.zero_counters(&ids[..done]);
+            (self.written).extend(piece[..done].iter().cloned());
+            if let Err(e) = written {
+                let id = ids.get(e.done);
+                return Err(e.error)
+                    .with_context(|| format!("writing {}[{id:?}]", MapId::SvcNames.name()));
             }
         }
         if prune {
@@ -89,16 +100,19 @@ impl SvcNameMap {
         Ok(changes)
     }
 
-    /// A new frontend's counters start from zero. Out of range ids (a
-    /// rev-NAT map resized since the counters were pinned) are not counted
-    /// by the datapath either.
-    fn zero_counters(&mut self, id: RevNatId) {
+    /// New frontends' counters start from zero (a rev-NAT id freed by one
+    /// frontend may be reused by another). Out of range ids (a rev-NAT map
+    /// resized since the counters were pinned) are not counted by the
+    /// datapath either: their failure is ignored.
+    fn zero_counters(&mut self, ids: &[RevNatId]) {
         let Ok(cpus) = nr_cpus() else { return };
-        for slot in [id.wrapping_mul(2), id.wrapping_mul(2) + 1] {
-            let zeros = PerCpuValues::try_from(vec![StatsCounter::default(); cpus]);
-            if let Ok(zeros) = zeros {
-                let _ = self.counters.set(slot, zeros, 0);
-            }
+        let slots: Vec<u32> = (ids.iter())
+            .flat_map(|id| [id.wrapping_mul(2), id.wrapping_mul(2).wrapping_add(1)])
+            .collect();
+        let zeroes = vec![StatsCounter::default(); slots.len() * cpus];
+        let mut rest = slots.as_slice();
+        while let Err(e) = batch::update(self.counters.map(), rest, &zeroes[..rest.len() * cpus]) {
+            rest = rest.get(e.done + 1..).unwrap_or_default();
         }
     }
 }
