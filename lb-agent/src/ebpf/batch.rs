@@ -44,52 +44,45 @@ pub struct BatchError {
 /// (a batch takes no BPF_NOEXIST). `values` holds one value per key (for
 /// a per-CPU map: one per possible CPU, per key, in a flat slice).
 pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result<(), BatchError> {
-    let per_key = if keys.is_empty() {
-        0
-    } else {
-        values.len() / keys.len()
-    };
+    let per_key = values.len().checked_div(keys.len()).unwrap_or(0);
     assert_eq!(per_key * keys.len(), values.len(), "values per key");
-    let mut done = 0;
-    for (keys, values) in keys
-        .chunks(CHUNK)
-        .zip(values.chunks(CHUNK * per_key.max(1)))
-    {
-        let attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        done += call(BPF_MAP_UPDATE_BATCH, attr).map_err(|e| BatchError {
-            done: done + e.done,
-            error: e.error,
-        })?;
-    }
-    Ok(())
+    chunked(BPF_MAP_UPDATE_BATCH, map, keys, |first| {
+        values[first * per_key..].as_ptr() as u64
+    })
 }
 
 /// Deletes `keys` in order.
 pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<(), BatchError> {
-    let mut done = 0;
-    for keys in keys.chunks(CHUNK) {
+    chunked(BPF_MAP_DELETE_BATCH, map, keys, |_| 0)
+}
+
+/// `cmd` over `keys`, [`CHUNK`] at a time; `values_from(i)` points at the
+/// values of the keys from the `i`-th on (0: none).
+fn chunked<K: Pod>(
+    cmd: libc::c_long,
+    map: &MapData,
+    keys: &[K],
+    values_from: impl Fn(usize) -> u64,
+) -> Result<(), BatchError> {
+    for (n, piece) in keys.chunks(CHUNK).enumerate() {
+        let first = n * CHUNK;
         let attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            count: keys.len() as u32,
+            keys: piece.as_ptr() as u64,
+            values: values_from(first),
+            count: piece.len() as u32,
             map_fd: map.fd().as_fd().as_raw_fd() as u32,
             ..BatchAttr::default()
         };
-        done += call(BPF_MAP_DELETE_BATCH, attr).map_err(|e| BatchError {
-            done: done + e.done,
+        call(cmd, attr).map_err(|e| BatchError {
+            done: first + e.done,
             error: e.error,
         })?;
     }
     Ok(())
 }
 
-/// One batch call: how many entries it wrote.
-fn call(cmd: libc::c_long, mut attr: BatchAttr) -> Result<usize, BatchError> {
+/// One batch call.
+fn call(cmd: libc::c_long, mut attr: BatchAttr) -> Result<(), BatchError> {
     let wanted = attr.count as usize;
     // SAFETY: `attr` is the batch layout of `union bpf_attr` (the kernel
     // zero-extends a shorter attr); keys and values point at live slices
@@ -109,5 +102,5 @@ fn call(cmd: libc::c_long, mut attr: BatchAttr) -> Result<usize, BatchError> {
             error: io::Error::last_os_error(),
         });
     }
-    Ok(wanted)
+    Ok(())
 }
